@@ -1,0 +1,35 @@
+"""The papers' reference architectures, used by the demo, the examples and the tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import nn
+
+
+def mlp(in_features: int, num_classes: int = 10, hidden: Sequence[int] = (100, 100, 100, 100),
+        bias: bool = True) -> nn.Sequential:
+    """Fully connected ReLU network; the default is the papers' 4 hidden layers of 100 units."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = in_features
+    for h in hidden:
+        layers += [nn.Linear(width, h, bias=bias), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, num_classes, bias=bias))
+    return nn.Sequential(*layers)
+
+
+def small_cnn(in_channels: int = 1, side: int = 8, num_classes: int = 10, width: int = 16,
+              batch_norm: bool = True, dropout: float = 0.0) -> nn.Sequential:
+    """Two 3x3 conv blocks (optionally with BatchNorm), a max-pool, and a flatten + dense head."""
+
+    def block(c_in: int, c_out: int) -> list[nn.Module]:
+        conv: list[nn.Module] = [nn.Conv2d(c_in, c_out, 3, padding=1)]
+        return conv + ([nn.BatchNorm2d(c_out)] if batch_norm else []) + [nn.ReLU()]
+
+    pooled = side // 2
+    head: list[nn.Module] = [nn.Flatten()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+    return nn.Sequential(
+        *block(in_channels, width), *block(width, width), nn.MaxPool2d(2),
+        *head, nn.Linear(width * pooled * pooled, num_classes),
+    )
