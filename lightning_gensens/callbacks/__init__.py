@@ -1,0 +1,19 @@
+"""Lightning callbacks: one per measure, and the monitor that runs them all."""
+
+from lightning_gensens.callbacks.base import MEASURES, Estimate, GensensCallback, MeasureCallback, register_measure
+from lightning_gensens.callbacks.linf_norm import LinfNorm
+from lightning_gensens.callbacks.monitor import GeneralizationMonitor
+from lightning_gensens.callbacks.output_sensitivity import OutputSensitivity
+from lightning_gensens.callbacks.spectral_norm import SpectralNorm
+
+__all__ = [
+    "MEASURES",
+    "Estimate",
+    "GeneralizationMonitor",
+    "GensensCallback",
+    "LinfNorm",
+    "MeasureCallback",
+    "OutputSensitivity",
+    "SpectralNorm",
+    "register_measure",
+]

@@ -1,0 +1,100 @@
+"""Spectral-norm product ∏‖W_i‖_σ (follow-up paper, l⁶)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lightning_gensens.functional._utils import check_finite_parameters, weight_layers
+
+_CONV_FN = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
+
+
+def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], n_iter: int = 100, tol: float = 1e-7,
+                       generator: torch.Generator | None = None) -> Tensor:
+    """Operator norm of a convolution on inputs of ``input_shape`` (C, *spatial), by power iteration."""
+    dims = len(input_shape) - 1
+    fwd, adj = _CONV_FN[dims]
+    w = conv.weight.detach()
+    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+        raise ValueError(f"spectral_norm supports zero-padded convolutions with numeric padding, not {conv}.")
+    v = torch.randn((1, *input_shape), generator=generator, dtype=w.dtype, device="cpu").to(w.device)
+    v = v / v.norm()
+    sigma = torch.zeros((), dtype=w.dtype, device=w.device)
+    for _ in range(n_iter):
+        u = fwd(v, w, **kw)
+        back = adj(u, w, **kw, output_padding=0)
+        back = _match_shape(back, v.shape)
+        new_sigma = back.norm().sqrt()
+        v = back / back.norm()
+        if float((new_sigma - sigma).abs()) <= tol * float(new_sigma):
+            return new_sigma
+        sigma = new_sigma
+    return sigma
+
+
+def _match_shape(t: Tensor, shape: torch.Size) -> Tensor:
+    """Crop or zero-pad the adjoint's output to the input shape (strided convolutions may drop a border)."""
+    pads: list[int] = []
+    for have, want in zip(reversed(t.shape[2:]), reversed(shape[2:]), strict=True):
+        pads += [0, want - have]
+    return F.pad(t, pads) if any(pads) else t
+
+
+def layer_spectral_norms(model: nn.Module, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                         generator: torch.Generator | None = None) -> Tensor:
+    """‖W_i‖_σ per layer: exact for Linear, the operator norm by power iteration for Conv layers.
+
+    ``input_shapes`` maps conv layer names to their per-sample input shape (C, *spatial); the operator norm of a
+    convolution depends on it (see :func:`conv_input_shapes`).
+    """
+    norms = []
+    for name, m in weight_layers(model):
+        if isinstance(m, nn.Linear):
+            norms.append(torch.linalg.matrix_norm(m.weight.detach(), ord=2))
+        elif input_shapes is None or name not in input_shapes:
+            raise ValueError(
+                f"spectral_norm needs the input shape of conv layer '{name}': pass `example_input` (or "
+                "`input_shapes`), since a convolution's operator norm depends on its input size."
+            )
+        else:
+            norms.append(conv_operator_norm(m, input_shapes[name], generator=generator))
+    return torch.stack(norms)
+
+
+@torch.no_grad()
+def conv_input_shapes(model: nn.Module, example_input: Tensor) -> dict[str, tuple[int, ...]]:
+    """Per-sample input shape of every conv layer, read by one forward pass of ``example_input[:1]``."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    handles = [
+        m.register_forward_pre_hook(lambda mod, args, n=name: shapes.__setitem__(n, tuple(args[0].shape[1:])))
+        for name, m in weight_layers(model) if not isinstance(m, nn.Linear)
+    ]
+    training = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        model(example_input[:1])
+    finally:
+        for h in handles:
+            h.remove()
+        for m, mode in training.items():
+            m.training = mode
+    return shapes
+
+
+def log_spectral_norm_product(model: nn.Module, example_input: Tensor | None = None,
+                              input_shapes: dict[str, tuple[int, ...]] | None = None) -> Tensor:
+    """log ∏‖W_i‖_σ in float64 (the product overflows for deep nets)."""
+    check_finite_parameters(model)
+    if input_shapes is None and example_input is not None:
+        input_shapes = conv_input_shapes(model, example_input)
+    generator = torch.Generator().manual_seed(0)
+    return layer_spectral_norms(model, input_shapes, generator).double().log().sum()
+
+
+def spectral_norm_product(model: nn.Module, example_input: Tensor | None = None,
+                          input_shapes: dict[str, tuple[int, ...]] | None = None) -> Tensor:
+    """∏‖W_i‖_σ over the Linear/Conv layers (l⁶); conv layers need ``example_input`` or ``input_shapes``."""
+    return log_spectral_norm_product(model, example_input, input_shapes).exp()

@@ -1,0 +1,7 @@
+"""torchmetrics Metrics: one per measure, with DDP-reducible states."""
+
+from lightning_gensens.metrics.linf_norm import LinfNorm
+from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
+from lightning_gensens.metrics.spectral_norm import SpectralNorm
+
+__all__ = ["LinfNorm", "OutputSensitivity", "SpectralNorm"]

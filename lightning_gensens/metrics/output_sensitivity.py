@@ -1,0 +1,62 @@
+"""torchmetrics state of the output sensitivity S (Forouzesh et al., eq. 2)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchmetrics import Metric
+
+from lightning_gensens.functional.output_sensitivity import (
+    _chan_merge,
+    _output_sensitivity_compute,
+    _output_sensitivity_update,
+)
+
+
+class OutputSensitivity(Metric):
+    """S = Var_{x,ε}(ε̄) accumulated as streaming (n, mean, M2) in float64, merged exactly across DDP ranks.
+
+    Noise comes from a private generator seeded with ``seed`` (plus the rank), re-seeded on every ``reset``, so
+    the global RNG is never touched and successive epochs use common random numbers.
+    """
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, sigma: float = 0.1, n_draws: int = 1, seed: int = 0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not sigma > 0:
+            raise ValueError(f"sigma must be positive, got {sigma}.")
+        if n_draws < 1:
+            raise ValueError(f"n_draws must be at least 1, got {n_draws}.")
+        self.sigma, self.n_draws, self.seed = sigma, n_draws, seed
+        self._generator: torch.Generator | None = None
+        self.add_state("moments", torch.zeros(3, dtype=torch.float64), dist_reduce_fx=_chan_merge)
+        self.add_state("input_moment", torch.zeros(2, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _noise_generator(self, device: torch.device) -> torch.Generator:
+        if self._generator is None or self._generator.device != device:
+            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+            self._generator = torch.Generator(device=device).manual_seed(self.seed + 7919 * rank)
+        return self._generator
+
+    def update(self, model: nn.Module, x: Tensor, logits: Tensor | None = None) -> None:
+        moments, input_moment = _output_sensitivity_update(
+            model, x, logits, self.sigma, self.n_draws, self._noise_generator(x.device)
+        )
+        self.moments = _chan_merge(torch.stack([self.moments, moments.to(self.moments.device)]))
+        self.input_moment += input_moment.to(self.input_moment.device)
+
+    def compute(self) -> dict[str, Tensor]:
+        return {
+            "s": _output_sensitivity_compute(self.moments),
+            "input_second_moment": self.input_moment[0] / self.input_moment[1],
+        }
+
+    def reset(self) -> None:
+        super().reset()
+        self._generator = None

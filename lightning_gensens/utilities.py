@@ -1,0 +1,64 @@
+"""Helpers that keep measuring invisible to training and read users' batches."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+BatchToXY = Callable[[Any], tuple[Tensor, Tensor | None]]
+
+_X_KEYS = ("x", "input", "inputs", "image", "images", "features")
+_Y_KEYS = ("y", "label", "labels", "target", "targets")
+
+
+def default_batch_to_xy(batch: Any) -> tuple[Tensor, Tensor | None]:
+    """Read ``(x, y)`` from a tuple/list, a dict with common key names, or a bare tensor (no labels)."""
+    if isinstance(batch, Tensor):
+        return batch, None
+    if isinstance(batch, Sequence) and not isinstance(batch, str) and 1 <= len(batch) <= 3:
+        if isinstance(batch[0], Tensor) and (len(batch) == 1 or isinstance(batch[1], Tensor)):
+            return batch[0], batch[1] if len(batch) > 1 else None
+    if isinstance(batch, Mapping):
+        x = next((batch[k] for k in _X_KEYS if k in batch), None)
+        y = next((batch[k] for k in _Y_KEYS if k in batch), None)
+        if isinstance(x, Tensor):
+            return x, y
+    raise TypeError(
+        f"cannot read inputs and labels from a batch of type {type(batch).__name__}: expected an (x, y) "
+        f"tuple/list, a dict with one of the keys {_X_KEYS} (and optionally {_Y_KEYS}), or a tensor. Pass "
+        "`batch_to_xy=` to read this layout."
+    )
+
+
+@contextmanager
+def preserved_rng() -> Iterator[None]:
+    """Restore the global torch (CPU and CUDA), NumPy and Python RNG states on exit."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """Put every submodule in eval mode and restore each one's own mode on exit."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
