@@ -73,14 +73,11 @@ class ForwardCapture:
             self._preacts.append(args[0].detach().clone())
 
     def _on_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not self.enabled:
+        # Calls without a tensor input or output are Lightning's strategy wrappers (DDP redirects the
+        # LightningModule's __call__ to its *_step methods); the model's own forward(x) is recorded.
+        if not self.enabled or not args or not isinstance(args[0], Tensor) or output is None:
             return
         preacts, self._preacts = self._preacts, []
-        if not args or not isinstance(args[0], Tensor):
-            raise TypeError(
-                f"{type(module).__name__} was called without a tensor as its first positional argument; the "
-                "sensitivity measures need forward(x) with x a Tensor."
-            )
         if not isinstance(output, Tensor):
             raise TypeError(
                 f"{type(module).__name__} returned {type(output).__name__}, but the measures need the logits as a "

@@ -196,7 +196,7 @@ class GensensCallback(Callback):
             for est, (s_loss, s_err, n_loss, n_err) in self._mae.items()
         ]
         if self.mae_table:
-            self._report_table(trainer)
+            self._report_table(trainer, trainer.log_dir)  # log_dir broadcasts: read it on every rank
 
     def state_dict(self) -> dict[str, Any]:
         return {"mae": {k: list(v) for k, v in self._mae.items()},
@@ -296,16 +296,16 @@ class GensensCallback(Callback):
         return logs
 
     @rank_zero_only
-    def _report_table(self, trainer: Trainer) -> None:
+    def _report_table(self, trainer: Trainer, log_dir: str | None) -> None:
         header = f"{'estimator':<34}{'MAE test loss':>15}{'MAE test error':>16}{'epochs':>8}"
         lines = [header, "-" * len(header)] + [
             f"{r['estimator']:<34}{r['mae_test_loss']:>15.4g}{r['mae_test_error']:>16.4g}{r['epochs']:>8}"
             for r in self.mae_table
         ]
         print(f"\n{type(self).__name__}: mean absolute error of the predicted test loss and error\n" + "\n".join(lines))
-        if trainer.log_dir is not None:
-            os.makedirs(trainer.log_dir, exist_ok=True)
-            with open(os.path.join(trainer.log_dir, f"{self.prefix}_mae.csv"), "w", newline="") as f:
+        if log_dir is not None:
+            os.makedirs(log_dir, exist_ok=True)
+            with open(os.path.join(log_dir, f"{self.prefix}_mae.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(self.mae_table[0]))
                 writer.writeheader()
                 writer.writerows(self.mae_table)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
 from lightning_gensens.functional._utils import check_finite_parameters, weight_layers
@@ -11,28 +15,29 @@ from lightning_gensens.functional._utils import check_finite_parameters, weight_
 _CONV_FN = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
 
 
-def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], n_iter: int = 100, tol: float = 1e-7,
-                       generator: torch.Generator | None = None) -> Tensor:
-    """Operator norm of a convolution on inputs of ``input_shape`` (C, *spatial), by power iteration."""
-    dims = len(input_shape) - 1
-    fwd, adj = _CONV_FN[dims]
-    w = conv.weight.detach()
-    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], tol: float = 1e-10) -> Tensor:
+    """Operator norm of a zero-padded convolution on inputs of ``input_shape`` (C, *spatial).
+
+    λ_max(AᵀA) by ARPACK's Lanczos (``scipy.sparse.linalg.eigsh``) on the matrix-free AᵀA, with A the
+    convolution and Aᵀ its transpose; not the norm of the reshaped kernel.
+    """
     if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
         raise ValueError(f"spectral_norm supports zero-padded convolutions with numeric padding, not {conv}.")
-    v = torch.randn((1, *input_shape), generator=generator, dtype=w.dtype, device="cpu").to(w.device)
-    v = v / v.norm()
-    sigma = torch.zeros((), dtype=w.dtype, device=w.device)
-    for _ in range(n_iter):
-        u = fwd(v, w, **kw)
-        back = adj(u, w, **kw, output_padding=0)
-        back = _match_shape(back, v.shape)
-        new_sigma = back.norm().sqrt()
-        v = back / back.norm()
-        if float((new_sigma - sigma).abs()) <= tol * float(new_sigma):
-            return new_sigma
-        sigma = new_sigma
-    return sigma
+    fwd, adj = _CONV_FN[len(input_shape) - 1]
+    w = conv.weight.detach().double()
+    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    shape = (1, *input_shape)
+    n = math.prod(input_shape)
+
+    def gram(v: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).to(w.device).reshape(shape)
+        back = _match_shape(adj(fwd(t, w, **kw), w, **kw), shape)
+        return back.reshape(-1).cpu().numpy()
+
+    op = LinearOperator((n, n), matvec=gram, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(n)
+    top = eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)[0]
+    return torch.tensor(math.sqrt(max(top, 0.0)), dtype=torch.float64, device=conv.weight.device)
 
 
 def _match_shape(t: Tensor, shape: torch.Size) -> Tensor:
@@ -43,8 +48,7 @@ def _match_shape(t: Tensor, shape: torch.Size) -> Tensor:
     return F.pad(t, pads) if any(pads) else t
 
 
-def layer_spectral_norms(model: nn.Module, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                         generator: torch.Generator | None = None) -> Tensor:
+def layer_spectral_norms(model: nn.Module, input_shapes: dict[str, tuple[int, ...]] | None = None) -> Tensor:
     """‖W_i‖_σ per layer: exact for Linear, the operator norm by power iteration for Conv layers.
 
     ``input_shapes`` maps conv layer names to their per-sample input shape (C, *spatial); the operator norm of a
@@ -60,7 +64,7 @@ def layer_spectral_norms(model: nn.Module, input_shapes: dict[str, tuple[int, ..
                 "`input_shapes`), since a convolution's operator norm depends on its input size."
             )
         else:
-            norms.append(conv_operator_norm(m, input_shapes[name], generator=generator))
+            norms.append(conv_operator_norm(m, input_shapes[name]).to(m.weight.dtype))
     return torch.stack(norms)
 
 
@@ -90,8 +94,7 @@ def log_spectral_norm_product(model: nn.Module, example_input: Tensor | None = N
     check_finite_parameters(model)
     if input_shapes is None and example_input is not None:
         input_shapes = conv_input_shapes(model, example_input)
-    generator = torch.Generator().manual_seed(0)
-    return layer_spectral_norms(model, input_shapes, generator).double().log().sum()
+    return layer_spectral_norms(model, input_shapes).double().log().sum()
 
 
 def spectral_norm_product(model: nn.Module, example_input: Tensor | None = None,

@@ -1,0 +1,266 @@
+import csv
+import math
+from types import SimpleNamespace
+
+import lightning as L
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, IterableDataset, TensorDataset
+
+from lightning_gensens import GeneralizationMonitor, MeasureCallback, OutputSensitivity
+from lightning_gensens.callbacks import MEASURES, Estimate
+from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.models import Classifier
+from tests.callbacks.conftest import make_model, make_trainer
+
+SPLIT_KEYS = ("train", "val", "pred_test_loss", "mae")
+
+
+def _logged(tmp_path) -> list[dict[str, str]]:
+    (path,) = tmp_path.glob("lightning_logs/version_*/metrics.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digits):
+    monitor = GeneralizationMonitor(probe_size=300)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
+    trainer.fit(make_model(digits), digits)
+    metrics = trainer.callback_metrics
+    expected = ["gensens/train_loss", "gensens/test_loss", "gensens/train_error", "gensens/test_error"]
+    for m in monitor._measures():
+        estimator_names = {"linf_norm": ["linf_norm", "linf_lognorm"], "spectral_norm": ["spectral_norm"],
+                           "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"]}
+        if not m.weight_only:
+            expected += [f"gensens/{m.name}/train", f"gensens/{m.name}/val"]
+        for est in estimator_names.get(m.name, [m.name]):
+            expected += [f"gensens/{est}/pred_test_loss", f"gensens/{est}/mae"]
+    expected += ["gensens/linf_norm/pred_test_error", "gensens/output_sensitivity/pred_test_error"]
+    for key in expected:
+        assert key in metrics, key
+        assert math.isfinite(float(metrics[key])), key
+    rows = _logged(tmp_path)
+    assert sum(1 for r in rows if r.get("gensens/test_loss")) == 3  # one point per validation epoch
+    assert sum(1 for r in rows if r.get("gensens/linf_norm/pred_test_loss")) == 2  # none at the first epoch
+    table = {r["estimator"]: r for r in monitor.mae_table}
+    assert {"linf_norm", "linf_lognorm", "output_sensitivity", "spectral_norm"} <= set(table)
+    assert table["linf_norm"]["epochs"] == 2 and table["output_sensitivity"]["epochs"] == 3
+    (csv_path,) = tmp_path.glob("lightning_logs/version_*/gensens_mae.csv")
+    assert "output_sensitivity_label_free" in csv_path.read_text()
+
+
+def test_actual_losses_match_a_direct_evaluation(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=10_000)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    model = make_model(digits)
+    trainer.fit(model, digits)
+    model.eval()
+    with torch.no_grad():
+        for key, dataset in (("test", digits.val_set), ("train", digits.train_set)):
+            x, y = dataset.tensors
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            error = (logits.argmax(1) != y).double().mean()
+            assert math.isclose(float(trainer.callback_metrics[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5)
+            assert math.isclose(float(trainer.callback_metrics[f"gensens/{key}_error"]), float(error), rel_tol=1e-9)
+
+
+def _final_weights(tmp_path, digits, callbacks) -> dict[str, Tensor]:
+    model = make_model(digits, seed=7)
+    model.net.insert(3, nn.Dropout(0.2))  # training-time randomness must not be perturbed by measuring
+    trainer = make_trainer(tmp_path, callbacks, max_epochs=3)
+    trainer.fit(model, digits)
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_measuring_does_not_change_training(tmp_path, digits):
+    plain = _final_weights(tmp_path / "plain", digits, [])
+    monitor = GeneralizationMonitor(probe_size=200)
+    measured = _final_weights(tmp_path / "measured", digits, [monitor])
+    assert plain.keys() == measured.keys()
+    for k in plain:
+        assert torch.equal(plain[k], measured[k]), k
+
+
+def test_resume_continues_time_ratio_estimators(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm", "spectral_norm"], probe_size=200)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(make_model(digits), digits)
+    ckpt = trainer.checkpoint_callback.best_model_path
+    assert monitor.mae_table[0]["epochs"] == 1
+
+    resumed = GeneralizationMonitor(measures=["linf_norm", "spectral_norm"], probe_size=200)
+    trainer = make_trainer(tmp_path / "resumed", [resumed], max_epochs=4)
+    trainer.fit(make_model(digits), digits, ckpt_path=ckpt)
+    rows = [r for r in _logged(tmp_path / "resumed") if r.get("gensens/test_loss")]
+    assert len(rows) == 2 and all(r["gensens/linf_norm/pred_test_loss"] for r in rows)  # no gap after resume
+    assert {r["estimator"]: r["epochs"] for r in resumed.mae_table} == {
+        "linf_norm": 3, "linf_lognorm": 3, "spectral_norm": 3}  # no reset
+
+
+def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
+    class LogitNorm(MeasureCallback):
+        """A toy measure: mean squared logit, with the ratio estimator."""
+
+        name = "logit_norm"
+
+        def make_metric(self):
+            from torchmetrics import MeanMetric
+
+            return MeanMetric()
+
+        def update(self, metric, record, net):
+            metric.update(record.logits.square().sum(1))
+
+        def estimate(self, computed, train):
+            ratio = computed["val"] / computed["train"]
+            return {"logit_norm": Estimate(ratio * train["loss"], ratio * train["error"])}
+
+    monitor = GeneralizationMonitor(measures=[LogitNorm(), "output_sensitivity"], probe_size=200)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(make_model(digits), digits)
+    assert "logit_norm" not in MEASURES
+    for key in ("gensens/logit_norm/train", "gensens/logit_norm/pred_test_loss", "gensens/logit_norm/mae"):
+        assert math.isfinite(float(trainer.callback_metrics[key]))
+
+
+def test_a_single_measure_callback_runs_alone(tmp_path, digits):
+    trainer = make_trainer(tmp_path, [OutputSensitivity(sigma=0.05, probe_size=100)], max_epochs=1)
+    trainer.fit(make_model(digits), digits)
+    assert {"gensens/output_sensitivity/val", "gensens/output_sensitivity_label_free/pred_test_loss",
+            "gensens/test_loss"} <= set(trainer.callback_metrics)
+
+
+def test_two_instances_coexist_in_checkpoints(tmp_path, digits):
+    a, b = GeneralizationMonitor(measures=["linf_norm"], probe_size=50), OutputSensitivity(probe_size=50)
+    assert a.state_key != b.state_key
+    trainer = make_trainer(tmp_path, [a, b], max_epochs=1)
+    trainer.fit(make_model(digits), digits)
+    ckpt = torch.load(trainer.checkpoint_callback.best_model_path, weights_only=True)
+    assert {a.state_key, b.state_key} <= set(ckpt["callbacks"])
+
+
+def test_measures_every_n_epochs(tmp_path, digits):
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], every_n_epochs=2)],
+                           max_epochs=4)
+    trainer.fit(make_model(digits), digits)
+    assert sum(1 for r in _logged(tmp_path) if r.get("gensens/test_loss")) == 2
+
+
+# -- bad input ---------------------------------------------------------------------------------------------------
+def test_arguments_are_validated():
+    with pytest.raises(ValueError, match="probe_size"):
+        GeneralizationMonitor(probe_size=0)
+    with pytest.raises(ValueError, match="unknown measure"):
+        GeneralizationMonitor(measures=["nope"])
+    with pytest.raises(ValueError, match="sigma"):
+        OutputSensitivity(sigma=-1)
+
+
+def test_model_without_linear_or_conv_layers(tmp_path, digits):
+    class NoWeights(Classifier):
+        def __init__(self):
+            super().__init__(nn.Sequential(nn.Flatten()))
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            return x[:, :10] * self.scale
+
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor()], max_epochs=1)
+    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv"):
+        trainer.fit(NoWeights(), digits)
+
+
+def test_empty_or_unsized_probe_source():
+    """Lightning stops before validating on an empty train loader, so the probe draw is checked directly."""
+    monitor = GeneralizationMonitor(measures=["linf_norm"])
+    empty = SimpleNamespace(train_dataloader=DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=2),
+                            global_rank=0, world_size=1)
+    with pytest.raises(ValueError, match="training dataset is empty"):
+        monitor._draw_probe(empty)
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            yield torch.zeros(3)
+
+    stream = SimpleNamespace(train_dataloader=DataLoader(Stream()), global_rank=0, world_size=1)
+    with pytest.raises(TypeError, match="map-style"):
+        monitor._draw_probe(stream)
+
+
+def test_nan_weights_are_reported_not_measured(tmp_path, digits):
+    class Diverging(Classifier):
+        def on_validation_epoch_start(self):
+            with torch.no_grad():
+                self.net[1].weight[0, 0] = float("nan")
+
+    model = Diverging(make_model(digits).net)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(probe_size=50)], max_epochs=1)
+    with pytest.warns(UserWarning, match="NaN/Inf weights"):
+        trainer.fit(model, digits)
+    assert not any(k.startswith("gensens/") for k in trainer.callback_metrics)
+
+
+def test_unreadable_batch_layout(tmp_path, digits):
+    class Wrapped(Classifier):
+        def validation_step(self, batch, batch_idx):
+            self(batch.pair[0])
+
+    class Batch:
+        def __init__(self, pair):
+            self.pair = pair
+
+    class Odd(ArrayDataModule):
+        def val_dataloader(self):
+            return torch.utils.data.DataLoader(self.val_set, batch_size=128,
+                                               collate_fn=lambda items: Batch(torch.utils.data.default_collate(items)))
+
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    with pytest.raises(TypeError, match="batch_to_xy"):
+        trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
+    monitor = GeneralizationMonitor(measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if
+                                    isinstance(b, Batch) else tuple(b))
+    trainer = make_trainer(tmp_path / "ok", [monitor], max_epochs=1)
+    trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
+    assert "gensens/test_loss" in trainer.callback_metrics
+
+
+def test_validation_step_that_never_calls_the_model(tmp_path, digits):
+    class Indirect(Classifier):
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val/loss", nn.functional.cross_entropy(self.net(x), y))
+
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    with pytest.raises(RuntimeError, match="module="):
+        trainer.fit(Indirect(make_model(digits).net), digits)
+    trainer = make_trainer(tmp_path / "ok", [GeneralizationMonitor(measures=["linf_norm"], module="net")],
+                           max_epochs=1)
+    trainer.fit(Indirect(make_model(digits).net), digits)
+    assert "gensens/linf_norm/log_bound" in trainer.callback_metrics
+
+
+def test_hooks_are_removed_after_fit(tmp_path, digits):
+    model = make_model(digits)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(probe_size=50)], max_epochs=1)
+    trainer.fit(model, digits)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
+    """Under 2-process gloo DDP, the logged losses are those of the whole validation set and the whole probe."""
+    monitor = GeneralizationMonitor(probe_size=256)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, strategy="ddp_fork", devices=2)
+    model = make_model(digits)
+    trainer.fit(model, digits)  # ddp_fork copies rank 0's final weights back into `model`
+    logged = trainer.callback_metrics
+    for key in ("gensens/output_sensitivity/val", "gensens/linf_norm/pred_test_loss",
+                "gensens/output_sensitivity/pred_test_loss", "gensens/spectral_norm/mae"):
+        assert math.isfinite(float(logged[key])), key
+    probe = torch.randperm(len(digits.train_set), generator=torch.Generator().manual_seed(0))[:256]
+    model.eval()
+    with torch.no_grad():
+        for key, (x, y) in (("test", digits.val_set.tensors), ("train", digits.train_set[probe])):
+            loss = nn.functional.cross_entropy(model(x), y)
+            assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
