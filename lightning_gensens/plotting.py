@@ -1,0 +1,60 @@
+"""Predicted-versus-actual test loss figure, drawn from logged rows."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+PRED_SUFFIX = "/pred_test_loss"
+
+
+def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str, prefix: str = "gensens",
+                     title: str = "Predicted versus actual test loss") -> str:
+    """Write a PNG with the actual test loss and every estimator's predicted test loss per epoch; return ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for row in rows:
+        epoch = _number(row.get("epoch"))
+        if epoch is None:
+            continue
+        for key, value in row.items():
+            number = _number(value)
+            if number is None:
+                continue
+            if key == f"{prefix}/test_loss":
+                name = "actual test loss"
+            elif key == f"{prefix}/train_loss":
+                name = "train loss (probe)"
+            elif key.startswith(f"{prefix}/") and key.endswith(PRED_SUFFIX):
+                name = key[len(prefix) + 1 : -len(PRED_SUFFIX)]
+            else:
+                continue
+            xs, ys = series.setdefault(name, ([], []))
+            xs.append(epoch)
+            ys.append(number)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, (xs, ys) in series.items():
+        actual, train = name == "actual test loss", name == "train loss (probe)"
+        ax.plot(xs, ys, label=name, color="black" if actual else "gray" if train else None,
+                linestyle="--" if train else "-", linewidth=2.5 if actual else 1.2,
+                marker="o" if len(xs) < 40 and not train else None, markersize=3)
+    ax.set(xlabel="epoch", ylabel="test loss", title=title)
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _number(value: object) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
