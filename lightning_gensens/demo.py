@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import glob
-import math
 import os
 from typing import Any
 
@@ -79,21 +76,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         accelerator="cpu", devices=1, enable_progress_bar=not args.no_progress,
                         enable_model_summary=False, enable_checkpointing=False, log_every_n_steps=10)
     trainer.fit(model, data)
-    (metrics_csv,) = glob.glob(os.path.join(csv_logger.log_dir, "metrics.csv"))
-    with open(metrics_csv) as f:
-        rows = list(csv.DictReader(f))
-    plot = plot_predictions(rows, os.path.join(args.out, "predicted_vs_actual.png"),
+    plot = plot_predictions(monitor.history, os.path.join(args.out, "predicted_vs_actual.png"),
                             title=f"Predicted versus actual test loss — 4×100 MLP on {args.dataset}")
-    print(f"\nCSV logs: {metrics_csv}\nMAE table: {os.path.join(csv_logger.log_dir, 'gensens_mae.csv')}\n"
-          f"plot: {plot}")
+    print(f"\nCSV logs: {os.path.join(csv_logger.log_dir, 'metrics.csv')}\n"
+          f"MAE table: {os.path.join(csv_logger.log_dir, 'gensens_mae.csv')}\nplot: {plot}")
     if args.wandb:
         import wandb
 
         wandb.finish()
-    return {"mae_table": monitor.mae_table, "plot": plot, "metrics_csv": metrics_csv,
-            "final_test_loss": _last(rows, "gensens/test_loss")}
-
-
-def _last(rows: list[dict[str, str]], key: str) -> float:
-    values = [float(r[key]) for r in rows if r.get(key)]
-    return values[-1] if values else math.nan
+    return {"mae_table": monitor.mae_table, "plot": plot, "history": monitor.history}

@@ -6,16 +6,13 @@ import math
 from collections.abc import Iterable, Mapping
 
 PRED_SUFFIX = "/pred_test_loss"
+ACTUAL = "actual test loss"
+TRAIN = "train loss (probe)"
 
 
-def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str, prefix: str = "gensens",
-                     title: str = "Predicted versus actual test loss") -> str:
-    """Write a PNG with the actual test loss and every estimator's predicted test loss per epoch; return ``path``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def prediction_series(rows: Iterable[Mapping[str, float | str | None]], prefix: str = "gensens"
+                      ) -> dict[str, tuple[list[float], list[float]]]:
+    """Per curve (actual test loss, probe train loss, each estimator's prediction): its epochs and values."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         epoch = _number(row.get("epoch"))
@@ -26,9 +23,9 @@ def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str
             if number is None:
                 continue
             if key == f"{prefix}/test_loss":
-                name = "actual test loss"
+                name = ACTUAL
             elif key == f"{prefix}/train_loss":
-                name = "train loss (probe)"
+                name = TRAIN
             elif key.startswith(f"{prefix}/") and key.endswith(PRED_SUFFIX):
                 name = key[len(prefix) + 1 : -len(PRED_SUFFIX)]
             else:
@@ -36,13 +33,24 @@ def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str
             xs, ys = series.setdefault(name, ([], []))
             xs.append(epoch)
             ys.append(number)
+    return series
+
+
+def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str, prefix: str = "gensens",
+                     title: str = "Predicted versus actual test loss") -> str:
+    """Write a PNG with the actual test loss and every estimator's predicted test loss per epoch; return ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, (xs, ys) in series.items():
-        actual, train = name == "actual test loss", name == "train loss (probe)"
+    for name, (xs, ys) in prediction_series(rows, prefix).items():
+        actual, train = name == ACTUAL, name == TRAIN
         ax.plot(xs, ys, label=name, color="black" if actual else "gray" if train else None,
                 linestyle="--" if train else "-", linewidth=2.5 if actual else 1.2,
                 marker="o" if len(xs) < 40 and not train else None, markersize=3)
-    ax.set(xlabel="epoch", ylabel="test loss", title=title)
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

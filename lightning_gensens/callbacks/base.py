@@ -12,6 +12,7 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
@@ -19,9 +20,11 @@ from torchmetrics import Metric
 
 from lightning_gensens.capture import Captured, ForwardCapture
 from lightning_gensens.functional._utils import weight_layers
+from lightning_gensens.plotting import plot_predictions, prediction_series
 from lightning_gensens.utilities import BatchToXY, default_batch_to_xy, evaluation_mode, preserved_rng
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
+MAX_HISTORY = 100_000
 SPLITS = ("train", "val")
 
 
@@ -102,6 +105,8 @@ class GensensCallback(Callback):
         self.batch_to_xy = batch_to_xy or default_batch_to_xy
         self.loss_fn = loss_fn or F.cross_entropy
         self.mae_table: list[dict[str, Any]] = []
+        self.history: list[dict[str, float]] = []
+        self._wandb_keys: set[str] = set()
         self._mae: dict[str, list[float]] = {}
         self._probe: list[tuple[Tensor, Tensor | None]] | None = None
         self._capture: ForwardCapture | None = None
@@ -186,6 +191,8 @@ class GensensCallback(Callback):
         with preserved_rng(), evaluation_mode(self._net):
             self._run_probe(trainer, pl_module)
             logs = self._evaluate()
+        self._record_history(trainer.current_epoch, logs)
+        self._define_wandb_step(trainer, logs)
         pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
         self._reset_metrics()
 
@@ -199,11 +206,12 @@ class GensensCallback(Callback):
             self._report_table(trainer, trainer.log_dir)  # log_dir broadcasts: read it on every rank
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mae": {k: list(v) for k, v in self._mae.items()},
+        return {"mae": {k: list(v) for k, v in self._mae.items()}, "history": [dict(r) for r in self.history],
                 "measures": {m.name: m.measure_state() for m in self._measures()}}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._mae = {k: list(v) for k, v in state_dict.get("mae", {}).items()}
+        self.history = [dict(r) for r in state_dict.get("history", [])]
         for m in self._measures():
             m.load_measure_state(state_dict.get("measures", {}).get(m.name, {}))
 
@@ -295,6 +303,23 @@ class GensensCallback(Callback):
                 mae[3] += 1
         return logs
 
+    def _record_history(self, epoch: int, logs: dict[str, Tensor]) -> None:
+        """Keep the actual and predicted test loss per epoch (bounded) for the end-of-fit figure and chart."""
+        row = {"epoch": float(epoch)}
+        row.update({k: float(v) for k, v in logs.items()
+                    if k.endswith(("/test_loss", "/train_loss", "/pred_test_loss"))})
+        self.history.append(row)
+        del self.history[:-MAX_HISTORY]
+
+    @rank_zero_only
+    def _define_wandb_step(self, trainer: Trainer, logs: dict[str, Tensor]) -> None:
+        """Plot our keys against ``epoch`` on W&B: exact names, since WandbLogger's ``*`` glob would win a glob."""
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                for key in sorted(set(logs) - self._wandb_keys):
+                    logger.experiment.define_metric(key, step_metric="epoch")
+                self._wandb_keys |= set(logs)
+
     @rank_zero_only
     def _report_table(self, trainer: Trainer, log_dir: str | None) -> None:
         header = f"{'estimator':<34}{'MAE test loss':>15}{'MAE test error':>16}{'epochs':>8}"
@@ -302,16 +327,39 @@ class GensensCallback(Callback):
             f"{r['estimator']:<34}{r['mae_test_loss']:>15.4g}{r['mae_test_error']:>16.4g}{r['epochs']:>8}"
             for r in self.mae_table
         ]
-        print(f"\n{type(self).__name__}: mean absolute error of the predicted test loss and error\n" + "\n".join(lines))
+        print(f"\n{type(self).__name__}: mean absolute error of the predicted test loss and error\n"
+              + "\n".join(lines))
+        finals = {f"{self.prefix}/{r['estimator']}/final_mae": r["mae_test_loss"] for r in self.mae_table}
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                self._report_wandb(logger, finals)
+            else:
+                logger.log_metrics(finals, step=trainer.global_step)
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             with open(os.path.join(log_dir, f"{self.prefix}_mae.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(self.mae_table[0]))
                 writer.writeheader()
                 writer.writerows(self.mae_table)
-        for logger in trainer.loggers:
-            logger.log_metrics({f"{self.prefix}/{r['estimator']}/final_mae": r["mae_test_loss"]
-                                for r in self.mae_table}, step=trainer.global_step)
+            if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+                plot_predictions(self.history, os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"),
+                                 prefix=self.prefix)
+
+    def _report_wandb(self, logger: WandbLogger, finals: dict[str, float]) -> None:
+        """One line chart of actual and predicted test loss per estimator, the MAE table, the summary."""
+        import wandb
+
+        series = prediction_series(self.history, self.prefix)
+        run = logger.experiment
+        run.log({
+            f"{self.prefix}/predicted_vs_actual": wandb.plot.line_series(
+                xs=[xs for xs, _ in series.values()], ys=[ys for _, ys in series.values()], keys=list(series),
+                title="Predicted versus actual test loss", xname="epoch"),
+            f"{self.prefix}/mae_table": wandb.Table(
+                columns=list(self.mae_table[0]), data=[list(r.values()) for r in self.mae_table]),
+        })
+        for key, value in finals.items():
+            run.summary[key] = value
 
 
 class MeasureCallback(GensensCallback):

@@ -2,7 +2,6 @@ import csv
 import math
 from types import SimpleNamespace
 
-import lightning as L
 import pytest
 import torch
 from torch import Tensor, nn
