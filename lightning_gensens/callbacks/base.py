@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -82,6 +82,9 @@ class GensensCallback(Callback):
         module: name of the submodule to measure (``pl_module.get_submodule``); the LightningModule by default.
             Its ``forward(x)`` must return the logits.
         prefix: prefix of every logged key.
+        unlabeled: batches without labels (a DataLoader; or define ``unlabeled_dataloader()`` on the datamodule)
+            on which the label-free measures are evaluated in place of the validation data; label-needing
+            measures are then skipped. The actual test loss still comes from validation labels where present.
     """
 
     def __init__(
@@ -95,13 +98,14 @@ class GensensCallback(Callback):
         loss_fn: LossFn | None = None,
         module: str | None = None,
         prefix: str = "gensens",
+        unlabeled: Iterable[Any] | None = None,
     ) -> None:
         for arg, value in (("probe_size", probe_size), ("probe_batch_size", probe_batch_size),
                            ("every_n_epochs", every_n_epochs)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
         self.probe_size, self.probe_batch_size, self.every_n_epochs = probe_size, probe_batch_size, every_n_epochs
-        self.seed, self.module, self.prefix = seed, module, prefix
+        self.seed, self.module, self.prefix, self.unlabeled = seed, module, prefix, unlabeled
         self.batch_to_xy = batch_to_xy or default_batch_to_xy
         self.loss_fn = loss_fn or F.cross_entropy
         self.mae_table: list[dict[str, Any]] = []
@@ -117,9 +121,14 @@ class GensensCallback(Callback):
         raise NotImplementedError
 
     def _select_measures(self, net: nn.Module) -> None:
-        """Validate the model for each measure; the monitor drops inapplicable defaults here."""
+        """Validate the model (and labels) for each measure; the monitor drops inapplicable defaults here."""
         for m in self._measures():
-            m.check_model(net)
+            self._check_measure(m, net)
+
+    def _check_measure(self, m: MeasureCallback, net: nn.Module) -> None:
+        if m.needs_labels and self.unlabeled is not None:
+            raise ValueError(f"{m.name} needs labels, so it cannot predict from the unlabeled data.")
+        m.check_model(net)
 
     # -- Lightning hooks --------------------------------------------------------------------------------------
     @property
@@ -130,6 +139,9 @@ class GensensCallback(Callback):
         if stage != "fit":
             return
         self._net = pl_module if self.module is None else pl_module.get_submodule(self.module)
+        datamodule = getattr(trainer, "datamodule", None)
+        if self.unlabeled is None and hasattr(datamodule, "unlabeled_dataloader"):
+            self.unlabeled = datamodule.unlabeled_dataloader()
         self._select_measures(self._net)
         measures = self._measures()
         self._capture = ForwardCapture(
@@ -172,7 +184,7 @@ class GensensCallback(Callback):
                 f"the validation batch has {record.y.shape[0]} labels but the model's last forward call saw "
                 f"{record.logits.shape[0]} samples; pass `batch_to_xy=` or `module=` to match them."
             )
-        self._feed("val", record)
+        self._feed("val", record, measures=self.unlabeled is None)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._active:
@@ -190,6 +202,8 @@ class GensensCallback(Callback):
             return
         with preserved_rng(), evaluation_mode(self._net):
             self._run_probe(trainer, pl_module)
+            if self.unlabeled is not None:
+                self._run_unlabeled(trainer, pl_module)
             logs = self._evaluate()
         self._record_history(trainer.current_epoch, logs)
         self._define_wandb_step(trainer, logs)
@@ -224,12 +238,12 @@ class GensensCallback(Callback):
         for metric in self._all_metrics():
             metric.reset()
 
-    def _feed(self, split: str, record: Captured) -> None:
+    def _feed(self, split: str, record: Captured, measures: bool = True) -> None:
         if self._example is None:
             self._example = record
         if record.y is not None:
             self._split_loss[split].update(record.logits, record.y)
-        for m in self._measures():
+        for m in self._measures() if measures else ():
             if m.weight_only:
                 continue
             if m.needs_labels and record.y is None:
@@ -265,11 +279,23 @@ class GensensCallback(Callback):
         finally:
             self._capture.enabled = False
 
+    def _run_unlabeled(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Feed the measures' ``val`` split from the unlabeled batches (round-robin over DDP ranks)."""
+        self._capture.enabled = True
+        try:
+            for i, batch in enumerate(self.unlabeled):
+                if i % trainer.world_size == trainer.global_rank:
+                    self._net(self.batch_to_xy(batch)[0].to(pl_module.device))
+                    self._feed("val", self._capture.pop())
+        finally:
+            self._capture.enabled = False
+
     def _evaluate(self) -> dict[str, Tensor]:
         p = self.prefix
         train, val = (self._split_loss[s].compute() for s in SPLITS)
         logs = {f"{p}/train_loss": train["loss"], f"{p}/test_loss": val["loss"],
                 f"{p}/train_error": train["error"], f"{p}/test_error": val["error"]}
+        logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
         actual_loss, actual_error = float(val["loss"]), float(val["error"])
         for m in self._measures():
             if m.weight_only:

@@ -48,7 +48,7 @@ class GeneralizationMonitor(GensensCallback):
         self._enabled = []
         for m in self._all:
             try:
-                m.check_model(net)
+                self._check_measure(m, net)
             except ValueError as err:
                 rank_zero_info(f"GeneralizationMonitor: skipping {m.name}: {err}")
             else:
