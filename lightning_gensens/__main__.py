@@ -21,9 +21,18 @@ def main(argv: list[str] | None = None) -> int:
         "write CSV logs, the MAE table and a PNG plot to --out.",
     )
     demo.add_arguments(demo_parser)
+    rank_parser = commands.add_parser(
+        "rank", help="rank MLPs and small CNNs by output sensitivity before training (Forouzesh §5.4)",
+        description="Order a family of MLP widths/depths and small CNNs by output sensitivity at initialisation "
+        "(S_before), train each briefly, and print S_before beside the test loss reached and their Spearman "
+        "rank correlation.",
+    )
+    demo.add_rank_arguments(rank_parser)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo.run(args)
+    else:
+        demo.run_rank(args)
     return 0
 
 

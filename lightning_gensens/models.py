@@ -39,11 +39,13 @@ def small_cnn(in_channels: int = 1, side: int = 8, num_classes: int = 10, width:
 
 
 class Classifier(L.LightningModule):
-    """Cross-entropy classifier around ``net`` trained with SGD, as in the papers (lr 0.05, weight decay 5e-4)."""
+    """Cross-entropy classifier around ``net``; SGD as in the papers (lr 0.05, weight decay 5e-4) or Adam."""
 
-    def __init__(self, net: nn.Module, lr: float = 0.05, weight_decay: float = 5e-4) -> None:
+    def __init__(self, net: nn.Module, lr: float = 0.05, weight_decay: float = 5e-4, optimizer: str = "sgd") -> None:
         super().__init__()
-        self.net, self.lr, self.weight_decay = net, lr, weight_decay
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+        self.net, self.lr, self.weight_decay, self.optimizer = net, lr, weight_decay, optimizer
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
@@ -61,4 +63,6 @@ class Classifier(L.LightningModule):
         self.log("val/acc", (logits.argmax(1) == y).float().mean())
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         return torch.optim.SGD(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)

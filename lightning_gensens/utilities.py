@@ -22,7 +22,7 @@ def default_batch_to_xy(batch: Any) -> tuple[Tensor, Tensor | None]:
     if isinstance(batch, Tensor):
         return batch, None
     if isinstance(batch, Sequence) and not isinstance(batch, str) and 1 <= len(batch) <= 3:
-        if isinstance(batch[0], Tensor) and (len(batch) == 1 or isinstance(batch[1], Tensor)):
+        if isinstance(batch[0], Tensor) and (len(batch) == 1 or batch[1] is None or isinstance(batch[1], Tensor)):
             return batch[0], batch[1] if len(batch) > 1 else None
     if isinstance(batch, Mapping):
         x = next((batch[k] for k in _X_KEYS if k in batch), None)
