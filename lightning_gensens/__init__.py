@@ -1,7 +1,9 @@
 """lightning_gensens: predicted versus actual test loss from sensitivity measures, logged while a network trains."""
 
 from lightning_gensens.callbacks import (
+    FisherRaoNorm,
     GeneralizationMonitor,
+    JacobianNorm,
     LinfNorm,
     MeasureCallback,
     OutputSensitivity,
@@ -12,7 +14,9 @@ from lightning_gensens.callbacks import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "FisherRaoNorm",
     "GeneralizationMonitor",
+    "JacobianNorm",
     "LinfNorm",
     "MeasureCallback",
     "OutputSensitivity",

@@ -1,6 +1,8 @@
 """Lightning callbacks: one per measure, and the monitor that runs them all."""
 
 from lightning_gensens.callbacks.base import MEASURES, Estimate, GensensCallback, MeasureCallback, register_measure
+from lightning_gensens.callbacks.fisher_rao_norm import FisherRaoNorm
+from lightning_gensens.callbacks.jacobian_norm import JacobianNorm
 from lightning_gensens.callbacks.linf_norm import LinfNorm
 from lightning_gensens.callbacks.monitor import GeneralizationMonitor
 from lightning_gensens.callbacks.output_sensitivity import OutputSensitivity
@@ -9,8 +11,10 @@ from lightning_gensens.callbacks.spectral_norm import SpectralNorm
 __all__ = [
     "MEASURES",
     "Estimate",
+    "FisherRaoNorm",
     "GeneralizationMonitor",
     "GensensCallback",
+    "JacobianNorm",
     "LinfNorm",
     "MeasureCallback",
     "OutputSensitivity",

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchmetrics import Metric
 
+from lightning_gensens import estimators
 from lightning_gensens.capture import Captured, ForwardCapture
 from lightning_gensens.functional._utils import weight_layers
 from lightning_gensens.plotting import plot_predictions, prediction_series
@@ -424,8 +425,13 @@ class MeasureCallback(GensensCallback):
         return dict(computed)
 
     def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
-        """Predicted test loss/error per estimator, from this epoch's values and the probe's loss and error."""
-        raise NotImplementedError
+        """Predicted test loss/error per estimator, from this epoch's values and the probe's loss and error.
+
+        By default the ratio rule m(X_te)/m(X_tr)·l_tr of the follow-up paper, applied to the probe's error too.
+        """
+        test, probe = computed["val"], computed["train"]
+        return {self.name: Estimate(estimators.ratio(test, probe, train["loss"]),
+                                    estimators.ratio(test, probe, train["error"]))}
 
     def measure_state(self) -> dict[str, Any]:
         """What a resumed run needs (Python scalars, lists, dicts and tensors only)."""

@@ -2,6 +2,7 @@ import csv
 import math
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from torch import Tensor, nn
@@ -10,7 +11,7 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from lightning_gensens import GeneralizationMonitor, MeasureCallback, OutputSensitivity
 from lightning_gensens.callbacks import MEASURES, Estimate
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.models import Classifier
+from lightning_gensens.models import Classifier, small_cnn
 from tests.callbacks.conftest import make_model, make_trainer
 
 SPLIT_KEYS = ("train", "val", "pred_test_loss", "mae")
@@ -263,3 +264,18 @@ def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
         for key, (x, y) in (("test", digits.val_set.tensors), ("train", digits.train_set[probe])):
             loss = nn.functional.cross_entropy(model(x), y)
             assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
+
+
+def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):
+    images = ArrayDataModule("digits", image=True)
+    L.seed_everything(0, verbose=False)
+    model = Classifier(small_cnn(1, 8, 10, width=8, batch_norm=True, dropout=0.3))
+    general = [name for name in ("output_sensitivity", "jacobian_norm", "fisher_rao_norm", "spectral_norm",
+                                 "input_gradient_norm", "relative_flatness") if name in MEASURES]
+    monitor = GeneralizationMonitor(measures=general, probe_size=128)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(model, images)
+    for name in general:
+        key = f"gensens/{name}/pred_test_loss"
+        assert math.isfinite(float(trainer.callback_metrics[key])), key
+    assert model.training  # the model's mode is restored

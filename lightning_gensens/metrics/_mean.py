@@ -1,0 +1,26 @@
+"""Base of the metrics that average a per-sample quantity: sum-reducible (count, total) states."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+
+class SampleMean(Metric):
+    """E_x of a per-sample quantity; subclasses call :meth:`_accumulate` with a batch's (count, total)."""
+
+    is_differentiable = False
+    higher_is_better = False
+    full_state_update = False
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def _accumulate(self, count: Tensor, total: Tensor) -> None:
+        self.count += count.to(self.count)
+        self.total += total.to(self.total)
