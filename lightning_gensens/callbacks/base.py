@@ -218,7 +218,8 @@ class GensensCallback(Callback):
             for est, (s_loss, s_err, n_loss, n_err) in self._mae.items()
         ]
         if self.mae_table:
-            self._report_table(trainer, trainer.log_dir)  # log_dir broadcasts: read it on every rank
+            # log_dir broadcasts, so it is read on every rank; without a logger nothing is written to disk
+            self._report_table(trainer, trainer.log_dir if trainer.loggers else None)
 
     def state_dict(self) -> dict[str, Any]:
         return {"mae": {k: list(v) for k, v in self._mae.items()}, "history": [dict(r) for r in self.history],
