@@ -1,26 +1,35 @@
 """lightning_gensens: predicted versus actual test loss from sensitivity measures, logged while a network trains."""
 
 from lightning_gensens.callbacks import (
+    ActiveNodeBound,
     FisherRaoNorm,
     GeneralizationMonitor,
     JacobianNorm,
     LinfNorm,
     MeasureCallback,
     OutputSensitivity,
+    RegionSensitivity,
     SpectralNorm,
+    TangentSensitivity,
     register_measure,
 )
+from lightning_gensens.ranking import RankedModel, rank_architectures
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ActiveNodeBound",
     "FisherRaoNorm",
     "GeneralizationMonitor",
     "JacobianNorm",
     "LinfNorm",
     "MeasureCallback",
     "OutputSensitivity",
+    "RankedModel",
+    "RegionSensitivity",
     "SpectralNorm",
+    "TangentSensitivity",
     "__version__",
+    "rank_architectures",
     "register_measure",
 ]

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 BatchToXY = Callable[[Any], tuple[Tensor, Tensor | None]]
@@ -62,3 +63,9 @@ def evaluation_mode(model: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
+
+
+def rank_generator(seed: int, device: torch.device) -> torch.Generator:
+    """A private generator on ``device`` seeded with ``seed`` plus an offset per DDP rank (independent noise)."""
+    rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    return torch.Generator(device=device).manual_seed(seed + 7919 * rank)

@@ -305,7 +305,7 @@ class GensensCallback(Callback):
                 m.update_weights(metric, self._net, self._example)
                 computed = {"value": metric.compute()}
             else:
-                computed = {split: self._metrics[split][m.name].compute() for split in SPLITS}
+                computed = m.compute({split: self._metrics[split][m.name] for split in SPLITS})
             logs.update({f"{p}/{m.name}/{key}": value for key, value in m.values(computed).items()})
             for est, estimate in m.estimate(computed, train).items():
                 logs.update(self._score(est, estimate, actual_loss, actual_error))
@@ -420,6 +420,10 @@ class MeasureCallback(GensensCallback):
     def update_weights(self, metric: Metric, net: nn.Module, example: Captured) -> None:
         """Feed the current weights once per measured epoch (weight-only measures)."""
         raise NotImplementedError
+
+    def compute(self, metrics: dict[str, Metric]) -> dict[str, Any]:
+        """Each split's value (``train`` probe, ``val``) from its Metric; a measure comparing splits overrides it."""
+        return {split: metric.compute() for split, metric in metrics.items()}
 
     def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
         """Scalars to log under ``<prefix>/<name>/``: by default the computed value of each split."""

@@ -1,9 +1,21 @@
 """torchmetrics Metrics: one per measure, with DDP-reducible states."""
 
+from lightning_gensens.metrics.active_node_bound import ActiveNodeBound
 from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm
 from lightning_gensens.metrics.linf_norm import LinfNorm
 from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
+from lightning_gensens.metrics.region_sensitivity import RegionSensitivity
 from lightning_gensens.metrics.spectral_norm import SpectralNorm
+from lightning_gensens.metrics.tangent_sensitivity import TangentSensitivity
 
-__all__ = ["FisherRaoNorm", "JacobianNorm", "LinfNorm", "OutputSensitivity", "SpectralNorm"]
+__all__ = [
+    "ActiveNodeBound",
+    "FisherRaoNorm",
+    "JacobianNorm",
+    "LinfNorm",
+    "OutputSensitivity",
+    "RegionSensitivity",
+    "SpectralNorm",
+    "TangentSensitivity",
+]

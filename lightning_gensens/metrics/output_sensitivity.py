@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -14,6 +13,7 @@ from lightning_gensens.functional.output_sensitivity import (
     _output_sensitivity_compute,
     _output_sensitivity_update,
 )
+from lightning_gensens.utilities import rank_generator
 
 
 class OutputSensitivity(Metric):
@@ -40,8 +40,7 @@ class OutputSensitivity(Metric):
 
     def _noise_generator(self, device: torch.device) -> torch.Generator:
         if self._generator is None or self._generator.device != device:
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            self._generator = torch.Generator(device=device).manual_seed(self.seed + 7919 * rank)
+            self._generator = rank_generator(self.seed, device)
         return self._generator
 
     def update(self, model: nn.Module, x: Tensor, logits: Tensor | None = None) -> None:
