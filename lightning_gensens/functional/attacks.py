@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_labels
-from lightning_gensens.functional.input_gradient_norm import LossFn, _eval_mode, _input_gradients
+from lightning_gensens.functional._utils import check_finite_parameters, check_labels
+from lightning_gensens.functional.input_gradient_norm import LossFn, _input_gradients
+from lightning_gensens.utilities import evaluation_mode
 
 _DUAL = {"linf": 1.0, "l2": 2.0}
 """Dual exponent q of each attack norm p (Lemma 2)."""
@@ -24,7 +25,8 @@ _DUAL = {"linf": 1.0, "l2": 2.0}
 _TINY = 1e-12
 
 
-def _check_attack(eps: float, norm: str) -> None:
+def _check_attack(model: nn.Module, eps: float, norm: str) -> None:
+    check_finite_parameters(model)
     if norm not in _DUAL:
         raise ValueError(f"norm must be one of {sorted(_DUAL)}, got {norm!r}.")
     if not eps >= 0:
@@ -57,8 +59,8 @@ def _draw(sampler: Callable[..., Tensor], shape: torch.Size, generator: torch.Ge
 def fgsm(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "linf",
          loss_fn: LossFn | None = None) -> Tensor:
     """Fast gradient (sign) method: x + ε·argmax_{‖δ‖_p ≤ 1} ∂ₓℓ·δ, the first-order attack of Lemma 2."""
-    _check_attack(eps, norm)
-    with _eval_mode(model):
+    _check_attack(model, eps, norm)
+    with evaluation_mode(model):
         grad, _ = _input_gradients(model, x, y, loss_fn, "fgsm")
     with torch.inference_mode(False):
         return x.clone() + _steepest_ascent(grad, eps, norm)
@@ -73,7 +75,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "
     from a uniform random point of the ball drawn from ``generator`` (default: private, seeded 0) when
     ``random_start``. One backward pass per step serves every sample (eval mode: samples do not interact).
     """
-    _check_attack(eps, norm)
+    _check_attack(model, eps, norm)
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}.")
     alpha = 2.5 * eps / steps if step_size is None else step_size
@@ -87,7 +89,7 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "
             noise = _draw(torch.randn, x0.shape, gen, x0)
             radius = eps * _draw(torch.rand, x0.shape[:1], gen, x0).pow(1 / math.prod(x0.shape[1:]))
             delta = noise / _per_sample_norm(noise) * radius.view(-1, *([1] * (x0.dim() - 1)))
-        with _eval_mode(model):
+        with evaluation_mode(model):
             for _ in range(steps):
                 grad, _ = _input_gradients(model, x0 + delta, y, loss_fn, "pgd")
                 delta = _project(delta + _steepest_ascent(grad, alpha, norm), eps, norm)
@@ -105,7 +107,7 @@ def adversarial_loss_increase(model: nn.Module, x: Tensor, y: Tensor | None, eps
     ``random_start`` and ``generator`` configure ``attack="pgd"`` (a random start costs ℓ2 PGD ~2% of the
     first-order increase at the default step size: it cannot rotate fully onto ∂ₓℓ in 2.5·ε of travel).
     """
-    _check_attack(eps, norm)
+    _check_attack(model, eps, norm)
     y = check_labels(y, "adversarial_loss_increase")
     if attack not in ("fgsm", "pgd"):
         raise ValueError(f"attack must be 'fgsm' or 'pgd', got {attack!r}.")
@@ -114,7 +116,7 @@ def adversarial_loss_increase(model: nn.Module, x: Tensor, y: Tensor | None, eps
         x_adv = fgsm(model, x, y, eps, norm, loss_fn)
     else:
         x_adv = pgd(model, x, y, eps, norm, steps, step_size, random_start, loss_fn, generator)
-    with _eval_mode(model):
+    with evaluation_mode(model):
         grad, clean_sum = _input_gradients(model, x, y, loss_fn, "adversarial_loss_increase")
         with torch.inference_mode(False), torch.no_grad():
             target = y.clone()

@@ -6,8 +6,7 @@ By Lemma 2 an ε-sized ℓ_p attack raises the loss at x by ε‖∂ₓℓ‖_q 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,18 +16,6 @@ from lightning_gensens.functional._utils import check_finite_parameters, check_l
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(output, target)`` returning the *mean* loss over the batch (the default is cross-entropy)."""
-
-
-@contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Put ``model`` in eval mode, then restore every submodule's own ``training`` flag."""
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
 
 
 def _check_samples_independent(model: nn.Module, measure: str) -> None:
@@ -50,7 +37,6 @@ def _input_gradients(model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: Los
     12.6% error). Works under ``torch.inference_mode()``: inputs are cloned with inference mode off.
     """
     y = check_labels(y, measure)
-    check_finite_parameters(model)
     _check_samples_independent(model, measure)
     with torch.inference_mode(False), torch.enable_grad():
         xg = x.clone().requires_grad_(True)
@@ -58,6 +44,21 @@ def _input_gradients(model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: Los
         total = (loss_fn or F.cross_entropy)(model(xg), target) * target.shape[0]
         (grad,) = torch.autograd.grad(total, xg)
     return grad, total.detach()
+
+
+def _exponents(q: float | Sequence[float]) -> list[float]:
+    qs = [q] if isinstance(q, (int, float)) else list(q)
+    if not qs or any(not qq >= 1 for qq in qs):
+        raise ValueError(f"input_gradient_norm needs norm exponents q >= 1, got {q!r}.")
+    return qs
+
+
+def _input_gradient_norms(model: nn.Module, x: Tensor, y: Tensor | None, qs: Sequence[float],
+                          loss_fn: LossFn | None) -> Tensor:
+    """‖∂ₓℓ(x_n, y_n)‖_q for every q in ``qs`` and sample n: Tensor[len(qs), B], one backward pass."""
+    grad, _ = _input_gradients(model, x, y, loss_fn, "input_gradient_norm")
+    flat = grad.flatten(1)
+    return torch.stack([torch.linalg.vector_norm(flat, ord=qq, dim=1) for qq in qs])
 
 
 def input_gradient_norm(model: nn.Module, x: Tensor, y: Tensor | None, q: float | Sequence[float] = 1,
@@ -68,12 +69,8 @@ def input_gradient_norm(model: nn.Module, x: Tensor, y: Tensor | None, q: float 
     ``loss_fn(output, target)`` must return the batch mean; the default is cross-entropy on logits. The model
     is used in its current mode and must not normalise with batch statistics (BatchNorm in train mode raises).
     """
-    qs = [q] if isinstance(q, (int, float)) else list(q)
-    if not qs or any(not qq >= 1 for qq in qs):
-        raise ValueError(f"input_gradient_norm needs norm exponents q >= 1, got {q!r}.")
-    grad, _ = _input_gradients(model, x, y, loss_fn, "input_gradient_norm")
-    flat = grad.flatten(1)
-    norms = torch.stack([torch.linalg.vector_norm(flat, ord=qq, dim=1) for qq in qs])
+    check_finite_parameters(model)
+    norms = _input_gradient_norms(model, x, y, _exponents(q), loss_fn)
     return norms[0] if isinstance(q, (int, float)) else norms
 
 
@@ -84,8 +81,9 @@ def _input_gradient_norm_update(model: nn.Module, x: Tensor, y: Tensor | None,
 
     The sum has shape ``[]`` for one ``q`` and ``[len(q)]`` for several; both are sum-reducible across ranks.
     """
-    norms = input_gradient_norm(model, x, y, q, loss_fn)
-    return norms.sum(-1), torch.tensor(norms.shape[-1], device=norms.device)
+    norms = _input_gradient_norms(model, x, y, _exponents(q), loss_fn)
+    sums = norms[0].sum() if isinstance(q, (int, float)) else norms.sum(-1)
+    return sums, torch.tensor(norms.shape[-1], device=norms.device)
 
 
 def _input_gradient_norm_compute(norm_sum: Tensor, num_samples: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from lightning_gensens.functional._utils import check_finite_parameters, check_labels, weight_layers
-from lightning_gensens.functional.input_gradient_norm import LossFn, _eval_mode
+from lightning_gensens.functional.input_gradient_norm import LossFn
+from lightning_gensens.utilities import evaluation_mode
 
 Reduce = Callable[[Tensor], Tensor]
 """Sum of a tensor over ranks (identity on one process); called identically on every rank."""
@@ -326,7 +327,7 @@ def relative_flatness(
                          f"{type(model).__name__}; choose from {list(available)}.")
     batches = [(x, y)] if isinstance(x, Tensor) else x
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
-    with torch.inference_mode(False), torch.enable_grad(), _eval_mode(model):
+    with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(model):
         probe = _ProbeHessian(model, batches, names, loss_fn or F.cross_entropy, reduce or _identity,
                               gauss_newton)
         result: dict[str, Any] = {n: _layer_flatness(probe, n, lanczos_tol, lanczos_max_iter, trace_budget,

@@ -2,20 +2,24 @@
 
 from lightning_gensens.metrics.active_node_bound import ActiveNodeBound
 from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm
+from lightning_gensens.metrics.input_gradient_norm import InputGradientNorm
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm
 from lightning_gensens.metrics.linf_norm import LinfNorm
 from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity
+from lightning_gensens.metrics.relative_flatness import RelativeFlatness
 from lightning_gensens.metrics.spectral_norm import SpectralNorm
 from lightning_gensens.metrics.tangent_sensitivity import TangentSensitivity
 
 __all__ = [
     "ActiveNodeBound",
     "FisherRaoNorm",
+    "InputGradientNorm",
     "JacobianNorm",
     "LinfNorm",
     "OutputSensitivity",
     "RegionSensitivity",
+    "RelativeFlatness",
     "SpectralNorm",
     "TangentSensitivity",
 ]

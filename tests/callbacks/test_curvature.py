@@ -1,0 +1,62 @@
+"""Relative flatness and input-gradient norms inside Lightning: per-layer diagnostics, attacks, labels."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gensens import GeneralizationMonitor, InputGradientNorm, RelativeFlatness
+from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.models import Classifier
+from tests.callbacks.conftest import make_model, make_trainer
+
+
+def test_relative_flatness_logs_every_layer_with_error_and_iterations(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)],
+                                    probe_size=200)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(make_model(digits), digits)
+    logged = trainer.callback_metrics
+    for split in ("train", "val"):
+        for layer in ("net.3", "net.5"):
+            for key in ("kappa", "lambda_max", "lambda_max_error", "trace", "trace_stderr", "lanczos_iters"):
+                assert math.isfinite(float(logged[f"gensens/relative_flatness/{split}/{layer}/{key}"]))
+        assert f"gensens/relative_flatness/{split}/net.1/kappa" not in logged
+    assert math.isfinite(float(logged["gensens/relative_flatness/pred_test_loss"]))
+    with pytest.raises(ValueError, match="not Linear/Conv layers"):
+        RelativeFlatness(layers=["net.2"]).check_model(make_model(digits))
+
+
+def test_attack_eps_logs_predicted_and_achieved_damage(tmp_path, digits):
+    measure = InputGradientNorm(attack_eps=1e-3, attack_samples=128, pgd_steps=5)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=[measure], probe_size=200)], max_epochs=1)
+    trainer.fit(make_model(digits), digits)
+    logged = trainer.callback_metrics
+    for norm in ("linf", "l2"):
+        predicted = float(logged[f"gensens/input_gradient_norm/attack_{norm}/predicted"])
+        fgsm = float(logged[f"gensens/input_gradient_norm/attack_{norm}/fgsm"])
+        pgd = float(logged[f"gensens/input_gradient_norm/attack_{norm}/pgd"])
+        assert predicted > 0 and fgsm > 0 and pgd > 0
+        assert fgsm == pytest.approx(predicted, rel=0.05)  # first order at small ε (Lemma 2)
+    assert "gensens/input_gradient_norm_q2/pred_test_loss" in logged
+
+
+class _ValWithoutLabels(ArrayDataModule):
+    def val_dataloader(self):
+        return DataLoader(TensorDataset(self.val_set.tensors[0]), batch_size=128)
+
+
+class _NoLabelStep(Classifier):
+    def validation_step(self, batch, batch_idx):
+        self(batch[0])
+
+
+@pytest.mark.parametrize("measure", ["input_gradient_norm", "relative_flatness"])
+def test_label_needing_measures_refuse_unlabeled_batches(tmp_path, digits, measure):
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=[measure], probe_size=100)], max_epochs=1)
+    with pytest.raises(ValueError, match="needs labels"):
+        trainer.fit(_NoLabelStep(make_model(digits).net), _ValWithoutLabels("digits"))
+    with pytest.raises(ValueError, match="unlabeled"):
+        GeneralizationMonitor(measures=[measure], unlabeled=[torch.zeros(2, 64)])._select_measures(
+            make_model(digits).net)
