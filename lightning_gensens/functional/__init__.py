@@ -1,23 +1,57 @@
 """Pure math of every measure: (model, tensors) -> tensors, no state and no Lightning."""
 
+from lightning_gensens.functional.active_node_bound import (
+    active_node_bound,
+    active_node_counts,
+    log_abs_normal_moment,
+    log_psi_star,
+)
+from lightning_gensens.functional.attacks import adversarial_loss_increase, fgsm, pgd
+from lightning_gensens.functional.fisher_rao_norm import fisher_rao_norm, fisher_rao_norm_per_sample
+from lightning_gensens.functional.input_gradient_norm import input_gradient_norm
+from lightning_gensens.functional.jacobian_norm import jacobian_norm
 from lightning_gensens.functional.linf_norm import (
     layer_linf_norms,
     linf_sensitivity_bound,
     log_linf_sensitivity_bound,
 )
 from lightning_gensens.functional.output_sensitivity import output_sensitivity
+from lightning_gensens.functional.region_sensitivity import count_activation_patterns, region_sensitivity
+from lightning_gensens.functional.relative_flatness import relative_flatness
 from lightning_gensens.functional.spectral_norm import (
     layer_spectral_norms,
     log_spectral_norm_product,
     spectral_norm_product,
 )
+from lightning_gensens.functional.tangent_sensitivity import (
+    tangent_sample_sensitivity,
+    tangent_sensitivity_from_masks,
+    tangent_sensitivity_hutchinson,
+)
 
 __all__ = [
+    "active_node_bound",
+    "active_node_counts",
+    "adversarial_loss_increase",
+    "count_activation_patterns",
+    "fgsm",
+    "fisher_rao_norm",
+    "fisher_rao_norm_per_sample",
+    "input_gradient_norm",
+    "jacobian_norm",
     "layer_linf_norms",
     "layer_spectral_norms",
     "linf_sensitivity_bound",
+    "log_abs_normal_moment",
     "log_linf_sensitivity_bound",
+    "log_psi_star",
     "log_spectral_norm_product",
     "output_sensitivity",
+    "pgd",
+    "region_sensitivity",
+    "relative_flatness",
     "spectral_norm_product",
+    "tangent_sample_sensitivity",
+    "tangent_sensitivity_from_masks",
+    "tangent_sensitivity_hutchinson",
 ]
