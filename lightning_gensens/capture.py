@@ -20,6 +20,8 @@ class Captured:
     logits: Tensor
     preacts: list[Tensor] = field(default_factory=list)
     y: Tensor | None = None
+    cache: dict[str, Tensor] = field(default_factory=dict)
+    """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
 
 
 class ForwardCapture:

@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
+from lightning_gensens.callbacks.tangent_sensitivity import region_tangent
 from lightning_gensens.capture import Captured
 from lightning_gensens.functional._utils import relu_modules
 from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers
@@ -40,7 +41,7 @@ class RegionSensitivity(MeasureCallback):
         return RegionSensitivityMetric(self.mode, self.temperature)
 
     def update(self, metric: RegionSensitivityMetric, record: Captured, net: nn.Module) -> None:
-        metric.update(net, record.preacts)
+        metric.update(net, record.preacts, region_tangent(record, net))
 
     def compute(self, metrics: dict[str, Metric]) -> dict[str, Any]:
         computed = super().compute(metrics)

@@ -9,8 +9,15 @@ from torch import Tensor, nn
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
 from lightning_gensens.functional._utils import relu_modules
-from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers
+from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers, tangent_sensitivity_from_masks
 from lightning_gensens.metrics.tangent_sensitivity import TangentSensitivity as TangentSensitivityMetric
+
+
+def region_tangent(record: Captured, net: nn.Module) -> Tensor:
+    """T(A(x)) of a captured ReLU-MLP batch from its activation masks, computed once and shared by measures."""
+    if "tangent" not in record.cache:
+        record.cache["tangent"] = tangent_sensitivity_from_masks(net, [h > 0 for h in record.preacts])
+    return record.cache["tangent"]
 
 
 @register_measure
@@ -45,7 +52,10 @@ class TangentSensitivity(MeasureCallback):
         return TangentSensitivityMetric(self.method, self.n_probes, seed=self.seed)
 
     def update(self, metric: TangentSensitivityMetric, record: Captured, net: nn.Module) -> None:
-        metric.update(net, record.x, record.preacts if self.needs_preactivations else None)
+        if self.needs_preactivations:
+            metric.update(net, record.x, tangent=region_tangent(record, net))
+        else:
+            metric.update(net, record.x)
 
     def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
         out = {split: value["mean"] for split, value in computed.items()}

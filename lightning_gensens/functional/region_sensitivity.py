@@ -30,13 +30,16 @@ def _flat_preactivations(preactivations: Sequence[Tensor]) -> Tensor:
     return torch.cat([h.flatten(1) for h in preactivations], dim=1)
 
 
-def _region_sensitivity_update(model: nn.Module, preactivations: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+def _region_sensitivity_update(model: nn.Module, preactivations: Sequence[Tensor],
+                               tangent: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-sample statistics from captured ReLU pre-activations (one [B, ...] per nn.ReLU, forward order).
 
     Returns ``pre`` [B, N] (the pre-activations side by side, model dtype) and ``tangent`` [B] = T(A(x)) in
-    float64. Hard mode sums ``tangent`` and counts samples; soft mode concatenates both. Expects eval mode.
+    float64 (computed from the masks unless given). Hard mode sums ``tangent`` and counts samples; soft mode
+    concatenates both. Expects eval mode.
     """
-    tangent = tangent_sensitivity_from_masks(model, [h > 0 for h in preactivations])
+    if tangent is None:
+        tangent = tangent_sensitivity_from_masks(model, [h > 0 for h in preactivations])
     return _flat_preactivations(preactivations), tangent.double()
 
 

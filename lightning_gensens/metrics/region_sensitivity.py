@@ -47,8 +47,9 @@ class RegionSensitivity(Metric):
             self.add_state("pre", [], dist_reduce_fx="cat")
             self.add_state("tangent", [], dist_reduce_fx="cat")
 
-    def update(self, model: nn.Module, preactivations: Sequence[Tensor]) -> None:
-        pre, tangent = _region_sensitivity_update(model, preactivations)
+    def update(self, model: nn.Module, preactivations: Sequence[Tensor], tangent: Tensor | None = None) -> None:
+        """Feed captured pre-activations; ``tangent`` = T(A(x)) when already computed from the same masks."""
+        pre, tangent = _region_sensitivity_update(model, preactivations, tangent)
         self.count += tangent.numel()
         self.tangent_sum += tangent.sum().to(self.tangent_sum)
         patterns, pattern_tangent = _region_patterns(pre > 0, tangent)

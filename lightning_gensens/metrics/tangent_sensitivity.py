@@ -45,10 +45,14 @@ class TangentSensitivity(Metric):
         for state in ("count", "total", "variance"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, model: nn.Module, x: Tensor, preactivations: Sequence[Tensor] | None = None) -> None:
-        """Feed one batch; ``preactivations`` (captured, one per nn.ReLU) spare the exact path a forward pass."""
+    def update(self, model: nn.Module, x: Tensor, preactivations: Sequence[Tensor] | None = None,
+               tangent: Tensor | None = None) -> None:
+        """Feed one batch; ``preactivations`` (captured, one per nn.ReLU) spare the exact path a forward pass,
+        and ``tangent`` = T(x) already computed from them spares the closed form too."""
         exact = self.method == "exact" or (self.method == "auto" and supports_closed_form(model))
-        if exact and preactivations is not None:
+        if exact and tangent is not None:
+            values = tangent
+        elif exact and preactivations is not None:
             values = tangent_sensitivity_from_masks(model, [h > 0 for h in preactivations])
         elif exact:
             values = tangent_sample_sensitivity(model, x, method="exact")
