@@ -1,9 +1,10 @@
-"""Training time of the demo with and without GeneralizationMonitor, side by side in one run.
+"""Training time with and without GeneralizationMonitor, side by side in one run, and the cost of each measure.
 
-    python benchmarks/overhead.py [--epochs 30] [--repeats 3] [--dataset digits]
+    python benchmarks/overhead.py [--epochs 30] [--repeats 3] [--dataset digits] [--per-measure]
 
 Prints the median wall time of `Trainer.fit` over --repeats runs of each configuration (interleaved, so machine
-noise hits both alike) and their ratio.
+noise hits all alike) and the ratio to plain training; with --per-measure also each measure alone, as added
+milliseconds per measured epoch.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import lightning as L
 import torch
 
 from lightning_gensens import GeneralizationMonitor
+from lightning_gensens.callbacks import MEASURES
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier, mlp
 
@@ -38,21 +40,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--measures", nargs="+", default=None, help="default: every applicable measure")
+    parser.add_argument("--per-measure", action="store_true", help="also time each measure alone")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     data = ArrayDataModule(args.dataset)
-    fit_seconds(data, 1, args.measures, True)  # warm-up
-    plain, monitored = [], []
+    configs: dict[str, tuple[list[str] | None, bool]] = {"plain training": (None, False),
+                                                          "GeneralizationMonitor (all)": (None, True)}
+    if args.per_measure:
+        configs.update({f"  {name} alone": ([name], True) for name in MEASURES})
+    fit_seconds(data, 1, None, True)  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in configs}
     for _ in range(args.repeats):
-        plain.append(fit_seconds(data, args.epochs, args.measures, False))
-        monitored.append(fit_seconds(data, args.epochs, args.measures, True))
-    p, m = statistics.median(plain), statistics.median(monitored)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dataset}, {args.epochs} epochs, "
+        for name, (measures, monitored) in configs.items():
+            times[name].append(fit_seconds(data, args.epochs, measures, monitored))
+    plain = statistics.median(times["plain training"])
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dataset} "
+          f"({len(data.train_set)} train / {len(data.val_set)} validation samples), MLP 4x100, {args.epochs} epochs, "
           f"median of {args.repeats}")
-    print(f"{'plain training':<28}{p:8.2f} s")
-    print(f"{'with GeneralizationMonitor':<28}{m:8.2f} s")
-    print(f"{'ratio (monitored / plain)':<28}{m / p:8.2f} x")
+    print(f"{'configuration':<34}{'time':>9}{'ratio':>8}{'ms/epoch added':>16}")
+    for name, values in times.items():
+        t = statistics.median(values)
+        print(f"{name:<34}{t:8.2f}s{t / plain:7.2f}x{(t - plain) / args.epochs * 1000:15.1f}")
 
 
 if __name__ == "__main__":

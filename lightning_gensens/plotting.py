@@ -44,16 +44,18 @@ def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    colors = iter(plt.get_cmap("tab20").colors)
     for name, (xs, ys) in prediction_series(rows, prefix).items():
         actual, train = name == ACTUAL, name == TRAIN
-        ax.plot(xs, ys, label=name, color="black" if actual else "gray" if train else None,
-                linestyle="--" if train else "-", linewidth=2.5 if actual else 1.2,
-                marker="o" if len(xs) < 40 and not train else None, markersize=3)
+        ax.plot(xs, ys, label=name, color="black" if actual else "gray" if train else next(colors),
+                linestyle="--" if train else "-", linewidth=2.5 if actual else 1.6 if train else 1.1,
+                marker="o" if len(xs) < 40 and not (actual or train) else None, markersize=2.5,
+                zorder=3 if actual else 2)
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
