@@ -1,4 +1,4 @@
-"""Base of the metrics that average a per-sample quantity: sum-reducible (count, total) states."""
+"""Base of the metrics that average a quantity over samples (or updates): sum-reducible (count, total) states."""
 
 from __future__ import annotations
 

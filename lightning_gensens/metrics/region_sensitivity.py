@@ -23,9 +23,9 @@ MODES = ("hard", "soft")
 class RegionSensitivity(Metric):
     """Ŝ(X) from captured ReLU pre-activations, and the number of distinct activation patterns seen.
 
-    ``hard`` keeps sums and the deduplicated patterns; ``soft`` also keeps every sample's pre-activations
-    (float32) and T(A(x)) to weigh the patterns of eq. 4. Pass another split's :meth:`patterns` as
-    ``reference`` to :meth:`soft` so both splits are weighed over one set A+ (eq. 7).
+    ``hard`` keeps sums and every sample's activation pattern (one byte per unit); ``soft`` also keeps every
+    sample's pre-activations (float32) and T(A(x)) to weigh the patterns of eq. 4. Pass another split's
+    :meth:`patterns` as ``reference`` to :meth:`soft` so both splits are weighed over one set A+ (eq. 7).
     """
 
     is_differentiable = False
@@ -52,9 +52,8 @@ class RegionSensitivity(Metric):
         pre, tangent = _region_sensitivity_update(model, preactivations, tangent)
         self.count += tangent.numel()
         self.tangent_sum += tangent.sum().to(self.tangent_sum)
-        patterns, pattern_tangent = _region_patterns(pre > 0, tangent)
-        self.pattern_list.append(patterns.to(torch.uint8))
-        self.pattern_tangent.append(pattern_tangent)
+        self.pattern_list.append((pre > 0).to(torch.uint8))  # deduplicated at compute: no per-batch host sync
+        self.pattern_tangent.append(tangent)
         if self.mode == "soft":
             self.pre.append(pre.float())
             self.tangent.append(tangent)
