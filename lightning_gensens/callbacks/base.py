@@ -26,6 +26,7 @@ from lightning_gensens.utilities import BatchToXY, default_batch_to_xy, evaluati
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MAX_HISTORY = 100_000
+_NO_LOSS = {"loss": torch.tensor(math.nan), "error": torch.tensor(math.nan)}  # a split without labels
 SPLITS = ("train", "val")
 
 
@@ -294,7 +295,7 @@ class GensensCallback(Callback):
 
     def _evaluate(self) -> dict[str, Tensor]:
         p = self.prefix
-        train, val = (self._split_loss[s].compute() for s in SPLITS)
+        train, val = (self._split_loss[s].compute() if self._split_loss[s].update_called else _NO_LOSS for s in SPLITS)
         logs = {f"{p}/train_loss": train["loss"], f"{p}/test_loss": val["loss"],
                 f"{p}/train_error": train["error"], f"{p}/test_error": val["error"]}
         logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
