@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -69,3 +70,38 @@ def rank_generator(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on ``device`` seeded with ``seed`` plus an offset per DDP rank (independent noise)."""
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     return torch.Generator(device=device).manual_seed(seed + 7919 * rank)
+
+
+class EpochEndProgress:
+    """A task on the trainer's active progress bar for epoch-end measuring (global rank zero, bar enabled).
+
+    Lightning has no sub-progress API: with the TQDM bar this opens a nested ``Tqdm`` below it, with the Rich bar a
+    task on its ``progress``; otherwise every call is a no-op.
+    """
+
+    def __init__(self, trainer: Any, total: int, description: str = "gensens") -> None:
+        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
+
+        self._tqdm: Any = None
+        self._rich: Any = None
+        bar = trainer.progress_bar_callback
+        if not trainer.is_global_zero or bar is None or not bar.is_enabled:
+            return
+        if isinstance(bar, TQDMProgressBar):
+            self._tqdm = Tqdm(total=total, desc=description, position=2 * bar.process_position + 2, leave=False,
+                              dynamic_ncols=True, file=sys.stdout)
+        elif isinstance(bar, RichProgressBar) and getattr(bar, "progress", None) is not None:
+            self._rich = (bar.progress, bar.progress.add_task(description, total=total))
+
+    def advance(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.update(1)
+        elif self._rich is not None:
+            self._rich[0].advance(self._rich[1])
+
+    def close(self) -> None:
+        if self._tqdm is not None:
+            self._tqdm.close()
+        elif self._rich is not None:
+            self._rich[0].remove_task(self._rich[1])

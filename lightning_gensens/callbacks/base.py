@@ -22,7 +22,13 @@ from lightning_gensens import estimators
 from lightning_gensens.capture import Captured, ForwardCapture
 from lightning_gensens.functional._utils import weight_layers
 from lightning_gensens.plotting import plot_predictions, prediction_series
-from lightning_gensens.utilities import BatchToXY, default_batch_to_xy, evaluation_mode, preserved_rng
+from lightning_gensens.utilities import (
+    BatchToXY,
+    EpochEndProgress,
+    default_batch_to_xy,
+    evaluation_mode,
+    preserved_rng,
+)
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 MAX_HISTORY = 100_000
@@ -202,11 +208,17 @@ class GensensCallback(Callback):
             rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
             self._reset_metrics()
             return
-        with preserved_rng(), evaluation_mode(self._net):
-            self._run_probe(trainer, pl_module)
-            if self.unlabeled is not None:
-                self._run_unlabeled(trainer, pl_module)
-            logs = self._evaluate()
+        if self._probe is None:
+            self._probe = self._draw_probe(trainer)
+        progress = EpochEndProgress(trainer, len(self._probe) + len(self._measures()))
+        try:
+            with preserved_rng(), evaluation_mode(self._net):
+                self._run_probe(pl_module, progress)
+                if self.unlabeled is not None:
+                    self._run_unlabeled(trainer, pl_module)
+                logs = self._evaluate(progress)
+        finally:
+            progress.close()
         self._record_history(trainer.current_epoch, logs)
         self._define_wandb_step(trainer, logs)
         pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
@@ -269,9 +281,7 @@ class GensensCallback(Callback):
                                   collate_fn=getattr(loader, "collate_fn", None))
         return [self.batch_to_xy(batch) for batch in probe_loader]
 
-    def _run_probe(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._probe is None:
-            self._probe = self._draw_probe(trainer)
+    def _run_probe(self, pl_module: LightningModule, progress: EpochEndProgress) -> None:
         self._capture.enabled = True
         try:
             for x, y in self._probe:
@@ -279,6 +289,7 @@ class GensensCallback(Callback):
                 record = self._capture.pop()
                 record.y = None if y is None else y.to(pl_module.device)
                 self._feed("train", record)
+                progress.advance()
         finally:
             self._capture.enabled = False
 
@@ -293,7 +304,7 @@ class GensensCallback(Callback):
         finally:
             self._capture.enabled = False
 
-    def _evaluate(self) -> dict[str, Tensor]:
+    def _evaluate(self, progress: EpochEndProgress) -> dict[str, Tensor]:
         p = self.prefix
         train, val = (self._split_loss[s].compute() if self._split_loss[s].update_called else _NO_LOSS for s in SPLITS)
         logs = {f"{p}/train_loss": train["loss"], f"{p}/test_loss": val["loss"],
@@ -310,6 +321,7 @@ class GensensCallback(Callback):
             logs.update({f"{p}/{m.name}/{key}": value for key, value in m.values(computed).items()})
             for est, estimate in m.estimate(computed, train).items():
                 logs.update(self._score(est, estimate, actual_loss, actual_error))
+            progress.advance()
         return logs
 
     def _score(self, est: str, estimate: Estimate, actual_loss: float, actual_error: float) -> dict[str, Tensor]:

@@ -279,3 +279,16 @@ def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):
         key = f"gensens/{name}/pred_test_loss"
         assert math.isfinite(float(trainer.callback_metrics[key])), key
     assert model.training  # the model's mode is restored
+
+
+@pytest.mark.parametrize("bar", ["tqdm", "rich"])
+def test_epoch_end_work_shows_on_the_progress_bar(tmp_path, digits, bar, capsys):
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    progress = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], probe_size=300), progress],
+                           max_epochs=1, enable_progress_bar=True)
+    trainer.fit(make_model(digits), digits)
+    if bar == "tqdm":
+        assert "gensens" in capsys.readouterr().out
+    assert "gensens/test_loss" in trainer.callback_metrics
