@@ -20,3 +20,18 @@ def test_help_explains_every_option(capsys):
     out = capsys.readouterr().out
     for option in ("--dataset", "--epochs", "--probe-size", "--measures", "--out", "--wandb", "--seed"):
         assert option in out
+
+
+def test_demo_wandb_runs_offline(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc login: offline
+    try:
+        assert main(["demo", "--epochs", "1", "--out", str(tmp_path), "--no-progress", "--probe-size", "128",
+                     "--measures", "output_sensitivity", "--wandb"]) == 0
+    finally:
+        wandb.teardown()
+    assert list(tmp_path.glob("**/offline-run-*/run-*.wandb"))
