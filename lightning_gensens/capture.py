@@ -9,7 +9,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_gensens.functional._utils import relu_modules, weight_layers
+from lightning_gensens.utilities import relu_modules, weight_layers
 
 
 @dataclass

@@ -9,8 +9,8 @@ from torch import Tensor, nn
 from lightning_gensens import estimators
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional._utils import relu_modules, weight_layers
 from lightning_gensens.metrics.active_node_bound import ActiveNodeBound as ActiveNodeBoundMetric
+from lightning_gensens.utilities import relu_modules, weight_layers
 
 
 @register_measure

@@ -20,7 +20,6 @@ from torchmetrics import Metric
 
 from lightning_gensens import estimators
 from lightning_gensens.capture import Captured, ForwardCapture
-from lightning_gensens.functional._utils import weight_layers
 from lightning_gensens.plotting import plot_predictions, prediction_series
 from lightning_gensens.utilities import (
     BatchToXY,
@@ -28,6 +27,7 @@ from lightning_gensens.utilities import (
     default_batch_to_xy,
     evaluation_mode,
     preserved_rng,
+    weight_layers,
 )
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -208,17 +208,17 @@ class GensensCallback(Callback):
             rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
             self._reset_metrics()
             return
-        if self._probe is None:
-            self._probe = self._draw_probe(trainer)
-        progress = EpochEndProgress(trainer, len(self._probe) + len(self._measures()))
-        try:
-            with preserved_rng(), evaluation_mode(self._net):
+        with preserved_rng(), evaluation_mode(self._net):  # iterating a DataLoader draws from the global RNG
+            if self._probe is None:
+                self._probe = self._draw_probe(trainer)
+            progress = EpochEndProgress(trainer, len(self._probe) + len(self._measures()))
+            try:
                 self._run_probe(pl_module, progress)
                 if self.unlabeled is not None:
                     self._run_unlabeled(trainer, pl_module)
                 logs = self._evaluate(progress)
-        finally:
-            progress.close()
+            finally:
+                progress.close()
         self._record_history(trainer.current_epoch, logs)
         self._define_wandb_step(trainer, logs)
         pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)

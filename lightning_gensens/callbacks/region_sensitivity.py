@@ -10,9 +10,9 @@ from torchmetrics import Metric
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.callbacks.tangent_sensitivity import region_tangent
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional._utils import relu_modules
 from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity as RegionSensitivityMetric
+from lightning_gensens.utilities import relu_modules
 
 
 @register_measure

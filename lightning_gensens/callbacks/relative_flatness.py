@@ -8,8 +8,8 @@ from torch import Tensor, nn
 
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional._utils import weight_layers
 from lightning_gensens.metrics.relative_flatness import RelativeFlatness as RelativeFlatnessMetric
+from lightning_gensens.utilities import weight_layers
 
 _PER_LAYER = ("kappa", "kappa_tau", "lambda_max", "lambda_max_error", "trace", "trace_stderr", "rho_max",
               "rho_sum", "lanczos_iters", "trace_hvps")

@@ -8,9 +8,9 @@ from torch import Tensor, nn
 
 from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional._utils import relu_modules
 from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers, tangent_sensitivity_from_masks
 from lightning_gensens.metrics.tangent_sensitivity import TangentSensitivity as TangentSensitivityMetric
+from lightning_gensens.utilities import relu_modules
 
 
 def region_tangent(record: Captured, net: nn.Module) -> Tensor:

@@ -16,8 +16,8 @@ import torch
 from scipy.special import gammaln, hyp1f1
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters, relu_modules, weight_layers
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.capture import ForwardCapture
+from lightning_gensens.utilities import check_finite_parameters, evaluation_mode, weight_layers
 
 _KUMMER_MAX_RATIO = 12.0
 """μ/σ up to which SciPy's ₁F₁ is used (≤ 4e-15 in log against mpmath for n ≤ 20); beyond, the odd-n remainder
@@ -27,19 +27,12 @@ _KUMMER_MAX_RATIO = 12.0
 def relu_preactivations(model: nn.Module, x: Tensor, measure: str = "relu_preactivations") -> list[Tensor]:
     """Pre-activations entering every ``nn.ReLU`` call of ``model(x)``, in call order, each [B, ...].
 
-    Read by forward pre-hooks (correct with ``inplace=True``); the handles are always removed. Raises naming the
-    module when the network has a non-ReLU activation.
+    Read by :class:`~lightning_gensens.capture.ForwardCapture` (forward pre-hooks, correct with ``inplace=True``;
+    handles always removed). Raises naming the module when the network has a non-ReLU activation.
     """
-    captured: list[Tensor] = []
-    handles = [m.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach().clone()))
-               for _, m in relu_modules(model, measure)]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return captured
+    with torch.no_grad(), ForwardCapture(model, preactivations=True, measure=measure) as capture:
+        model(x)
+        return capture.pop().preacts
 
 
 def _active_counts(preactivations: Sequence[Tensor]) -> Tensor:

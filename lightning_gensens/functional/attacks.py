@@ -15,9 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters, check_labels
 from lightning_gensens.functional.input_gradient_norm import LossFn, _input_gradients
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, check_labels, evaluation_mode
 
 _DUAL = {"linf": 1.0, "l2": 2.0}
 """Dual exponent q of each attack norm p (Lemma 2)."""

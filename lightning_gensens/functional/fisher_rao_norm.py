@@ -9,8 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, evaluation_mode
 
 
 def _fisher_rao_terms(logits: Tensor) -> Tensor:

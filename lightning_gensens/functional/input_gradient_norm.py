@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters, check_labels
+from lightning_gensens.utilities import check_finite_parameters, check_labels
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 """``loss_fn(output, target)`` returning the *mean* loss over the batch (the default is cross-entropy)."""

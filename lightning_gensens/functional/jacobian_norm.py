@@ -6,8 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import vjp, vmap
 
-from lightning_gensens.functional._utils import check_finite_parameters
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, evaluation_mode
 
 
 def _jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:

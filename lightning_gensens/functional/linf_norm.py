@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters, weight_layers
+from lightning_gensens.utilities import check_finite_parameters, weight_layers
 
 
 def layer_linf_norms(model: nn.Module) -> Tensor:

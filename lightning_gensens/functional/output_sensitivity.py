@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters
+from lightning_gensens.utilities import check_finite_parameters
 
 
 def _chan_merge(stats: Tensor) -> Tensor:

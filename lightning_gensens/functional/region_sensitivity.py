@@ -14,10 +14,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters
 from lightning_gensens.functional.active_node_bound import relu_preactivations
 from lightning_gensens.functional.tangent_sensitivity import tangent_sensitivity_from_masks
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, evaluation_mode
 
 _SAMPLE_CHUNK = 1024
 _PATTERN_CHUNK = 4096

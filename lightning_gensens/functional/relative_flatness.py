@@ -34,9 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from lightning_gensens.functional._utils import check_finite_parameters, check_labels, weight_layers
 from lightning_gensens.functional.input_gradient_norm import LossFn
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, check_labels, evaluation_mode, weight_layers
 
 Reduce = Callable[[Tensor], Tensor]
 """Sum of a tensor over ranks (identity on one process); called identically on every rank."""

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
 
-from lightning_gensens.functional._utils import check_finite_parameters, weight_layers
+from lightning_gensens.utilities import check_finite_parameters, weight_layers
 
 _CONV_FN = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
 

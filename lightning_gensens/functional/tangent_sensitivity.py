@@ -16,8 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp, vjp, vmap
 
-from lightning_gensens.functional._utils import check_finite_parameters
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import check_finite_parameters, evaluation_mode
 
 _CLOSED_FORM_LEAVES: tuple[type[nn.Module], ...] = (nn.Linear, nn.ReLU, nn.Flatten, nn.Dropout, nn.Identity)
 _CHUNK_ELEMENTS = 1 << 24  # per-sample factors held at once by the closed form (128 MiB in float64)
