@@ -51,3 +51,17 @@ def toy_mlp(widths: tuple[int, ...] = (5, 7, 6, 3), bias: bool = True, seed: int
         if i < len(widths) - 2:
             layers.append(activation())
     return nn.Sequential(*layers).double()
+
+
+def bn_cnn() -> nn.Sequential:
+    """models.small_cnn in float64 with non-trivial BatchNorm statistics and affine parameters, in eval mode."""
+    from lightning_gensens.models import small_cnn
+
+    net = small_cnn(in_channels=1, side=4, width=3).double()
+    for m in net.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+            nn.init.normal_(m.weight)
+            nn.init.normal_(m.bias)
+    return net.eval()

@@ -4,23 +4,13 @@ from torch import nn
 from torch.autograd.functional import jacobian
 
 from lightning_gensens.functional.jacobian_norm import _jacobian_norm_compute, _jacobian_norm_update, jacobian_norm
-from lightning_gensens.models import small_cnn
-from tests.helpers import toy_mlp
+from tests.helpers import bn_cnn, toy_mlp
 
 
 def brute_force(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """‖∂f/∂x‖_F one sample at a time from the full Jacobian."""
     net.eval()
     return torch.stack([jacobian(lambda xx: net(xx[None])[0], xn).flatten().norm() for xn in x])
-
-
-def bn_cnn() -> nn.Sequential:
-    net = small_cnn(in_channels=1, side=4, width=3).double()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-    return net
 
 
 @pytest.mark.parametrize("kind", ["relu_mlp", "gelu_mlp", "cnn_batchnorm"])

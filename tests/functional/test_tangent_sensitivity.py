@@ -14,8 +14,7 @@ from lightning_gensens.functional.tangent_sensitivity import (
     tangent_sensitivity_from_masks,
     tangent_sensitivity_hutchinson,
 )
-from lightning_gensens.models import small_cnn
-from tests.helpers import toy_mlp
+from tests.helpers import bn_cnn, toy_mlp
 
 ts = importlib.import_module("lightning_gensens.functional.tangent_sensitivity")  # the module, not the function
 
@@ -35,18 +34,6 @@ def dense_tangent(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
             total = total + sum(v.square().sum() for v in mixed.values())
         out.append(total)
     return torch.stack(out)
-
-
-def bn_cnn() -> nn.Sequential:
-    """models.small_cnn in float64 with non-trivial BatchNorm statistics, in eval mode."""
-    net = small_cnn(in_channels=1, side=4, width=3).double()
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_()
-            m.running_var.uniform_(0.5, 2.0)
-            nn.init.normal_(m.weight)
-            nn.init.normal_(m.bias)
-    return net.eval()
 
 
 @pytest.mark.parametrize("bias", [True, False])
