@@ -29,13 +29,16 @@ class RelativeFlatness(MeasureCallback):
         layers: Linear/Conv layer names of the measured module (default: all).
         max_samples: validation samples per rank kept for the Hessian (the probe is used whole).
         lanczos_tol, lanczos_max_iter, trace_budget, trace_rtol: tolerances and probe budgets of the estimators.
+            The trace is exact for ReLU Linear layers; elsewhere Hutch++ stops at ``trace_rtol`` relative standard
+            error or after ``trace_budget`` Hessian-vector products (30 → about 5%, every epoch; the functional
+            default, 99 at 1%, costs 3-5× more on conv layers). κ_Σ, the estimator, needs only λ_max.
     """
 
     name = "relative_flatness"
     needs_labels = True
 
     def __init__(self, layers: list[str] | None = None, max_samples: int = 2048, lanczos_tol: float = 1e-3,
-                 lanczos_max_iter: int = 100, trace_budget: int = 99, trace_rtol: float = 1e-2,
+                 lanczos_max_iter: int = 100, trace_budget: int = 30, trace_rtol: float = 0.05,
                  **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.layers, self.max_samples = layers, max_samples
