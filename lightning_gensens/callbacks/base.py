@@ -152,6 +152,8 @@ class GensensCallback(Callback):
             self.unlabeled = datamodule.unlabeled_dataloader()
         self._select_measures(self._net)
         measures = self._measures()
+        for m in measures:  # a measure driven by a monitor uses the monitor's loss and seed
+            m.loss_fn, m.seed = self.loss_fn, self.seed
         self._capture = ForwardCapture(
             self._net, preactivations=any(m.needs_preactivations for m in measures), measure=self.prefix
         ).attach()

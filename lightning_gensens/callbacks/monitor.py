@@ -42,6 +42,11 @@ class GeneralizationMonitor(GensensCallback):
     def _measures(self) -> list[MeasureCallback]:
         return self._enabled
 
+    @property
+    def state_key(self) -> str:
+        # the configured measures, not those enabled for the model in setup: the key must not change with it
+        return self._generate_state_key(prefix=self.prefix, measures=tuple(m.name for m in self._all))
+
     def _select_measures(self, net: nn.Module) -> None:
         if self._explicit:
             return super()._select_measures(net)

@@ -60,3 +60,23 @@ def test_label_needing_measures_refuse_unlabeled_batches(tmp_path, digits, measu
     with pytest.raises(ValueError, match="unlabeled"):
         GeneralizationMonitor(measures=[measure], unlabeled=[torch.zeros(2, 64)])._select_measures(
             make_model(digits).net)
+
+
+def test_the_monitors_loss_reaches_the_label_needing_measures(tmp_path, digits):
+    def smoothed(logits, y):
+        return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
+
+    monitor = GeneralizationMonitor(measures=["input_gradient_norm"],
+                                    probe_size=100, loss_fn=smoothed)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    model = make_model(digits)
+    trainer.fit(model, digits)
+    x, y = digits.val_set.tensors
+    model.eval()
+    from lightning_gensens.functional import input_gradient_norm
+
+    expected = input_gradient_norm(model, x, y, q=1, loss_fn=smoothed).mean()
+    assert float(trainer.callback_metrics["gensens/input_gradient_norm/val"]) == pytest.approx(float(expected),
+                                                                                              rel=1e-4)
+    assert float(trainer.callback_metrics["gensens/test_loss"]) == pytest.approx(float(smoothed(model(x), y)),
+                                                                                 rel=1e-5)
