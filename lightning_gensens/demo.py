@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from typing import Any
 
@@ -128,6 +129,7 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
         ranked += rank_architectures({name: model}, x, sigma=args.sigma, seed=args.seed)
     ranked.sort(key=lambda r: r.sensitivity)
     losses = {}
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per candidate, not eight
     for r in ranked:
         trainer = L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1)
