@@ -47,6 +47,8 @@ class Estimate:
 class SplitLoss(Metric):
     """Mean loss and error rate of one split, summed across batches and DDP ranks."""
 
+    is_differentiable = False
+    higher_is_better = False
     full_state_update = False
 
     def __init__(self, loss_fn: LossFn, **kwargs: Any) -> None:
