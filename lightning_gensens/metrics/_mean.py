@@ -24,3 +24,9 @@ class SampleMean(Metric):
     def _accumulate(self, count: Tensor, total: Tensor) -> None:
         self.count += count.to(self.count)
         self.total += total.to(self.total)
+
+    def _mean(self) -> Tensor:
+        """total / count, refusing an empty state rather than returning NaN."""
+        if float(self.count) == 0:
+            raise ValueError(f"{type(self).__name__} was computed before any update: the split was empty.")
+        return self.total / self.count

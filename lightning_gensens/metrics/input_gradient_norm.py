@@ -54,6 +54,8 @@ class InputGradientNorm(Metric):
         return dim_zero_cat([kx for kx, _ in self._kept]), dim_zero_cat([ky for _, ky in self._kept])
 
     def compute(self) -> dict[float, Tensor]:
+        if float(self.count) == 0:
+            raise ValueError("InputGradientNorm was computed before any update: the split was empty.")
         means = _input_gradient_norm_compute(self.norm_sum, self.count)
         return {q: means[i] for i, q in enumerate(self.q)}
 

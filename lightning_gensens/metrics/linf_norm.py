@@ -31,4 +31,6 @@ class LinfNorm(Metric):
         self.updates += 1
 
     def compute(self) -> dict[str, Tensor]:
+        if float(self.updates) == 0:
+            raise ValueError("LinfNorm was computed before any update.")
         return {"log_prod": self.log_prod / self.updates, "log_bound": self.log_bound / self.updates}

@@ -16,4 +16,4 @@ class SpectralNorm(SampleMean):
         self._accumulate(torch.ones((), dtype=torch.float64), log_spectral_norm_product(model, example_input))
 
     def compute(self) -> Tensor:
-        return self.total / self.count
+        return self._mean()
