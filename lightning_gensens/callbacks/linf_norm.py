@@ -16,7 +16,8 @@ from lightning_gensens.metrics.linf_norm import LinfNorm as LinfNormMetric
 class LinfNorm(TimeRatioMixin, MeasureCallback):
     """Sens¹ of Theorem 3.1 (eq. 1); predicts test loss from its change between epochs (eq. 5 and log-norm).
 
-    Logs ``linf_norm/log_bound`` (log Sens¹) and ``linf_norm/log_prod`` (log ∏w_i), and the estimators
+    Logs log Sens¹ as ``linf_norm/train`` and ``linf_norm/val`` (equal: the bound depends on the weights only),
+    ``linf_norm/log_prod`` (log ∏w_i), and the estimators
     ``linf_norm`` and ``linf_lognorm`` from the second measured epoch on.
     """
 
@@ -30,7 +31,8 @@ class LinfNorm(TimeRatioMixin, MeasureCallback):
         metric.update(net, input_dim=example.x[0].numel())
 
     def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
-        return dict(computed["value"])
+        value = computed["value"]
+        return {"train": value["log_bound"], "val": value["log_bound"], "log_prod": value["log_prod"]}
 
     def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
         current = computed["value"]

@@ -14,7 +14,8 @@ from lightning_gensens.metrics.spectral_norm import SpectralNorm as SpectralNorm
 
 @register_measure
 class SpectralNorm(TimeRatioMixin, MeasureCallback):
-    """∏‖W_i‖_σ (conv layers by their operator norm at the captured input size); logs ``spectral_norm/log_prod``."""
+    """∏‖W_i‖_σ (conv layers by their operator norm at the captured input size); logs its logarithm as
+    ``spectral_norm/train`` and ``spectral_norm/val`` (equal: it depends on the weights only)."""
 
     name = "spectral_norm"
     weight_only = True
@@ -26,7 +27,7 @@ class SpectralNorm(TimeRatioMixin, MeasureCallback):
         metric.update(net, example.x)
 
     def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
-        return {"log_prod": computed["value"]}
+        return {"train": computed["value"], "val": computed["value"]}
 
     def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
         previous = self._advance({"log_prod": computed["value"]})
