@@ -42,10 +42,9 @@ class RegionSensitivity(Metric):
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("tangent_sum", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("pattern_list", [], dist_reduce_fx="cat")
-        self.add_state("pattern_tangent", [], dist_reduce_fx="cat")
+        self.add_state("tangent", [], dist_reduce_fx="cat")
         if mode == "soft":
             self.add_state("pre", [], dist_reduce_fx="cat")
-            self.add_state("tangent", [], dist_reduce_fx="cat")
 
     def update(self, model: nn.Module, preactivations: Sequence[Tensor], tangent: Tensor | None = None) -> None:
         """Feed captured pre-activations; ``tangent`` = T(A(x)) when already computed from the same masks."""
@@ -53,14 +52,13 @@ class RegionSensitivity(Metric):
         self.count += tangent.numel()
         self.tangent_sum += tangent.sum().to(self.tangent_sum)
         self.pattern_list.append((pre > 0).to(torch.uint8))  # deduplicated at compute: no per-batch host sync
-        self.pattern_tangent.append(tangent)
+        self.tangent.append(tangent)
         if self.mode == "soft":
             self.pre.append(pre.float())
-            self.tangent.append(tangent)
 
     def patterns(self) -> tuple[Tensor, Tensor]:
         """The split's distinct activation patterns (bool [P, N]) and their T(A) [P]."""
-        return _region_patterns(dim_zero_cat(self.pattern_list).bool(), dim_zero_cat(self.pattern_tangent))
+        return _region_patterns(dim_zero_cat(self.pattern_list).bool(), dim_zero_cat(self.tangent))
 
     def soft(self, reference: tuple[Tensor, Tensor] | None = None) -> Tensor:
         """Soft Ŝ over A+ = this split's patterns ∪ ``reference``'s (eq. 4, 7)."""
