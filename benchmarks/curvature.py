@@ -81,8 +81,9 @@ def dense_layer(model: nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[floa
     dim = weight.numel()
     rows = []
     for chunk in torch.eye(dim, dtype=torch.float64).split(128):
-        (hv,) = torch.autograd.grad(grad, weight, chunk.view(-1, *weight.shape), retain_graph=True,
-                                    is_grads_batched=True)
+        (hv,) = torch.autograd.grad(
+            grad, weight, chunk.view(-1, *weight.shape), retain_graph=True, is_grads_batched=True
+        )
         rows.append(hv.reshape(chunk.shape[0], dim))
     hessian = torch.cat(rows)
     hessian = (hessian + hessian.T) / 2
@@ -96,8 +97,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - start
 
 
-def ours(model: nn.Module, x: Tensor, y: Tensor, names: list[str],
-         gauss_newton: bool) -> tuple[Estimate, float]:
+def ours(model: nn.Module, x: Tensor, y: Tensor, names: list[str], gauss_newton: bool) -> tuple[Estimate, float]:
     result, seconds = timed(lambda: relative_flatness(model, x, y, layers=names, gauss_newton=gauss_newton))
     est = {}
     for n in names:
@@ -160,8 +160,10 @@ def main() -> None:
     has_pyhessian = importlib.util.find_spec("pyhessian") is not None
     if not has_pyhessian:
         print("PyHessian is not installed (`pip install pyhessian`): its rows are skipped.")
-    print(f"probe {len(y)} samples, layers {names} (last hidden: {last_hidden}), "
-          f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}\n")
+    print(
+        f"probe {len(y)} samples, layers {names} (last hidden: {last_hidden}), "
+        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}\n"
+    )
 
     dense = {n: dense_layer(model, x, y, n) for n in names}
     estimates: dict[str, Estimate] = {}
@@ -181,24 +183,30 @@ def main() -> None:
     times = {label: {k: min(v) for k, v in r.items()} for label, r in runs.items()}
     times["dense"] = {"last hidden": dense[last_hidden][2], "all layers": sum(v[2] for v in dense.values())}
 
-    print(f"{'layer':>6} {'size':>6} {'method':>13} {'lambda_max':>11} {'rel.err':>9} {'trace':>11} "
-          f"{'rel.err':>9} {'hvps':>5}")
+    print(
+        f"{'layer':>6} {'size':>6} {'method':>13} {'lambda_max':>11} {'rel.err':>9} {'trace':>11} "
+        f"{'rel.err':>9} {'hvps':>5}"
+    )
     for n in names:
         lam_ref, tr_ref, _ = dense[n]
         size = dict(model.named_modules())[n].weight.numel()
         print(f"{n:>6} {size:>6} {'dense':>13} {lam_ref:11.5g} {'':>9} {tr_ref:11.5g} {'':>9} {size:>5}")
         for label, values in estimates.items():
             lam, tr, hvps = values[n]
-            print(f"{'':>6} {'':>6} {label:>13} {lam:11.5g} {abs(lam - lam_ref) / abs(lam_ref):9.2e} "
-                  f"{tr:11.5g} {abs(tr - tr_ref) / abs(tr_ref):9.2e} {hvps:>5}")
+            print(
+                f"{'':>6} {'':>6} {label:>13} {lam:11.5g} {abs(lam - lam_ref) / abs(lam_ref):9.2e} "
+                f"{tr:11.5g} {abs(tr - tr_ref) / abs(tr_ref):9.2e} {hvps:>5}"
+            )
     print(f"\n{'seconds':>13} {'last hidden':>12} {'all layers':>11}")
     for label, t in times.items():
         print(f"{label:>13} {t['last hidden']:12.4f} {t['all layers']:11.4f}")
     if has_pyhessian:
         for label in ("ours", "ours-hutch++"):
             ratio = {k: times[label][k] / times["pyhessian"][k] for k in times[label]}
-            print(f"time {label} / pyhessian: last hidden {ratio['last hidden']:.2f}, "
-                  f"all layers {ratio['all layers']:.2f}")
+            print(
+                f"time {label} / pyhessian: last hidden {ratio['last hidden']:.2f}, "
+                f"all layers {ratio['all layers']:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -27,9 +27,17 @@ def fit_seconds(data: ArrayDataModule, epochs: int, measures: list[str] | None, 
     L.seed_everything(0, verbose=False)
     model = Classifier(mlp(data.num_features, data.num_classes))
     callbacks = [GeneralizationMonitor(measures=measures)] if monitored else []
-    trainer = L.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        num_sanity_val_steps=0,
+    )
     start = time.perf_counter()
     trainer.fit(model, data)
     return time.perf_counter() - start
@@ -44,8 +52,10 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     data = ArrayDataModule(args.dataset)
-    configs: dict[str, tuple[list[str] | None, bool]] = {"plain training": (None, False),
-                                                          "GeneralizationMonitor (all)": (None, True)}
+    configs: dict[str, tuple[list[str] | None, bool]] = {
+        "plain training": (None, False),
+        "GeneralizationMonitor (all)": (None, True),
+    }
     if args.per_measure:
         configs.update({f"  {name} alone": ([name], True) for name in MEASURES})
     fit_seconds(data, 1, None, True)  # warm-up
@@ -54,9 +64,11 @@ def main() -> None:
         for name, (measures, monitored) in configs.items():
             times[name].append(fit_seconds(data, args.epochs, measures, monitored))
     plain = statistics.median(times["plain training"])
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dataset} "
-          f"({len(data.train_set)} train / {len(data.val_set)} validation samples), MLP 4x100, {args.epochs} epochs, "
-          f"median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.dataset} "
+        f"({len(data.train_set)} train / {len(data.val_set)} validation samples), MLP 4x100, {args.epochs} epochs, "
+        f"median of {args.repeats}"
+    )
     print(f"{'configuration':<34}{'time':>9}{'ratio':>8}{'ms/epoch added':>16}")
     for name, values in times.items():
         t = statistics.median(values)

@@ -83,8 +83,10 @@ def bench(name: str, model: nn.Module, x: Tensor, dense_samples: int) -> None:
     start = time.perf_counter()
     dense = dense_tangent(model, x[:dense_samples])
     dense_time = (time.perf_counter() - start) * BATCH / dense_samples
-    print(f"  dense autograd        {dense_time:10.1f} s  / 256 samples (timed on {dense_samples} sample(s), "
-          f"extrapolated x{BATCH // dense_samples})")
+    print(
+        f"  dense autograd        {dense_time:10.1f} s  / 256 samples (timed on {dense_samples} sample(s), "
+        f"extrapolated x{BATCH // dense_samples})"
+    )
     if exact_time is not None:
         err = float(((exact[:dense_samples].double() - dense) / dense).abs().max())
         print(f"    exact vs dense on those samples: max relative difference {err:.1e} (float32)")
@@ -96,9 +98,12 @@ def bench(name: str, model: nn.Module, x: Tensor, dense_samples: int) -> None:
     per_probe = float((pilot_se * math.sqrt(8) / pilot).max())
     probes = max(2, math.ceil((per_probe / TARGET_RELATIVE_ERROR) ** 2))
     hutch_time, (est, se) = timed(
-        lambda: tangent_sensitivity_hutchinson(model, x, n_probes=probes, generator=generator), repeats=3)
-    print(f"  hutchinson            {hutch_time * 1e3:10.1f} ms / 256 samples ({probes} probe(s); worst per-probe "
-          f"relative sd {per_probe:.3f}; achieved relative SE max {float((se / est).max()):.3f})")
+        lambda: tangent_sensitivity_hutchinson(model, x, n_probes=probes, generator=generator), repeats=3
+    )
+    print(
+        f"  hutchinson            {hutch_time * 1e3:10.1f} ms / 256 samples ({probes} probe(s); worst per-probe "
+        f"relative sd {per_probe:.3f}; achieved relative SE max {float((se / est).max()):.3f})"
+    )
     reference = exact.double() if exact_time is not None else None
     if reference is not None:
         err = ((est.double() - reference) / reference).abs()
@@ -118,8 +123,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32")
     torch.manual_seed(0)
     bench("mlp 3072-100-100-100-100-10", mlp(3072).eval(), torch.randn(BATCH, 3072), args.dense_samples)
-    bench("small_cnn 3x32x32 (2 conv + BatchNorm, eval)", bn_cnn(), torch.randn(BATCH, 3, 32, 32),
-          args.dense_samples)
+    bench("small_cnn 3x32x32 (2 conv + BatchNorm, eval)", bn_cnn(), torch.randn(BATCH, 3, 32, 32), args.dense_samples)
 
 
 if __name__ == "__main__":

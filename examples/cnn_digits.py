@@ -20,8 +20,15 @@ def main(epochs: int = 8) -> list[dict]:
     data = ArrayDataModule("digits", image=True)
     model = Classifier(small_cnn(1, 8, data.num_classes, width=16, batch_norm=True, dropout=0.25))
     monitor = GeneralizationMonitor(probe_size=512)
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[monitor], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, data)
     return monitor.mae_table
 

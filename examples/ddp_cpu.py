@@ -17,9 +17,16 @@ def main(epochs: int = 5) -> dict[str, float]:
     L.seed_everything(0, verbose=False)
     data = ArrayDataModule("digits")
     model = Classifier(mlp(data.num_features, data.num_classes))
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[GeneralizationMonitor(probe_size=1024)], logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", devices=2,
-                        strategy="ddp_fork")
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[GeneralizationMonitor(probe_size=1024)],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_fork",
+    )
     trainer.fit(model, data)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gensens/")}
     for key in sorted(metrics):

@@ -1,6 +1,6 @@
 """(a) The papers' 4×100 ReLU MLP on digits: every measure, and the MAE table of estimated test loss.
 
-    python examples/mlp_digits.py [--epochs 30]
+python examples/mlp_digits.py [--epochs 30]
 """
 
 import argparse
@@ -17,8 +17,15 @@ def main(epochs: int = 30) -> list[dict]:
     data = ArrayDataModule("digits", batch_size=64)
     model = Classifier(mlp(data.num_features, data.num_classes), lr=0.05, weight_decay=5e-4)
     monitor = GeneralizationMonitor()
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[monitor], logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[monitor],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model, data)  # prints the MAE table at the end
     return monitor.mae_table
 

@@ -41,9 +41,14 @@ def main(epochs: int = 15) -> list[dict[str, float]]:
     net = mlp(data.num_features, data.num_classes)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.05, weight_decay=5e-4)
     probe = torch.utils.data.DataLoader(data.train_set, batch_size=256)
-    split = {s: {"output_sensitivity": metrics.OutputSensitivity(sigma=0.1, seed=0),
-                 "jacobian_norm": metrics.JacobianNorm(), "fisher_rao_norm": metrics.FisherRaoNorm()}
-             for s in ("train", "test")}
+    split = {
+        s: {
+            "output_sensitivity": metrics.OutputSensitivity(sigma=0.1, seed=0),
+            "jacobian_norm": metrics.JacobianNorm(),
+            "fisher_rao_norm": metrics.FisherRaoNorm(),
+        }
+        for s in ("train", "test")
+    }
     previous_log_prod, rows = None, []
     for epoch in range(epochs):
         net.train()
@@ -53,13 +58,18 @@ def main(epochs: int = 15) -> list[dict[str, float]]:
             optimizer.step()
         l_tr, _, train = evaluate(net, probe, split["train"])
         l_te, _, test = evaluate(net, data.val_dataloader(), split["test"])
-        row = {"epoch": epoch, "test_loss": l_te, "train_loss": l_tr,
-               "output_sensitivity": float(estimators.ratio(test["output_sensitivity"]["s"],
-                                                            train["output_sensitivity"]["s"], torch.tensor(l_tr))),
-               "jacobian_norm": float(estimators.ratio(test["jacobian_norm"], train["jacobian_norm"],
-                                                       torch.tensor(l_tr))),
-               "fisher_rao_norm": float(estimators.ratio(test["fisher_rao_norm"], train["fisher_rao_norm"],
-                                                         torch.tensor(l_tr)))}
+        row = {
+            "epoch": epoch,
+            "test_loss": l_te,
+            "train_loss": l_tr,
+            "output_sensitivity": float(
+                estimators.ratio(test["output_sensitivity"]["s"], train["output_sensitivity"]["s"], torch.tensor(l_tr))
+            ),
+            "jacobian_norm": float(estimators.ratio(test["jacobian_norm"], train["jacobian_norm"], torch.tensor(l_tr))),
+            "fisher_rao_norm": float(
+                estimators.ratio(test["fisher_rao_norm"], train["fisher_rao_norm"], torch.tensor(l_tr))
+            ),
+        }
         log_prod = functional.layer_linf_norms(net).log().sum()
         if previous_log_prod is not None:
             row["linf_norm"] = float(estimators.linf_norm(previous_log_prod, log_prod, torch.tensor(l_tr)))

@@ -25,8 +25,15 @@ def main(epochs: int = 10, save_dir: str = "wandb_example") -> str:
     data = ArrayDataModule("digits")
     model = Classifier(mlp(data.num_features, data.num_classes))
     logger = WandbLogger(project="lightning-gensens", name="mlp-digits", save_dir=save_dir)
-    trainer = L.Trainer(max_epochs=epochs, callbacks=[GeneralizationMonitor()], logger=logger,
-                        enable_checkpointing=False, enable_progress_bar=False, accelerator="cpu", devices=1)
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        callbacks=[GeneralizationMonitor()],
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        accelerator="cpu",
+        devices=1,
+    )
     try:
         trainer.fit(model, data)
         run_dir = logger.experiment.dir

@@ -15,14 +15,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser(
-        "demo", help="train the papers' 4x100 MLP with GeneralizationMonitor on an embedded dataset",
+        "demo",
+        help="train the papers' 4x100 MLP with GeneralizationMonitor on an embedded dataset",
         description="Train the papers' MLP (4 hidden ReLU layers of 100, SGD lr 0.05, weight decay 5e-4, batch 64) "
         "with GeneralizationMonitor; print predicted versus actual test loss per epoch and the final MAE table; "
         "write CSV logs, the MAE table and a PNG plot to --out.",
     )
     demo.add_arguments(demo_parser)
     rank_parser = commands.add_parser(
-        "rank", help="rank MLPs and small CNNs by output sensitivity before training (Forouzesh §5.4)",
+        "rank",
+        help="rank MLPs and small CNNs by output sensitivity before training (Forouzesh §5.4)",
         description="Order a family of MLP widths/depths and small CNNs by output sensitivity at initialisation "
         "(S_before), train each briefly, and print S_before beside the test loss reached and their Spearman "
         "rank correlation.",

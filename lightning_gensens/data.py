@@ -39,10 +39,12 @@ class ArrayDataModule(L.LightningDataModule):
         super().__init__()
         x_tr, y_tr, x_te, y_te = load_arrays(name, seed)
         shape = (-1, 1, 8, 8) if image and name == "digits" else (-1, x_tr.shape[1])
-        self.train_set = TensorDataset(torch.tensor(x_tr, dtype=torch.float32).reshape(shape),
-                                       torch.tensor(y_tr, dtype=torch.long))
-        self.val_set = TensorDataset(torch.tensor(x_te, dtype=torch.float32).reshape(shape),
-                                     torch.tensor(y_te, dtype=torch.long))
+        self.train_set = TensorDataset(
+            torch.tensor(x_tr, dtype=torch.float32).reshape(shape), torch.tensor(y_tr, dtype=torch.long)
+        )
+        self.val_set = TensorDataset(
+            torch.tensor(x_te, dtype=torch.float32).reshape(shape), torch.tensor(y_te, dtype=torch.long)
+        )
         self.batch_size = batch_size
         self.num_features = x_tr.shape[1]
         self.num_classes = int(y_tr.max()) + 1

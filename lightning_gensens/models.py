@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def mlp(in_features: int, num_classes: int = 10, hidden: Sequence[int] = (100, 100, 100, 100),
-        bias: bool = True) -> nn.Sequential:
+def mlp(
+    in_features: int, num_classes: int = 10, hidden: Sequence[int] = (100, 100, 100, 100), bias: bool = True
+) -> nn.Sequential:
     """Fully connected ReLU network; the default is the papers' 4 hidden layers of 100 units."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = in_features
@@ -22,8 +23,14 @@ def mlp(in_features: int, num_classes: int = 10, hidden: Sequence[int] = (100, 1
     return nn.Sequential(*layers)
 
 
-def small_cnn(in_channels: int = 1, side: int = 8, num_classes: int = 10, width: int = 16,
-              batch_norm: bool = True, dropout: float = 0.0) -> nn.Sequential:
+def small_cnn(
+    in_channels: int = 1,
+    side: int = 8,
+    num_classes: int = 10,
+    width: int = 16,
+    batch_norm: bool = True,
+    dropout: float = 0.0,
+) -> nn.Sequential:
     """Two 3x3 conv blocks (optionally with BatchNorm), a max-pool, and a flatten + dense head."""
 
     def block(c_in: int, c_out: int) -> list[nn.Module]:
@@ -33,8 +40,11 @@ def small_cnn(in_channels: int = 1, side: int = 8, num_classes: int = 10, width:
     pooled = side // 2
     head: list[nn.Module] = [nn.Flatten()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
     return nn.Sequential(
-        *block(in_channels, width), *block(width, width), nn.MaxPool2d(2),
-        *head, nn.Linear(width * pooled * pooled, num_classes),
+        *block(in_channels, width),
+        *block(width, width),
+        nn.MaxPool2d(2),
+        *head,
+        nn.Linear(width * pooled * pooled, num_classes),
     )
 
 

@@ -10,8 +10,9 @@ ACTUAL = "actual test loss"
 TRAIN = "train loss (probe)"
 
 
-def prediction_series(rows: Iterable[Mapping[str, float | str | None]], prefix: str = "gensens"
-                      ) -> dict[str, tuple[list[float], list[float]]]:
+def prediction_series(
+    rows: Iterable[Mapping[str, float | str | None]], prefix: str = "gensens"
+) -> dict[str, tuple[list[float], list[float]]]:
     """Per curve (actual test loss, probe train loss, each estimator's prediction): its epochs and values."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
@@ -36,8 +37,12 @@ def prediction_series(rows: Iterable[Mapping[str, float | str | None]], prefix: 
     return series
 
 
-def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str, prefix: str = "gensens",
-                     title: str = "Predicted versus actual test loss") -> str:
+def plot_predictions(
+    rows: Iterable[Mapping[str, float | str | None]],
+    path: str,
+    prefix: str = "gensens",
+    title: str = "Predicted versus actual test loss",
+) -> str:
     """Write a PNG with the actual test loss and every estimator's predicted test loss per epoch; return ``path``."""
     import matplotlib
 
@@ -48,10 +53,17 @@ def plot_predictions(rows: Iterable[Mapping[str, float | str | None]], path: str
     colors = iter(plt.get_cmap("tab20").colors)
     for name, (xs, ys) in prediction_series(rows, prefix).items():
         actual, train = name == ACTUAL, name == TRAIN
-        ax.plot(xs, ys, label=name, color="black" if actual else "gray" if train else next(colors),
-                linestyle="--" if train else "-", linewidth=2.5 if actual else 1.6 if train else 1.1,
-                marker="o" if len(xs) < 40 and not (actual or train) else None, markersize=2.5,
-                zorder=3 if actual else 2)
+        ax.plot(
+            xs,
+            ys,
+            label=name,
+            color="black" if actual else "gray" if train else next(colors),
+            linestyle="--" if train else "-",
+            linewidth=2.5 if actual else 1.6 if train else 1.1,
+            marker="o" if len(xs) < 40 and not (actual or train) else None,
+            markersize=2.5,
+            zorder=3 if actual else 2,
+        )
     ax.set(xlabel="epoch", ylabel="loss", title=title)
     ax.set_yscale("log")
     ax.grid(alpha=0.3)

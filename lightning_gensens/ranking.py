@@ -26,8 +26,13 @@ class RankedModel:
     sensitivity: float
 
 
-def rank_architectures(models: Mapping[str, nn.Module] | Sequence[nn.Module], data: Tensor | Iterable[Any],
-                       sigma: float = 0.1, n_draws: int = 1, seed: int = 0) -> list[RankedModel]:
+def rank_architectures(
+    models: Mapping[str, nn.Module] | Sequence[nn.Module],
+    data: Tensor | Iterable[Any],
+    sigma: float = 0.1,
+    n_draws: int = 1,
+    seed: int = 0,
+) -> list[RankedModel]:
     """Order untrained candidates by S_before (eq. 2), lowest first: the paper's predicted best generalizer.
 
     ``data`` is a tensor of inputs or an iterable of batches (labels, if any, are ignored). Every model sees the

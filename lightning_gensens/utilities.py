@@ -20,9 +20,30 @@ WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, n
 """Module types whose ``weight`` counts as a layer W_i of the measures (biases are never part of a norm)."""
 
 NON_RELU_ACTIVATIONS: tuple[type[nn.Module], ...] = (
-    nn.GELU, nn.Tanh, nn.Sigmoid, nn.SiLU, nn.ELU, nn.SELU, nn.CELU, nn.LeakyReLU, nn.PReLU, nn.RReLU,
-    nn.ReLU6, nn.Softplus, nn.Mish, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink,
-    nn.LogSigmoid, nn.Softmax, nn.LogSoftmax, nn.GLU, nn.Threshold, nn.MultiheadAttention,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.SiLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.LeakyReLU,
+    nn.PReLU,
+    nn.RReLU,
+    nn.ReLU6,
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardtanh,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Softsign,
+    nn.Tanhshrink,
+    nn.LogSigmoid,
+    nn.Softmax,
+    nn.LogSoftmax,
+    nn.GLU,
+    nn.Threshold,
+    nn.MultiheadAttention,
 )
 
 
@@ -146,8 +167,14 @@ class EpochEndProgress:
         if not trainer.is_global_zero or bar is None or not bar.is_enabled:
             return
         if isinstance(bar, TQDMProgressBar):
-            self._tqdm = Tqdm(total=total, desc=description, position=2 * bar.process_position + 2, leave=False,
-                              dynamic_ncols=True, file=sys.stdout)
+            self._tqdm = Tqdm(
+                total=total,
+                desc=description,
+                position=2 * bar.process_position + 2,
+                leave=False,
+                dynamic_ncols=True,
+                file=sys.stdout,
+            )
         elif isinstance(bar, RichProgressBar) and getattr(bar, "progress", None) is not None:
             self._rich = (bar.progress, bar.progress.add_task(description, total=total))
 

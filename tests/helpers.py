@@ -36,13 +36,15 @@ def run_ddp(fn: Callable[..., Any], *args: Any, world_size: int = 2) -> list[Any
     ``fn`` must be a module-level function and its result picklable (e.g. tensors or floats).
     """
     with tempfile.TemporaryDirectory() as out:
-        mp.start_processes(_worker, args=(world_size, _free_port(), fn, args, out), nprocs=world_size,
-                           start_method="spawn", join=True)
+        mp.start_processes(
+            _worker, args=(world_size, _free_port(), fn, args, out), nprocs=world_size, start_method="spawn", join=True
+        )
         return [torch.load(os.path.join(out, f"{r}.pt"), weights_only=False) for r in range(world_size)]
 
 
-def toy_mlp(widths: tuple[int, ...] = (5, 7, 6, 3), bias: bool = True, seed: int = 0,
-            activation: type[nn.Module] = nn.ReLU) -> nn.Sequential:
+def toy_mlp(
+    widths: tuple[int, ...] = (5, 7, 6, 3), bias: bool = True, seed: int = 0, activation: type[nn.Module] = nn.ReLU
+) -> nn.Sequential:
     """A float64 MLP with the given layer widths (input first)."""
     torch.manual_seed(seed)
     layers: list[nn.Module] = []

@@ -26,8 +26,14 @@ def test_width_family_is_ordered_as_eq10_predicts():
     ranked = rank_architectures(family, x, sigma=1e-3)
     assert [r.name for r in ranked] == [f"width {w}" for w in sorted(widths)]
     # eq. 10 is an expectation over θ: averaged over initialisations, S(256)/S(8) ≈ (256/8)^M with M = 2
-    mean = {w: sum(r.sensitivity for r in rank_architectures(
-        [_standard_normal_mlp(w, 2, seed) for seed in range(30)], x, sigma=1e-3)) / 30 for w in (8, 256)}
+    mean = {
+        w: sum(
+            r.sensitivity
+            for r in rank_architectures([_standard_normal_mlp(w, 2, seed) for seed in range(30)], x, sigma=1e-3)
+        )
+        / 30
+        for w in (8, 256)
+    }
     assert 0.5 * (256 / 8) ** 2 < mean[256] / mean[8] < 2 * (256 / 8) ** 2
 
 

@@ -41,5 +41,8 @@ class ActiveNodeBound(MeasureCallback):
 
     def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
         test, probe = computed["val"]["log_psi"], computed["train"]["log_psi"]
-        return {self.name: Estimate(estimators.log_ratio(test, probe, train["loss"]),
-                                    estimators.log_ratio(test, probe, train["error"]))}
+        return {
+            self.name: Estimate(
+                estimators.log_ratio(test, probe, train["loss"]), estimators.log_ratio(test, probe, train["error"])
+            )
+        }

@@ -110,8 +110,11 @@ class GensensCallback(Callback):
         prefix: str = "gensens",
         unlabeled: Iterable[Any] | None = None,
     ) -> None:
-        for arg, value in (("probe_size", probe_size), ("probe_batch_size", probe_batch_size),
-                           ("every_n_epochs", every_n_epochs)):
+        for arg, value in (
+            ("probe_size", probe_size),
+            ("probe_batch_size", probe_batch_size),
+            ("every_n_epochs", every_n_epochs),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
         self.probe_size, self.probe_batch_size, self.every_n_epochs = probe_size, probe_batch_size, every_n_epochs
@@ -160,9 +163,7 @@ class GensensCallback(Callback):
             self._net, preactivations=any(m.needs_preactivations for m in measures), measure=self.prefix
         ).attach()
         self._split_loss = {split: SplitLoss(self.loss_fn) for split in SPLITS}
-        self._metrics = {
-            split: {m.name: m.make_metric() for m in measures if not m.weight_only} for split in SPLITS
-        }
+        self._metrics = {split: {m.name: m.make_metric() for m in measures if not m.weight_only} for split in SPLITS}
         self._weight_metrics = {m.name: m.make_metric() for m in measures if m.weight_only}
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -172,7 +173,8 @@ class GensensCallback(Callback):
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = (
-            self._capture is not None and not trainer.sanity_checking
+            self._capture is not None
+            and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
         if not self._active:
@@ -183,8 +185,15 @@ class GensensCallback(Callback):
         self._capture.clear()
         self._capture.enabled = True
 
-    def on_validation_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
-                                batch_idx: int, dataloader_idx: int = 0) -> None:
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
         if not self._active:
             return
         record = self._capture.pop()
@@ -230,8 +239,12 @@ class GensensCallback(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.mae_table = [
-            {"estimator": est, "mae_test_loss": s_loss / n_loss if n_loss else math.nan,
-             "mae_test_error": s_err / n_err if n_err else math.nan, "epochs": int(n_loss)}
+            {
+                "estimator": est,
+                "mae_test_loss": s_loss / n_loss if n_loss else math.nan,
+                "mae_test_error": s_err / n_err if n_err else math.nan,
+                "epochs": int(n_loss),
+            }
             for est, (s_loss, s_err, n_loss, n_err) in self._mae.items()
         ]
         if self.mae_table:
@@ -239,8 +252,11 @@ class GensensCallback(Callback):
             self._report_table(trainer, trainer.log_dir if trainer.loggers else None)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"mae": {k: list(v) for k, v in self._mae.items()}, "history": [dict(r) for r in self.history],
-                "measures": {m.name: m.measure_state() for m in self._measures()}}
+        return {
+            "mae": {k: list(v) for k, v in self._mae.items()},
+            "history": [dict(r) for r in self.history],
+            "measures": {m.name: m.measure_state() for m in self._measures()},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._mae = {k: list(v) for k, v in state_dict.get("mae", {}).items()}
@@ -281,8 +297,11 @@ class GensensCallback(Callback):
             raise ValueError(f"{type(self).__name__}: the training dataset is empty, so the probe would be empty.")
         order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(self.seed))
         shard = order[: self.probe_size][trainer.global_rank :: trainer.world_size]
-        probe_loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=self.probe_batch_size,
-                                  collate_fn=getattr(loader, "collate_fn", None))
+        probe_loader = DataLoader(
+            Subset(dataset, shard.tolist()),
+            batch_size=self.probe_batch_size,
+            collate_fn=getattr(loader, "collate_fn", None),
+        )
         return [self.batch_to_xy(batch) for batch in probe_loader]
 
     def _run_probe(self, pl_module: LightningModule, progress: EpochEndProgress) -> None:
@@ -311,8 +330,12 @@ class GensensCallback(Callback):
     def _evaluate(self, progress: EpochEndProgress) -> dict[str, Tensor]:
         p = self.prefix
         train, val = (self._split_loss[s].compute() if self._split_loss[s].update_called else _NO_LOSS for s in SPLITS)
-        logs = {f"{p}/train_loss": train["loss"], f"{p}/test_loss": val["loss"],
-                f"{p}/train_error": train["error"], f"{p}/test_error": val["error"]}
+        logs = {
+            f"{p}/train_loss": train["loss"],
+            f"{p}/test_loss": val["loss"],
+            f"{p}/train_error": train["error"],
+            f"{p}/test_error": val["error"],
+        }
         logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
         actual_loss, actual_error = float(val["loss"]), float(val["error"])
         for m in self._measures():
@@ -351,8 +374,9 @@ class GensensCallback(Callback):
     def _record_history(self, epoch: int, logs: dict[str, Tensor]) -> None:
         """Keep the actual and predicted test loss per epoch (bounded) for the end-of-fit figure and chart."""
         row = {"epoch": float(epoch)}
-        row.update({k: float(v) for k, v in logs.items()
-                    if k.endswith(("/test_loss", "/train_loss", "/pred_test_loss"))})
+        row.update(
+            {k: float(v) for k, v in logs.items() if k.endswith(("/test_loss", "/train_loss", "/pred_test_loss"))}
+        )
         self.history.append(row)
         del self.history[:-MAX_HISTORY]
 
@@ -372,8 +396,7 @@ class GensensCallback(Callback):
             f"{r['estimator']:<34}{r['mae_test_loss']:>15.4g}{r['mae_test_error']:>16.4g}{r['epochs']:>8}"
             for r in self.mae_table
         ]
-        print(f"\n{type(self).__name__}: mean absolute error of the predicted test loss and error\n"
-              + "\n".join(lines))
+        print(f"\n{type(self).__name__}: mean absolute error of the predicted test loss and error\n" + "\n".join(lines))
         finals = {f"{self.prefix}/{r['estimator']}/final_mae": r["mae_test_loss"] for r in self.mae_table}
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
@@ -387,8 +410,9 @@ class GensensCallback(Callback):
                 writer.writeheader()
                 writer.writerows(self.mae_table)
             if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-                plot_predictions(self.history, os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"),
-                                 prefix=self.prefix)
+                plot_predictions(
+                    self.history, os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"), prefix=self.prefix
+                )
 
     def _report_wandb(self, logger: WandbLogger, finals: dict[str, float]) -> None:
         """One line chart of actual and predicted test loss per estimator, the MAE table, the summary."""
@@ -396,13 +420,20 @@ class GensensCallback(Callback):
 
         series = prediction_series(self.history, self.prefix)
         run = logger.experiment
-        run.log({
-            f"{self.prefix}/predicted_vs_actual": wandb.plot.line_series(
-                xs=[xs for xs, _ in series.values()], ys=[ys for _, ys in series.values()], keys=list(series),
-                title="Predicted versus actual test loss", xname="epoch"),
-            f"{self.prefix}/mae_table": wandb.Table(
-                columns=list(self.mae_table[0]), data=[list(r.values()) for r in self.mae_table]),
-        })
+        run.log(
+            {
+                f"{self.prefix}/predicted_vs_actual": wandb.plot.line_series(
+                    xs=[xs for xs, _ in series.values()],
+                    ys=[ys for _, ys in series.values()],
+                    keys=list(series),
+                    title="Predicted versus actual test loss",
+                    xname="epoch",
+                ),
+                f"{self.prefix}/mae_table": wandb.Table(
+                    columns=list(self.mae_table[0]), data=[list(r.values()) for r in self.mae_table]
+                ),
+            }
+        )
         for key, value in finals.items():
             run.summary[key] = value
 
@@ -452,8 +483,11 @@ class MeasureCallback(GensensCallback):
         By default the ratio rule m(X_te)/m(X_tr)·l_tr of the follow-up paper, applied to the probe's error too.
         """
         test, probe = computed["val"], computed["train"]
-        return {self.name: Estimate(estimators.ratio(test, probe, train["loss"]),
-                                    estimators.ratio(test, probe, train["error"]))}
+        return {
+            self.name: Estimate(
+                estimators.ratio(test, probe, train["loss"]), estimators.ratio(test, probe, train["error"])
+            )
+        }
 
     def measure_state(self) -> dict[str, Any]:
         """What a resumed run needs (Python scalars, lists, dicts and tensors only)."""

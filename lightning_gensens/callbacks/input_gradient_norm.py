@@ -35,8 +35,14 @@ class InputGradientNorm(MeasureCallback):
     name = "input_gradient_norm"
     needs_labels = True
 
-    def __init__(self, q: Sequence[float] = (1, 2), attack_eps: float | None = None, attack_samples: int = 256,
-                 pgd_steps: int = 10, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        q: Sequence[float] = (1, 2),
+        attack_eps: float | None = None,
+        attack_samples: int = 256,
+        pgd_steps: int = 10,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         InputGradientNormMetric(q)  # validates the exponents
         if attack_eps is not None and not attack_eps > 0:
@@ -59,10 +65,22 @@ class InputGradientNorm(MeasureCallback):
             x, y = metrics["val"].kept()
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
             computed["attacks"] = {
-                norm: {attack: adversarial_loss_increase(self._net, x, y, self.attack_eps, norm, attack,
-                                                         self.loss_fn, steps=self.pgd_steps, generator=generator)
-                       for attack in ("fgsm", "pgd")}
-                for q, norm in _ATTACK_NORM.items() if q in computed["val"]
+                norm: {
+                    attack: adversarial_loss_increase(
+                        self._net,
+                        x,
+                        y,
+                        self.attack_eps,
+                        norm,
+                        attack,
+                        self.loss_fn,
+                        steps=self.pgd_steps,
+                        generator=generator,
+                    )
+                    for attack in ("fgsm", "pgd")
+                }
+                for q, norm in _ATTACK_NORM.items()
+                if q in computed["val"]
             }
         return computed
 
@@ -81,5 +99,6 @@ class InputGradientNorm(MeasureCallback):
         for i, (q, test) in enumerate(computed["val"].items()):
             probe = computed["train"][q]
             out[self.name if i == 0 else f"{self.name}_q{q:g}"] = Estimate(
-                estimators.ratio(test, probe, train["loss"]), estimators.ratio(test, probe, train["error"]))
+                estimators.ratio(test, probe, train["loss"]), estimators.ratio(test, probe, train["error"])
+            )
         return out

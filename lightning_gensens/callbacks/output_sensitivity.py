@@ -48,7 +48,8 @@ class OutputSensitivity(MeasureCallback):
             s_te, computed["val"]["input_second_moment"], self.sigma, self._num_classes
         )
         return {
-            "output_sensitivity": Estimate(estimators.ratio(s_te, s_tr, train["loss"]),
-                                           estimators.ratio(s_te, s_tr, train["error"])),
+            "output_sensitivity": Estimate(
+                estimators.ratio(s_te, s_tr, train["loss"]), estimators.ratio(s_te, s_tr, train["error"])
+            ),
             "output_sensitivity_label_free": Estimate(label_free),
         }

@@ -11,8 +11,18 @@ from lightning_gensens.capture import Captured
 from lightning_gensens.metrics.relative_flatness import RelativeFlatness as RelativeFlatnessMetric
 from lightning_gensens.utilities import weight_layers
 
-_PER_LAYER = ("kappa", "kappa_tau", "lambda_max", "lambda_max_error", "trace", "trace_stderr", "rho_max",
-              "rho_sum", "lanczos_iters", "trace_hvps")
+_PER_LAYER = (
+    "kappa",
+    "kappa_tau",
+    "lambda_max",
+    "lambda_max_error",
+    "trace",
+    "trace_stderr",
+    "rho_max",
+    "rho_sum",
+    "lanczos_iters",
+    "trace_hvps",
+)
 
 
 @register_measure
@@ -37,13 +47,21 @@ class RelativeFlatness(MeasureCallback):
     name = "relative_flatness"
     needs_labels = True
 
-    def __init__(self, layers: list[str] | None = None, max_samples: int = 2048, lanczos_tol: float = 1e-3,
-                 lanczos_max_iter: int = 100, trace_budget: int = 30, trace_rtol: float = 0.05,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        layers: list[str] | None = None,
+        max_samples: int = 2048,
+        lanczos_tol: float = 1e-3,
+        lanczos_max_iter: int = 100,
+        trace_budget: int = 30,
+        trace_rtol: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.layers, self.max_samples = layers, max_samples
-        self.options = dict(lanczos_tol=lanczos_tol, lanczos_max_iter=lanczos_max_iter, trace_budget=trace_budget,
-                            trace_rtol=trace_rtol)
+        self.options = dict(
+            lanczos_tol=lanczos_tol, lanczos_max_iter=lanczos_max_iter, trace_budget=trace_budget, trace_rtol=trace_rtol
+        )
         if max_samples < 1 or trace_budget < 6 or not lanczos_tol > 0:
             raise ValueError("max_samples must be positive, trace_budget at least 6 and lanczos_tol positive.")
 
@@ -51,8 +69,9 @@ class RelativeFlatness(MeasureCallback):
         available = [name for name, _ in weight_layers(net)]
         unknown = [name for name in self.layers or () if name not in available]
         if unknown:
-            raise ValueError(f"{self.name}: {unknown} are not Linear/Conv layers of {type(net).__name__}; "
-                             f"choose from {available}.")
+            raise ValueError(
+                f"{self.name}: {unknown} are not Linear/Conv layers of {type(net).__name__}; choose from {available}."
+            )
 
     def make_metric(self) -> RelativeFlatnessMetric:
         return RelativeFlatnessMetric(self.layers, self.loss_fn, self.max_samples, self.seed, self.options)

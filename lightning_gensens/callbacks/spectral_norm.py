@@ -34,5 +34,9 @@ class SpectralNorm(TimeRatioMixin, MeasureCallback):
         if previous is None:
             return {}
         log_prev, log_cur = previous["log_prod"], computed["value"]
-        return {"spectral_norm": Estimate(estimators.spectral_norm(log_prev, log_cur, train["loss"]),
-                                          estimators.spectral_norm(log_prev, log_cur, train["error"]))}
+        return {
+            "spectral_norm": Estimate(
+                estimators.spectral_norm(log_prev, log_cur, train["loss"]),
+                estimators.spectral_norm(log_prev, log_cur, train["error"]),
+            )
+        }

@@ -44,8 +44,10 @@ class TangentSensitivity(MeasureCallback):
             try:
                 relu_mlp_layers(net)
             except ValueError as err:
-                raise ValueError(f"{self.name}: {err} Pass TangentSensitivity(method='hutchinson') to estimate "
-                                 "T(x) for this network.") from err
+                raise ValueError(
+                    f"{self.name}: {err} Pass TangentSensitivity(method='hutchinson') to estimate "
+                    "T(x) for this network."
+                ) from err
             relu_modules(net, self.name)
 
     def make_metric(self) -> TangentSensitivityMetric:

@@ -58,7 +58,7 @@ def _log_kummer(n: int, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         small = (sigma > 0) & (mu <= _KUMMER_MAX_RATIO * sigma)
         ratio = np.where(small, mu / sigma, 0.0)
-        kummer = n * np.log(sigma) + np.log(hyp1f1(-n / 2, 0.5, -ratio**2 / 2))
+        kummer = n * np.log(sigma) + np.log(hyp1f1(-n / 2, 0.5, -(ratio**2) / 2))
         # μ > 12σ (or σ = 0): σⁿ·E|r+Z|ⁿ = μⁿ·Σ_m C(n,2m)(2m−1)!!(σ/μ)^{2m}, all terms positive.
         t = np.where(small, 0.0, sigma / np.where(mu > 0, mu, 1.0))
         m = np.arange(n // 2 + 1)

@@ -49,14 +49,14 @@ def _project(delta: Tensor, eps: float, norm: str) -> Tensor:
     return delta * (eps / _per_sample_norm(delta)).clamp(max=1.0)
 
 
-def _draw(sampler: Callable[..., Tensor], shape: torch.Size, generator: torch.Generator,
-          like: Tensor) -> Tensor:
+def _draw(sampler: Callable[..., Tensor], shape: torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
     """Draw from a private generator (on its own device), returned with the dtype and device of ``like``."""
     return sampler(shape, generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def fgsm(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "linf",
-         loss_fn: LossFn | None = None) -> Tensor:
+def fgsm(
+    model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "linf", loss_fn: LossFn | None = None
+) -> Tensor:
     """Fast gradient (sign) method: x + ε·argmax_{‖δ‖_p ≤ 1} ∂ₓℓ·δ, the first-order attack of Lemma 2."""
     _check_attack(model, eps, norm)
     with evaluation_mode(model):
@@ -65,9 +65,18 @@ def fgsm(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = 
         return x.clone() + _steepest_ascent(grad, eps, norm)
 
 
-def pgd(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "linf", steps: int = 10,
-        step_size: float | None = None, random_start: bool = True, loss_fn: LossFn | None = None,
-        generator: torch.Generator | None = None) -> Tensor:
+def pgd(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None,
+    eps: float,
+    norm: str = "linf",
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    loss_fn: LossFn | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """Projected gradient ascent (Madry et al. 2018) of ℓ(x + δ) over the ε-ball of ``norm``.
 
     ``steps`` steepest-ascent steps of ``step_size`` (default 2.5·ε/steps), each projected back onto the ball,
@@ -95,10 +104,19 @@ def pgd(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "
         return x0 + delta
 
 
-def adversarial_loss_increase(model: nn.Module, x: Tensor, y: Tensor | None, eps: float, norm: str = "linf",
-                              attack: str = "fgsm", loss_fn: LossFn | None = None, steps: int = 10,
-                              step_size: float | None = None, random_start: bool = True,
-                              generator: torch.Generator | None = None) -> dict[str, Tensor]:
+def adversarial_loss_increase(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor | None,
+    eps: float,
+    norm: str = "linf",
+    attack: str = "fgsm",
+    loss_fn: LossFn | None = None,
+    steps: int = 10,
+    step_size: float | None = None,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
     """Achieved mean loss increase of an ε-sized ``attack`` and its first-order prediction ε·E_x‖∂ₓℓ‖_q.
 
     Returns ``{"achieved": E[ℓ(x_adv)] − E[ℓ(x)], "predicted": ε·E‖∂ₓℓ‖_q}`` with q the dual of ``norm``

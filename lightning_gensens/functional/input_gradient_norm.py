@@ -28,8 +28,9 @@ def _check_samples_independent(model: nn.Module, measure: str) -> None:
             )
 
 
-def _input_gradients(model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: LossFn | None,
-                     measure: str) -> tuple[Tensor, Tensor]:
+def _input_gradients(
+    model: nn.Module, x: Tensor, y: Tensor | None, loss_fn: LossFn | None, measure: str
+) -> tuple[Tensor, Tensor]:
     """Return every ∂ₓℓ(x_n, y_n) (shape of ``x``) and the summed loss Σ_n ℓ_n, from ONE backward pass.
 
     The gradient of the summed loss w.r.t. x_n is Σ_m ∂ℓ_m/∂x_n = ∂ℓ_n/∂x_n because ℓ_m does not depend on
@@ -53,16 +54,18 @@ def _exponents(q: float | Sequence[float]) -> list[float]:
     return qs
 
 
-def _input_gradient_norms(model: nn.Module, x: Tensor, y: Tensor | None, qs: Sequence[float],
-                          loss_fn: LossFn | None) -> Tensor:
+def _input_gradient_norms(
+    model: nn.Module, x: Tensor, y: Tensor | None, qs: Sequence[float], loss_fn: LossFn | None
+) -> Tensor:
     """‖∂ₓℓ(x_n, y_n)‖_q for every q in ``qs`` and sample n: Tensor[len(qs), B], one backward pass."""
     grad, _ = _input_gradients(model, x, y, loss_fn, "input_gradient_norm")
     flat = grad.flatten(1)
     return torch.stack([torch.linalg.vector_norm(flat, ord=qq, dim=1) for qq in qs])
 
 
-def input_gradient_norm(model: nn.Module, x: Tensor, y: Tensor | None, q: float | Sequence[float] = 1,
-                        loss_fn: LossFn | None = None) -> Tensor:
+def input_gradient_norm(
+    model: nn.Module, x: Tensor, y: Tensor | None, q: float | Sequence[float] = 1, loss_fn: LossFn | None = None
+) -> Tensor:
     """Per-sample ‖∂ₓℓ(x_n, y_n)‖_q (Simon-Gabriel et al., Lemma 2), all samples in one backward pass.
 
     ``q`` is one exponent (returns ``Tensor[B]``) or several, e.g. ``(1, 2)`` (returns ``Tensor[len(q), B]``).
@@ -74,9 +77,9 @@ def input_gradient_norm(model: nn.Module, x: Tensor, y: Tensor | None, q: float 
     return norms[0] if isinstance(q, (int, float)) else norms
 
 
-def _input_gradient_norm_update(model: nn.Module, x: Tensor, y: Tensor | None,
-                                q: float | Sequence[float] = 1,
-                                loss_fn: LossFn | None = None) -> tuple[Tensor, Tensor]:
+def _input_gradient_norm_update(
+    model: nn.Module, x: Tensor, y: Tensor | None, q: float | Sequence[float] = 1, loss_fn: LossFn | None = None
+) -> tuple[Tensor, Tensor]:
     """Batch statistics: (Σ_n ‖∂ₓℓ_n‖_q, number of samples), both on the model's device, no host sync.
 
     The sum has shape ``[]`` for one ``q`` and ``[len(q)]`` for several; both are sum-reducible across ranks.

@@ -26,7 +26,9 @@ def _log_bound(model: nn.Module, input_dim: int, log_w: Tensor) -> Tensor:
     k = log_w.numel()
     n_theta = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return (
-        math.log(n_theta) + math.log(input_dim) + 2 * (k - 1) * math.log(max(_layer_widths(model)))
+        math.log(n_theta)
+        + math.log(input_dim)
+        + 2 * (k - 1) * math.log(max(_layer_widths(model)))
         + 2 * (log_w.sum() - log_w.min())
     )
 

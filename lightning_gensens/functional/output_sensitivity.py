@@ -24,8 +24,14 @@ def _chan_merge(stats: Tensor) -> Tensor:
     return torch.stack([n, mean, m2])
 
 
-def output_noise(model: nn.Module, x: Tensor, logits: Tensor | None = None, sigma: float = 0.1,
-                 n_draws: int = 1, generator: torch.Generator | None = None) -> Tensor:
+def output_noise(
+    model: nn.Module,
+    x: Tensor,
+    logits: Tensor | None = None,
+    sigma: float = 0.1,
+    n_draws: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
     """ε̄ = mean_k(f_k(x+ε) − f_k(x)) for ``n_draws`` draws ε ~ N(0, σ²I) per sample: Tensor[n_draws, B].
 
     ``logits`` = f(x) when the caller already has them (e.g. from the validation forward pass). Computed in
@@ -43,9 +49,14 @@ def output_noise(model: nn.Module, x: Tensor, logits: Tensor | None = None, sigm
     return torch.stack(draws)
 
 
-def _output_sensitivity_update(model: nn.Module, x: Tensor, logits: Tensor | None = None, sigma: float = 0.1,
-                               n_draws: int = 1, generator: torch.Generator | None = None
-                               ) -> tuple[Tensor, Tensor]:
+def _output_sensitivity_update(
+    model: nn.Module,
+    x: Tensor,
+    logits: Tensor | None = None,
+    sigma: float = 0.1,
+    n_draws: int = 1,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
     """Batch statistics: (n, mean, M2) of ε̄ and (Σx², numel(x)) for the inputs' second moment, in float64."""
     eps_bar = output_noise(model, x, logits, sigma, n_draws, generator).double().flatten()
     mean = eps_bar.mean()
@@ -61,8 +72,9 @@ def _output_sensitivity_compute(moments: Tensor) -> Tensor:
     return moments[2] / moments[0]
 
 
-def output_sensitivity(model: nn.Module, x: Tensor, sigma: float = 0.1, n_draws: int = 1,
-                       generator: torch.Generator | None = None) -> Tensor:
+def output_sensitivity(
+    model: nn.Module, x: Tensor, sigma: float = 0.1, n_draws: int = 1, generator: torch.Generator | None = None
+) -> Tensor:
     """S = Var_{x,ε}[mean_k(f_k(x+ε) − f_k(x))], ε ~ N(0, σ²I) (eq. 2), a Monte-Carlo estimate over ``x``."""
     check_finite_parameters(model)
     if x.shape[0] == 0:

@@ -29,8 +29,9 @@ def _flat_preactivations(preactivations: Sequence[Tensor]) -> Tensor:
     return torch.cat([h.flatten(1) for h in preactivations], dim=1)
 
 
-def _region_sensitivity_update(model: nn.Module, preactivations: Sequence[Tensor],
-                               tangent: Tensor | None = None) -> tuple[Tensor, Tensor]:
+def _region_sensitivity_update(
+    model: nn.Module, preactivations: Sequence[Tensor], tangent: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Per-sample statistics from captured ReLU pre-activations (one [B, ...] per nn.ReLU, forward order).
 
     Returns ``pre`` [B, N] (the pre-activations side by side, model dtype) and ``tangent`` [B] = T(A(x)) in
@@ -56,7 +57,8 @@ def _region_patterns(patterns: Tensor, tangent: Tensor) -> tuple[Tensor, Tensor]
     """
     unique, inverse = torch.unique(patterns.to(torch.uint8), dim=0, return_inverse=True)
     pattern_tangent = tangent.new_zeros(unique.shape[0], dtype=torch.float64).scatter_reduce(
-        0, inverse, tangent.double(), reduce="mean", include_self=False)
+        0, inverse, tangent.double(), reduce="mean", include_self=False
+    )
     return unique.bool(), pattern_tangent
 
 
@@ -65,8 +67,13 @@ def _distinct_patterns(pre: Tensor) -> Tensor:
     return pre.new_tensor(torch.unique(pre > 0, dim=0).shape[0], dtype=torch.int64)
 
 
-def _region_sensitivity_soft_compute(pre: Tensor, tangent: Tensor, reference_patterns: Tensor | None = None,
-                                     reference_tangent: Tensor | None = None, temperature: float = 1.0) -> Tensor:
+def _region_sensitivity_soft_compute(
+    pre: Tensor,
+    tangent: Tensor,
+    reference_patterns: Tensor | None = None,
+    reference_tangent: Tensor | None = None,
+    temperature: float = 1.0,
+) -> Tensor:
     """Soft mode: Ŝ(X) = mean_x Σ_{A∈A+} softmax_A(⟨A, h(x)⟩/τ)·T(A) (eq. 4, 7), float64.
 
     ``pre`` [M, N] and ``tangent`` [M] of the split (from :func:`_region_sensitivity_update`); A+ = its patterns
@@ -86,24 +93,25 @@ def _region_sensitivity_soft_compute(pre: Tensor, tangent: Tensor, reference_pat
     patterns, pattern_tangent = _region_patterns(patterns, pattern_tangent)
     total = pre.new_zeros((), dtype=torch.float64)
     for start in range(0, pre.shape[0], _SAMPLE_CHUNK):
-        h = pre[start:start + _SAMPLE_CHUNK].double() / temperature
+        h = pre[start : start + _SAMPLE_CHUNK].double() / temperature
         # online softmax: running max, Σ exp(s − max) and Σ exp(s − max)·T(A), no large log values subtracted
         peak = h.new_full((h.shape[0],), -torch.inf)
         norm, weighted = h.new_zeros(h.shape[0]), h.new_zeros(h.shape[0])
         for p_start in range(0, patterns.shape[0], _PATTERN_CHUNK):
-            scores = h @ patterns[p_start:p_start + _PATTERN_CHUNK].double().T
+            scores = h @ patterns[p_start : p_start + _PATTERN_CHUNK].double().T
             new_peak = torch.maximum(peak, scores.amax(1))
             rescale = (peak - new_peak).exp()
             scores = (scores - new_peak[:, None]).exp()
             norm = norm * rescale + scores.sum(1)
-            weighted = weighted * rescale + scores @ pattern_tangent[p_start:p_start + _PATTERN_CHUNK]
+            weighted = weighted * rescale + scores @ pattern_tangent[p_start : p_start + _PATTERN_CHUNK]
             peak = new_peak
         total += (weighted / norm).sum()
     return total / pre.shape[0]
 
 
-def region_sensitivity(model: nn.Module, x: Tensor, mode: str = "hard", temperature: float = 1.0,
-                       reference: Tensor | None = None) -> Tensor:
+def region_sensitivity(
+    model: nn.Module, x: Tensor, mode: str = "hard", temperature: float = 1.0, reference: Tensor | None = None
+) -> Tensor:
     """Ŝ(X) over the samples ``x`` (eq. 3, 7), 0-dim float64, evaluated in eval mode.
 
     ``mode="hard"``: mean_x T(x). ``mode="soft"``: eq. 4 memberships at temperature τ over the patterns of
@@ -121,7 +129,8 @@ def region_sensitivity(model: nn.Module, x: Tensor, mode: str = "hard", temperat
         ref_patterns = ref_tangent = None
         if reference is not None:
             ref_pre, ref_tangent = _region_sensitivity_update(
-                model, relu_preactivations(model, reference, "region_sensitivity"))
+                model, relu_preactivations(model, reference, "region_sensitivity")
+            )
             ref_patterns = ref_pre > 0
     return _region_sensitivity_soft_compute(pre, tangent, ref_patterns, ref_tangent, temperature)
 

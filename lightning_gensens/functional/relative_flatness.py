@@ -62,8 +62,15 @@ class _ProbeHessian:
     and Λ_n G_n with Λ_n = ∂²ℓ_n/∂f² (K × K); the layer's Jacobian is J_n = G_n ⊗ φ_nᵀ.
     """
 
-    def __init__(self, model: nn.Module, batches: Iterable[Any], names: Sequence[str], loss_fn: LossFn,
-                 reduce: Reduce, gauss_newton: bool) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable[Any],
+        names: Sequence[str],
+        loss_fn: LossFn,
+        reduce: Reduce,
+        gauss_newton: bool,
+    ) -> None:
         modules = dict(model.named_modules())
         self.leaves = {n: modules[n].weight.detach().requires_grad_(True) for n in names}
         self.params = {f"{n}.weight" if n else "weight": leaf for n, leaf in self.leaves.items()}
@@ -95,6 +102,7 @@ class _ProbeHessian:
                 delta = torch.zeros_like(output, requires_grad=True)
                 calls[name].append((args[0].detach(), delta))
                 return output + delta
+
             return hook
 
         handles = [modules[n].register_forward_hook(capture(n)) for n in self.gn]
@@ -105,18 +113,26 @@ class _ProbeHessian:
                 h.remove()
         n_b = y.shape[0]
         total = loss_fn(out, y) * n_b
-        grads = torch.autograd.grad(total, list(self.leaves.values()), create_graph=True, allow_unused=True,
-                                    materialize_grads=True)
+        grads = torch.autograd.grad(
+            total, list(self.leaves.values()), create_graph=True, allow_unused=True, materialize_grads=True
+        )
         self.grads.append(dict(zip(self.leaves, grads, strict=True)))
         k = out.shape[-1]
-        eligible = [n for n, c in calls.items() if len(c) == 1 and c[0][0].dim() == 2 and out.dim() == 2
-                    and n_b * k * (k + c[0][1].shape[1]) <= _GN_MAX_ELEMENTS]
+        eligible = [
+            n
+            for n, c in calls.items()
+            if len(c) == 1
+            and c[0][0].dim() == 2
+            and out.dim() == 2
+            and n_b * k * (k + c[0][1].shape[1]) <= _GN_MAX_ELEMENTS
+        ]
         for n in set(self.gn) - set(eligible):
             del self.gn[n]
         if eligible:
             onehots = torch.eye(k, dtype=out.dtype, device=out.device).unsqueeze(1).expand(k, n_b, k)
-            jacs = torch.autograd.grad(out, [calls[n][0][1] for n in eligible], onehots, retain_graph=True,
-                                       is_grads_batched=True)
+            jacs = torch.autograd.grad(
+                out, [calls[n][0][1] for n in eligible], onehots, retain_graph=True, is_grads_batched=True
+            )
             lam = _logit_hessians(out.detach(), y, loss_fn)
             for n, jac in zip(eligible, jacs, strict=True):
                 jac = jac.transpose(0, 1)
@@ -128,16 +144,17 @@ class _ProbeHessian:
         leaf = self.leaves[name]
         out = torch.zeros_like(v)
         for start in range(0, v.shape[0], _HVP_CHUNK):
-            chunk = v[start:start + _HVP_CHUNK].reshape(-1, *leaf.shape)
+            chunk = v[start : start + _HVP_CHUNK].reshape(-1, *leaf.shape)
             batched = chunk.shape[0] > 1  # a vmapped backward costs more for a single vector
             vectors = chunk if batched else chunk[0]
             for grads in self.grads:
                 if not grads[name].requires_grad:
                     continue
-                (hv,) = torch.autograd.grad(grads[name], leaf, vectors, retain_graph=True, allow_unused=True,
-                                            is_grads_batched=batched)
+                (hv,) = torch.autograd.grad(
+                    grads[name], leaf, vectors, retain_graph=True, allow_unused=True, is_grads_batched=batched
+                )
                 if hv is not None:
-                    out[start:start + _HVP_CHUNK] += hv.reshape(chunk.shape[0], -1)
+                    out[start : start + _HVP_CHUNK] += hv.reshape(chunk.shape[0], -1)
         return self.reduce(out) / self.count
 
     def gauss_newton_holds(self, name: str, v: Tensor, hv: Tensor) -> bool:
@@ -183,19 +200,21 @@ def _logit_hessians(out: Tensor, y: Tensor, loss_fn: LossFn) -> Tensor:
     (g,) = torch.autograd.grad(loss_fn(logits, y) * y.shape[0], logits, create_graph=True)
     if not g.requires_grad:
         return logits.new_zeros(*logits.shape, logits.shape[1])
-    columns = [torch.autograd.grad(g[:, k].sum(), logits, retain_graph=True, allow_unused=True,
-                                   materialize_grads=True)[0] for k in range(logits.shape[1])]
+    columns = [
+        torch.autograd.grad(g[:, k].sum(), logits, retain_graph=True, allow_unused=True, materialize_grads=True)[0]
+        for k in range(logits.shape[1])
+    ]
     return torch.stack(columns, 2)
 
 
 def _randn(shape: Sequence[int] | torch.Size, generator: torch.Generator, like: Tensor) -> Tensor:
     """Standard normal draw from a private generator, returned with the dtype and device of ``like``."""
-    return torch.randn(tuple(shape), generator=generator, device=generator.device,
-                       dtype=like.dtype).to(like.device)
+    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=like.dtype).to(like.device)
 
 
-def _lanczos_max(matvec: Callable[[Tensor], Tensor], q0: Tensor, hq0: Tensor, tol: float,
-                 max_iter: int) -> tuple[float, float, int]:
+def _lanczos_max(
+    matvec: Callable[[Tensor], Tensor], q0: Tensor, hq0: Tensor, tol: float, max_iter: int
+) -> tuple[float, float, int]:
     """Largest eigenvalue by Lanczos with full reorthogonalisation from the unit vector q0, given hq0 = H q0.
 
     Stops once the Ritz residual ‖H y − θ y‖ = β_j |s_j| is at most ``tol``·|θ| (then some eigenvalue lies
@@ -225,13 +244,17 @@ def _lanczos_max(matvec: Callable[[Tensor], Tensor], q0: Tensor, hq0: Tensor, to
         betas.append(beta)
         q = w / beta
     if len(basis) < q0.numel():
-        warnings.warn(f"Lanczos stopped after {max_iter} iterations at residual {resid:.3g} (tolerance "
-                      f"{tol:.3g}·|λ_max|); raise lanczos_max_iter for a tighter λ_max.", stacklevel=3)
+        warnings.warn(
+            f"Lanczos stopped after {max_iter} iterations at residual {resid:.3g} (tolerance "
+            f"{tol:.3g}·|λ_max|); raise lanczos_max_iter for a tighter λ_max.",
+            stacklevel=3,
+        )
     return theta, resid, len(basis)
 
 
-def _trace_estimate(matmat: Callable[[Tensor], Tensor], dim: int, like: Tensor, budget: int, rtol: float,
-                    generator: torch.Generator) -> tuple[Tensor, Tensor, int, str]:
+def _trace_estimate(
+    matmat: Callable[[Tensor], Tensor], dim: int, like: Tensor, budget: int, rtol: float, generator: torch.Generator
+) -> tuple[Tensor, Tensor, int, str]:
     """Tr(H) from products with H: exact on the unit basis when ``dim`` ≤ ``budget``, else Hutch++.
 
     Hutch++ (Meyer et al. 2021): Q = orth(H S) for a Gaussian sketch S of budget//3 columns, Tr(QᵀHQ) exactly,
@@ -322,27 +345,41 @@ def relative_flatness(
     names = list(available) if layers is None else [layers] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in available]
     if unknown or not names:
-        raise ValueError(f"relative_flatness: layers {unknown or names} are not Linear/Conv layers of "
-                         f"{type(model).__name__}; choose from {list(available)}.")
+        raise ValueError(
+            f"relative_flatness: layers {unknown or names} are not Linear/Conv layers of "
+            f"{type(model).__name__}; choose from {list(available)}."
+        )
     batches = [(x, y)] if isinstance(x, Tensor) else x
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     with torch.inference_mode(False), torch.enable_grad(), evaluation_mode(model):
-        probe = _ProbeHessian(model, batches, names, loss_fn or F.cross_entropy, reduce or _identity,
-                              gauss_newton)
-        result: dict[str, Any] = {n: _layer_flatness(probe, n, lanczos_tol, lanczos_max_iter, trace_budget,
-                                                     trace_rtol, gen) for n in names}
+        probe = _ProbeHessian(model, batches, names, loss_fn or F.cross_entropy, reduce or _identity, gauss_newton)
+        result: dict[str, Any] = {
+            n: _layer_flatness(probe, n, lanczos_tol, lanczos_max_iter, trace_budget, trace_rtol, gen) for n in names
+        }
 
     def stacked(stat: str) -> Tensor:
         return torch.stack([result[n][stat] for n in names])
 
-    result.update(kappa_max=stacked("kappa").max(), kappa_sum=stacked("kappa").sum(),
-                  kappa_tau_max=stacked("kappa_tau").max(), kappa_tau_sum=stacked("kappa_tau").sum(),
-                  rho_max=stacked("rho_max").max(), rho_sum=stacked("rho_sum").sum())
+    result.update(
+        kappa_max=stacked("kappa").max(),
+        kappa_sum=stacked("kappa").sum(),
+        kappa_tau_max=stacked("kappa_tau").max(),
+        kappa_tau_sum=stacked("kappa_tau").sum(),
+        rho_max=stacked("rho_max").max(),
+        rho_sum=stacked("rho_sum").sum(),
+    )
     return result
 
 
-def _layer_flatness(probe: _ProbeHessian, name: str, lanczos_tol: float, lanczos_max_iter: int,
-                    trace_budget: int, trace_rtol: float, generator: torch.Generator) -> dict[str, Any]:
+def _layer_flatness(
+    probe: _ProbeHessian,
+    name: str,
+    lanczos_tol: float,
+    lanczos_max_iter: int,
+    trace_budget: int,
+    trace_rtol: float,
+    generator: torch.Generator,
+) -> dict[str, Any]:
     """κ, κ_τ, λ_max, Tr and ρ of one layer (Petzka et al., Table 1)."""
     weight = probe.leaves[name].detach()
     dim = weight.numel()
@@ -362,14 +399,22 @@ def _layer_flatness(probe: _ProbeHessian, name: str, lanczos_tol: float, lanczos
         trace, rho = probe.gauss_newton_trace_rho(name)
         stderr, hvps, method = weight.new_zeros(()), 0, "gauss-newton"
     else:
-        trace, stderr, hvps, method = _trace_estimate(matmat, dim, weight, trace_budget, trace_rtol,
-                                                      generator)
+        trace, stderr, hvps, method = _trace_estimate(matmat, dim, weight, trace_budget, trace_rtol, generator)
         rho = _neuron_flatness(matmat, weight)
     norm_sq = weight.square().sum()
     lam_t = weight.new_tensor(lam)
     return {
-        "kappa": norm_sq * lam_t, "kappa_tau": norm_sq * trace, "lambda_max": lam_t,
-        "lambda_max_error": weight.new_tensor(lam_err), "lanczos_iters": iters, "trace": trace,
-        "trace_stderr": stderr, "trace_hvps": hvps, "trace_method": method, "weight_norm_sq": norm_sq,
-        "rho": rho, "rho_max": rho.max(), "rho_sum": rho.sum(),
+        "kappa": norm_sq * lam_t,
+        "kappa_tau": norm_sq * trace,
+        "lambda_max": lam_t,
+        "lambda_max_error": weight.new_tensor(lam_err),
+        "lanczos_iters": iters,
+        "trace": trace,
+        "trace_stderr": stderr,
+        "trace_hvps": hvps,
+        "trace_method": method,
+        "weight_norm_sq": norm_sq,
+        "rho": rho,
+        "rho_max": rho.max(),
+        "rho_sum": rho.sum(),
     }

@@ -74,7 +74,8 @@ def conv_input_shapes(model: nn.Module, example_input: Tensor) -> dict[str, tupl
     shapes: dict[str, tuple[int, ...]] = {}
     handles = [
         m.register_forward_pre_hook(lambda mod, args, n=name: shapes.__setitem__(n, tuple(args[0].shape[1:])))
-        for name, m in weight_layers(model) if not isinstance(m, nn.Linear)
+        for name, m in weight_layers(model)
+        if not isinstance(m, nn.Linear)
     ]
     training = {m: m.training for m in model.modules()}
     try:
@@ -88,8 +89,9 @@ def conv_input_shapes(model: nn.Module, example_input: Tensor) -> dict[str, tupl
     return shapes
 
 
-def log_spectral_norm_product(model: nn.Module, example_input: Tensor | None = None,
-                              input_shapes: dict[str, tuple[int, ...]] | None = None) -> Tensor:
+def log_spectral_norm_product(
+    model: nn.Module, example_input: Tensor | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> Tensor:
     """log ∏‖W_i‖_σ in float64 (the product overflows for deep nets)."""
     check_finite_parameters(model)
     if input_shapes is None and example_input is not None:
@@ -97,7 +99,8 @@ def log_spectral_norm_product(model: nn.Module, example_input: Tensor | None = N
     return layer_spectral_norms(model, input_shapes).double().log().sum()
 
 
-def spectral_norm_product(model: nn.Module, example_input: Tensor | None = None,
-                          input_shapes: dict[str, tuple[int, ...]] | None = None) -> Tensor:
+def spectral_norm_product(
+    model: nn.Module, example_input: Tensor | None = None, input_shapes: dict[str, tuple[int, ...]] | None = None
+) -> Tensor:
     """∏‖W_i‖_σ over the Linear/Conv layers (l⁶); conv layers need ``example_input`` or ``input_shapes``."""
     return log_spectral_norm_product(model, example_input, input_shapes).exp()

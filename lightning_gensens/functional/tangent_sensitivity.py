@@ -131,8 +131,7 @@ def _masks_closed_form(chain: Sequence[nn.Module], masks: Sequence[Tensor], batc
         widest = max([m.out_features for m in linears] + [m.shape[1] for m in masks])
         chunk = max(1, _CHUNK_ELEMENTS // widest**2)
         parts = [
-            _closed_form(chain, [m[start:start + chunk].to(w1.dtype) for m in masks], root,
-                         min(chunk, batch - start))
+            _closed_form(chain, [m[start : start + chunk].to(w1.dtype) for m in masks], root, min(chunk, batch - start))
             for start in range(0, batch, chunk)
         ]
     return torch.cat(parts) if parts else w1.new_zeros(0)
@@ -203,8 +202,9 @@ def _hutchinson_probes(model: nn.Module, x: Tensor, n_probes: int, generator: to
         return vmap(estimate, chunk_size=chunk)(stacked)
 
 
-def tangent_sensitivity_hutchinson(model: nn.Module, x: Tensor, n_probes: int = 8,
-                                   generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def tangent_sensitivity_hutchinson(
+    model: nn.Module, x: Tensor, n_probes: int = 8, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Unbiased Hutchinson estimate of T(x) (Definition 3.1) and its standard error, each Tensor[B].
 
     Works for any network differentiable in θ and x (CNNs, BatchNorm, GELU), evaluated in eval mode. Each
@@ -218,8 +218,9 @@ def tangent_sensitivity_hutchinson(model: nn.Module, x: Tensor, n_probes: int = 
     return est.mean(0), est.std(0) / math.sqrt(n_probes)
 
 
-def tangent_sample_sensitivity(model: nn.Module, x: Tensor, method: str = "auto", n_probes: int = 8,
-                               generator: torch.Generator | None = None) -> Tensor:
+def tangent_sample_sensitivity(
+    model: nn.Module, x: Tensor, method: str = "auto", n_probes: int = 8, generator: torch.Generator | None = None
+) -> Tensor:
     """T(x) = Σ_o ‖∂²f_o/∂θ∂x‖²_F per sample (Definition 3.1), Tensor[B], evaluated in eval mode.
 
     ``method``: "exact" (closed form Σ_i ‖L_i‖²_F·‖R_i‖²_F of ReLU MLPs, batched), "hutchinson" (``n_probes``

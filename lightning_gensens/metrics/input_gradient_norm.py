@@ -30,8 +30,9 @@ class InputGradientNorm(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, q: Sequence[float] = (1, 2), loss_fn: LossFn | None = None, keep: int = 0,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, q: Sequence[float] = (1, 2), loss_fn: LossFn | None = None, keep: int = 0, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.q = tuple(float(v) for v in q)
         if not self.q or any(v < 1 for v in self.q):

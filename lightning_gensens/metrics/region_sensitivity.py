@@ -65,13 +65,16 @@ class RegionSensitivity(Metric):
         if self.mode != "soft":
             raise ValueError("soft() needs RegionSensitivity(mode='soft').")
         ref_patterns, ref_tangent = reference if reference is not None else (None, None)
-        return _region_sensitivity_soft_compute(dim_zero_cat(self.pre), dim_zero_cat(self.tangent), ref_patterns,
-                                                ref_tangent, self.temperature)
+        return _region_sensitivity_soft_compute(
+            dim_zero_cat(self.pre), dim_zero_cat(self.tangent), ref_patterns, ref_tangent, self.temperature
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """``hard`` Ŝ, ``soft`` Ŝ over this split's own patterns (soft mode), and ``patterns`` (distinct count)."""
-        out = {"hard": _region_sensitivity_compute(self.tangent_sum, self.count),
-               "patterns": torch.tensor(float(self.patterns()[0].shape[0]), device=self.count.device)}
+        out = {
+            "hard": _region_sensitivity_compute(self.tangent_sum, self.count),
+            "patterns": torch.tensor(float(self.patterns()[0].shape[0]), device=self.count.device),
+        }
         if self.mode == "soft":
             out["soft"] = self.soft()
         return out

@@ -37,9 +37,15 @@ class RelativeFlatness(Metric):
     higher_is_better = False
     full_state_update = False
 
-    def __init__(self, layers: Sequence[str] | None = None, loss_fn: LossFn | None = None,
-                 max_samples: int = 2048, seed: int = 0, options: dict[str, Any] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        layers: Sequence[str] | None = None,
+        loss_fn: LossFn | None = None,
+        max_samples: int = 2048,
+        seed: int = 0,
+        options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         kwargs.setdefault("sync_on_compute", False)
         super().__init__(**kwargs)
         if max_samples < 1:
@@ -60,9 +66,15 @@ class RelativeFlatness(Metric):
             raise ValueError("relative_flatness has no samples: the split was empty.")
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
         generator = torch.Generator().manual_seed(self.seed)
-        return relative_flatness(self._model, self._batches, layers=self.layers, loss_fn=self.loss_fn,
-                                 generator=generator, reduce=_all_reduce_sum if distributed else None,
-                                 **self.options)
+        return relative_flatness(
+            self._model,
+            self._batches,
+            layers=self.layers,
+            loss_fn=self.loss_fn,
+            generator=generator,
+            reduce=_all_reduce_sum if distributed else None,
+            **self.options,
+        )
 
     def reset(self) -> None:
         super().reset()

@@ -45,8 +45,9 @@ class TangentSensitivity(Metric):
         for state in ("count", "total", "variance"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, model: nn.Module, x: Tensor, preactivations: Sequence[Tensor] | None = None,
-               tangent: Tensor | None = None) -> None:
+    def update(
+        self, model: nn.Module, x: Tensor, preactivations: Sequence[Tensor] | None = None, tangent: Tensor | None = None
+    ) -> None:
         """Feed one batch; ``preactivations`` (captured, one per nn.ReLU) spare the exact path a forward pass,
         and ``tangent`` = T(x) already computed from them spares the closed form too."""
         exact = self.method == "exact" or (self.method == "auto" and supports_closed_form(model))

@@ -13,8 +13,14 @@ def digits() -> ArrayDataModule:
 def make_trainer(tmp_path, callbacks=(), max_epochs=3, **kwargs) -> L.Trainer:
     kwargs.setdefault("enable_progress_bar", False)
     return L.Trainer(
-        max_epochs=max_epochs, callbacks=list(callbacks), default_root_dir=tmp_path, enable_model_summary=False,
-        logger=L.pytorch.loggers.CSVLogger(tmp_path), accelerator="cpu", deterministic=True, **kwargs,
+        max_epochs=max_epochs,
+        callbacks=list(callbacks),
+        default_root_dir=tmp_path,
+        enable_model_summary=False,
+        logger=L.pytorch.loggers.CSVLogger(tmp_path),
+        accelerator="cpu",
+        deterministic=True,
+        **kwargs,
     )
 
 

@@ -13,8 +13,9 @@ from tests.callbacks.conftest import make_model, make_trainer
 
 
 def test_relative_flatness_logs_every_layer_with_error_and_iterations(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)],
-                                    probe_size=200)
+    monitor = GeneralizationMonitor(
+        measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)], probe_size=200
+    )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
     logged = trainer.callback_metrics
@@ -59,15 +60,15 @@ def test_label_needing_measures_refuse_unlabeled_batches(tmp_path, digits, measu
         trainer.fit(_NoLabelStep(make_model(digits).net), _ValWithoutLabels("digits"))
     with pytest.raises(ValueError, match="unlabeled"):
         GeneralizationMonitor(measures=[measure], unlabeled=[torch.zeros(2, 64)])._select_measures(
-            make_model(digits).net)
+            make_model(digits).net
+        )
 
 
 def test_the_monitors_loss_reaches_the_label_needing_measures(tmp_path, digits):
     def smoothed(logits, y):
         return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
 
-    monitor = GeneralizationMonitor(measures=["input_gradient_norm"],
-                                    probe_size=100, loss_fn=smoothed)
+    monitor = GeneralizationMonitor(measures=["input_gradient_norm"], probe_size=100, loss_fn=smoothed)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model = make_model(digits)
     trainer.fit(model, digits)
@@ -76,8 +77,9 @@ def test_the_monitors_loss_reaches_the_label_needing_measures(tmp_path, digits):
     from lightning_gensens.functional import input_gradient_norm
 
     expected = input_gradient_norm(model, x, y, q=1, loss_fn=smoothed).mean()
-    assert float(trainer.callback_metrics["gensens/input_gradient_norm/val"]) == pytest.approx(float(expected),
-                                                                                              rel=1e-4)
+    assert float(trainer.callback_metrics["gensens/input_gradient_norm/val"]) == pytest.approx(
+        float(expected), rel=1e-4
+    )
     with torch.no_grad():
         actual = float(smoothed(model(x), y))
     assert float(trainer.callback_metrics["gensens/test_loss"]) == pytest.approx(actual, rel=1e-5)

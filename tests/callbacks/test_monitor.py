@@ -30,8 +30,11 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
     metrics = trainer.callback_metrics
     expected = ["gensens/train_loss", "gensens/test_loss", "gensens/train_error", "gensens/test_error"]
     for m in monitor._measures():
-        estimator_names = {"linf_norm": ["linf_norm", "linf_lognorm"], "spectral_norm": ["spectral_norm"],
-                           "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"]}
+        estimator_names = {
+            "linf_norm": ["linf_norm", "linf_lognorm"],
+            "spectral_norm": ["spectral_norm"],
+            "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"],
+        }
         expected += [f"gensens/{m.name}/train", f"gensens/{m.name}/val"]
         for est in estimator_names.get(m.name, [m.name]):
             expected += [f"gensens/{est}/pred_test_loss", f"gensens/{est}/mae"]
@@ -95,7 +98,10 @@ def test_resume_continues_time_ratio_estimators(tmp_path, digits):
     rows = [r for r in _logged(tmp_path / "resumed") if r.get("gensens/test_loss")]
     assert len(rows) == 2 and all(r["gensens/linf_norm/pred_test_loss"] for r in rows)  # no gap after resume
     assert {r["estimator"]: r["epochs"] for r in resumed.mae_table} == {
-        "linf_norm": 3, "linf_lognorm": 3, "spectral_norm": 3}  # no reset
+        "linf_norm": 3,
+        "linf_lognorm": 3,
+        "spectral_norm": 3,
+    }  # no reset
 
 
 def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
@@ -127,8 +133,11 @@ def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
 def test_a_single_measure_callback_runs_alone(tmp_path, digits):
     trainer = make_trainer(tmp_path, [OutputSensitivity(sigma=0.05, probe_size=100)], max_epochs=1)
     trainer.fit(make_model(digits), digits)
-    assert {"gensens/output_sensitivity/val", "gensens/output_sensitivity_label_free/pred_test_loss",
-            "gensens/test_loss"} <= set(trainer.callback_metrics)
+    assert {
+        "gensens/output_sensitivity/val",
+        "gensens/output_sensitivity_label_free/pred_test_loss",
+        "gensens/test_loss",
+    } <= set(trainer.callback_metrics)
 
 
 def test_two_instances_coexist_in_checkpoints(tmp_path, digits):
@@ -141,8 +150,7 @@ def test_two_instances_coexist_in_checkpoints(tmp_path, digits):
 
 
 def test_measures_every_n_epochs(tmp_path, digits):
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], every_n_epochs=2)],
-                           max_epochs=4)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], every_n_epochs=2)], max_epochs=4)
     trainer.fit(make_model(digits), digits)
     assert sum(1 for r in _logged(tmp_path) if r.get("gensens/test_loss")) == 2
 
@@ -174,8 +182,9 @@ def test_model_without_linear_or_conv_layers(tmp_path, digits):
 def test_empty_or_unsized_probe_source():
     """Lightning stops before validating on an empty train loader, so the probe draw is checked directly."""
     monitor = GeneralizationMonitor(measures=["linf_norm"])
-    empty = SimpleNamespace(train_dataloader=DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=2),
-                            global_rank=0, world_size=1)
+    empty = SimpleNamespace(
+        train_dataloader=DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=2), global_rank=0, world_size=1
+    )
     with pytest.raises(ValueError, match="training dataset is empty"):
         monitor._draw_probe(empty)
 
@@ -212,14 +221,16 @@ def test_unreadable_batch_layout(tmp_path, digits):
 
     class Odd(ArrayDataModule):
         def val_dataloader(self):
-            return torch.utils.data.DataLoader(self.val_set, batch_size=128,
-                                               collate_fn=lambda items: Batch(torch.utils.data.default_collate(items)))
+            return torch.utils.data.DataLoader(
+                self.val_set, batch_size=128, collate_fn=lambda items: Batch(torch.utils.data.default_collate(items))
+            )
 
     trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(TypeError, match="batch_to_xy"):
         trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
-    monitor = GeneralizationMonitor(measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if
-                                    isinstance(b, Batch) else tuple(b))
+    monitor = GeneralizationMonitor(
+        measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if isinstance(b, Batch) else tuple(b)
+    )
     trainer = make_trainer(tmp_path / "ok", [monitor], max_epochs=1)
     trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
     assert "gensens/test_loss" in trainer.callback_metrics
@@ -234,8 +245,7 @@ def test_validation_step_that_never_calls_the_model(tmp_path, digits):
     trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(RuntimeError, match="module="):
         trainer.fit(Indirect(make_model(digits).net), digits)
-    trainer = make_trainer(tmp_path / "ok", [GeneralizationMonitor(measures=["linf_norm"], module="net")],
-                           max_epochs=1)
+    trainer = make_trainer(tmp_path / "ok", [GeneralizationMonitor(measures=["linf_norm"], module="net")], max_epochs=1)
     trainer.fit(Indirect(make_model(digits).net), digits)
     assert "gensens/linf_norm/val" in trainer.callback_metrics
 
@@ -254,8 +264,12 @@ def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
     model = make_model(digits)
     trainer.fit(model, digits)  # ddp_fork copies rank 0's final weights back into `model`
     logged = trainer.callback_metrics
-    for key in ("gensens/output_sensitivity/val", "gensens/linf_norm/pred_test_loss",
-                "gensens/output_sensitivity/pred_test_loss", "gensens/spectral_norm/mae"):
+    for key in (
+        "gensens/output_sensitivity/val",
+        "gensens/linf_norm/pred_test_loss",
+        "gensens/output_sensitivity/pred_test_loss",
+        "gensens/spectral_norm/mae",
+    ):
         assert math.isfinite(float(logged[key])), key
     probe = torch.randperm(len(digits.train_set), generator=torch.Generator().manual_seed(0))[:256]
     model.eval()
@@ -269,8 +283,18 @@ def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):
     images = ArrayDataModule("digits", image=True)
     L.seed_everything(0, verbose=False)
     model = Classifier(small_cnn(1, 8, 10, width=8, batch_norm=True, dropout=0.3))
-    general = [name for name in ("output_sensitivity", "jacobian_norm", "fisher_rao_norm", "spectral_norm",
-                                 "input_gradient_norm", "relative_flatness") if name in MEASURES]
+    general = [
+        name
+        for name in (
+            "output_sensitivity",
+            "jacobian_norm",
+            "fisher_rao_norm",
+            "spectral_norm",
+            "input_gradient_norm",
+            "relative_flatness",
+        )
+        if name in MEASURES
+    ]
     monitor = GeneralizationMonitor(measures=general, probe_size=128)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(model, images)
@@ -285,8 +309,12 @@ def test_epoch_end_work_shows_on_the_progress_bar(tmp_path, digits, bar, capsys)
     from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
     progress = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], probe_size=300), progress],
-                           max_epochs=1, enable_progress_bar=True)
+    trainer = make_trainer(
+        tmp_path,
+        [GeneralizationMonitor(measures=["linf_norm"], probe_size=300), progress],
+        max_epochs=1,
+        enable_progress_bar=True,
+    )
     trainer.fit(make_model(digits), digits)
     if bar == "tqdm":
         assert "gensens" in capsys.readouterr().out

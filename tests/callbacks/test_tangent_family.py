@@ -45,8 +45,11 @@ def test_soft_regions_and_pattern_counts(tmp_path, digits):
     logged = trainer.callback_metrics
     assert float(logged["gensens/region_sensitivity/train_patterns"]) == 300
     assert float(logged["gensens/region_sensitivity/val_patterns"]) == len(digits.val_set)
-    for key in ("gensens/region_sensitivity/pred_test_loss", "gensens/active_node_bound/pred_test_loss",
-                "gensens/active_node_bound/val_mean_active"):
+    for key in (
+        "gensens/region_sensitivity/pred_test_loss",
+        "gensens/active_node_bound/pred_test_loss",
+        "gensens/active_node_bound/val_mean_active",
+    ):
         assert math.isfinite(float(logged[key])), key
 
 
@@ -54,8 +57,9 @@ def test_hutchinson_tangent_sensitivity_on_a_cnn(tmp_path):
     images = ArrayDataModule("digits", image=True)
     L.seed_everything(0, verbose=False)
     model = Classifier(small_cnn(1, 8, 10, width=4, batch_norm=True))
-    monitor = GeneralizationMonitor(measures=[TangentSensitivity(method="hutchinson"), "active_node_bound"],
-                                    probe_size=64)
+    monitor = GeneralizationMonitor(
+        measures=[TangentSensitivity(method="hutchinson"), "active_node_bound"], probe_size=64
+    )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=1)
     trainer.fit(model, images)
     logged = trainer.callback_metrics

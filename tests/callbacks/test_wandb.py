@@ -20,8 +20,14 @@ def wandb_run_dir(tmp_path, monkeypatch, digits):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monitor = GeneralizationMonitor(probe_size=200)
-    trainer = L.Trainer(max_epochs=EPOCHS, callbacks=[monitor], logger=WandbLogger(save_dir=tmp_path, offline=True),
-                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        max_epochs=EPOCHS,
+        callbacks=[monitor],
+        logger=WandbLogger(save_dir=tmp_path, offline=True),
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
     try:
         trainer.fit(make_model(digits), digits)
     finally:
@@ -32,8 +38,12 @@ def wandb_run_dir(tmp_path, monkeypatch, digits):
 
 
 def _records(run_dir) -> list[dict]:
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(run_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
@@ -43,8 +53,9 @@ def test_offline_run_has_epoch_curves_chart_table_and_summary(wandb_run_dir):
     history = [r["history"]["item"] for r in records if r.get("type") == "history"]
     defined = {r["metric"].get("name"): r["metric"].get("step_metric") for r in records if r.get("type") == "metric"}
     estimators = [row["estimator"] for row in monitor.mae_table]
-    assert {"linf_norm", "linf_lognorm", "output_sensitivity", "output_sensitivity_label_free",
-            "spectral_norm"} <= set(estimators)
+    assert {"linf_norm", "linf_lognorm", "output_sensitivity", "output_sensitivity_label_free", "spectral_norm"} <= set(
+        estimators
+    )
     for est in estimators:
         key = f"gensens/{est}/pred_test_loss"
         points = [(h["epoch"], h[key]) for h in history if key in h]

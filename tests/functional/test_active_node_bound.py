@@ -24,14 +24,16 @@ def mp_log_psi_star(k: int, mu: float, sigma: float) -> float:
     """50-digit reference: 2(k−1)·log σ + 2·log ₁F₁(−(k−1)/2; 1/2; −μ²/2σ²)."""
     with mp.workdps(50):
         n, mu_, sigma_ = k - 1, mp.mpf(mu), mp.mpf(sigma)
-        return float(2 * n * mp.log(sigma_) + 2 * mp.log(mp.hyp1f1(-mp.mpf(n) / 2, mp.mpf(1) / 2,
-                                                                   -mu_**2 / (2 * sigma_**2))))
+        return float(
+            2 * n * mp.log(sigma_) + 2 * mp.log(mp.hyp1f1(-mp.mpf(n) / 2, mp.mpf(1) / 2, -(mu_**2) / (2 * sigma_**2)))
+        )
 
 
 def test_counts_match_manual_forward_with_inplace_relu():
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 6), nn.ReLU(inplace=True),
-                        nn.Linear(6, 3)).double()
+    net = nn.Sequential(
+        nn.Linear(5, 7), nn.ReLU(inplace=True), nn.Linear(7, 6), nn.ReLU(inplace=True), nn.Linear(6, 3)
+    ).double()
     x = torch.randn(11, 5, dtype=torch.float64)
     h1 = net[0](x)
     h2 = net[2](h1.relu())

@@ -51,8 +51,7 @@ def test_statistics_from_captured_logits():
         parts = [_fisher_rao_norm_update(net(p)) for p in x.split(4)]
     count, total = sum(c for c, _ in parts), sum(t for _, t in parts)
     assert count.dtype == torch.int64 and total.dtype == torch.float64
-    torch.testing.assert_close(_fisher_rao_norm_compute(count, total), fisher_rao_norm(net, x), rtol=1e-13,
-                               atol=0.0)
+    torch.testing.assert_close(_fisher_rao_norm_compute(count, total), fisher_rao_norm(net, x), rtol=1e-13, atol=0.0)
     with pytest.raises(ValueError, match=r"\[B, K\]"):
         _fisher_rao_norm_update(torch.zeros(2, 3, 4))
     with pytest.raises(ValueError, match="empty"):

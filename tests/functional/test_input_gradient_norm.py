@@ -54,8 +54,10 @@ def test_statistics_functions() -> None:
     torch.manual_seed(2)
     model = mlp(7, 4, hidden=(9,)).double().eval()
     x, y = torch.randn(10, 7, dtype=torch.float64), torch.randint(0, 4, (10,))
-    sums, counts = zip(*(_input_gradient_norm_update(model, x[i:i + 4], y[i:i + 4], q=(1, 2))
-                         for i in range(0, 10, 4)), strict=True)
+    sums, counts = zip(
+        *(_input_gradient_norm_update(model, x[i : i + 4], y[i : i + 4], q=(1, 2)) for i in range(0, 10, 4)),
+        strict=True,
+    )
     value = _input_gradient_norm_compute(torch.stack(sums).sum(0), torch.stack(counts).sum())
     torch.testing.assert_close(value, input_gradient_norm(model, x, y, q=(1, 2)).mean(1))
     assert counts[0].dtype == torch.int64 and int(sum(counts)) == 10

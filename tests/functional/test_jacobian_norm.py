@@ -33,8 +33,7 @@ def test_statistics_inference_mode_and_no_grad_leak():
         parts = [_jacobian_norm_update(net, p) for p in x.split(4)]
     count, total = sum(c for c, _ in parts), sum(t for _, t in parts)
     assert count.dtype == torch.int64 and total.dtype == torch.float64
-    torch.testing.assert_close(_jacobian_norm_compute(count, total), jacobian_norm(net, x).mean(), rtol=1e-13,
-                               atol=0.0)
+    torch.testing.assert_close(_jacobian_norm_compute(count, total), jacobian_norm(net, x).mean(), rtol=1e-13, atol=0.0)
     assert all(p.grad is None for p in net.parameters())
     with pytest.raises(ValueError, match="empty"):
         _jacobian_norm_compute(torch.tensor(0), torch.tensor(0.0))

@@ -26,12 +26,18 @@ def test_closed_form_at_standard_normal_init():
     values = []
     for seed in range(300):
         torch.manual_seed(seed)
-        net = nn.Sequential(nn.Linear(d, h, bias=False), nn.ReLU(), nn.Linear(h, h, bias=False), nn.ReLU(),
-                            nn.Linear(h, k, bias=False)).double()
+        net = nn.Sequential(
+            nn.Linear(d, h, bias=False), nn.ReLU(), nn.Linear(h, h, bias=False), nn.ReLU(), nn.Linear(h, k, bias=False)
+        ).double()
         for p in net.parameters():
             nn.init.normal_(p)
-        values.append(float(output_sensitivity(net, torch.randn(32, d, dtype=torch.float64), sigma=sigma,
-                                               n_draws=4, generator=generator)))
+        values.append(
+            float(
+                output_sensitivity(
+                    net, torch.randn(32, d, dtype=torch.float64), sigma=sigma, n_draws=4, generator=generator
+                )
+            )
+        )
     mean, stderr = np.mean(values), np.std(values) / math.sqrt(len(values))
     closed = d / k * (h / 2) ** m * sigma**2
     assert abs(mean - closed) < 4 * stderr + 0.02 * closed, (mean, stderr, closed)

@@ -28,16 +28,27 @@ def brute_soft(net: nn.Module, x: torch.Tensor, reference: torch.Tensor | None, 
     tangent = tangent_sample_sensitivity(net, x, method="exact")
     pool = [(pre > 0, tangent)]
     if reference is not None:
-        pool.append((torch.cat([h.flatten(1) for h in relu_preactivations(net, reference)], 1) > 0,
-                     tangent_sample_sensitivity(net, reference, method="exact")))
+        pool.append(
+            (
+                torch.cat([h.flatten(1) for h in relu_preactivations(net, reference)], 1) > 0,
+                tangent_sample_sensitivity(net, reference, method="exact"),
+            )
+        )
     table: dict[tuple[bool, ...], float] = {}
     for patterns, t in pool:
         for a, ta in zip(patterns.tolist(), t.tolist(), strict=True):
             table[tuple(a)] = ta
     values = []
     for h in pre:
-        logs = torch.stack([(torch.tensor(a, dtype=h.dtype) * F.logsigmoid(h)
-                             + (1 - torch.tensor(a, dtype=h.dtype)) * F.logsigmoid(-h)).sum() for a in table])
+        logs = torch.stack(
+            [
+                (
+                    torch.tensor(a, dtype=h.dtype) * F.logsigmoid(h)
+                    + (1 - torch.tensor(a, dtype=h.dtype)) * F.logsigmoid(-h)
+                ).sum()
+                for a in table
+            ]
+        )
         weights = torch.softmax(logs / temperature, 0)
         values.append((weights * torch.tensor(list(table.values()), dtype=h.dtype)).sum())
     return torch.stack(values).mean()
@@ -58,8 +69,12 @@ def test_soft_matches_brute_force_eq4_with_streaming_chunks(monkeypatch, tempera
     monkeypatch.setattr(rs, "_PATTERN_CHUNK", 3)
     got = region_sensitivity(net, x, mode="soft", temperature=temperature, reference=ref)
     torch.testing.assert_close(got, brute_soft(net, x, ref, temperature), rtol=1e-12, atol=0.0)
-    torch.testing.assert_close(region_sensitivity(net, x, mode="soft", temperature=temperature),
-                               brute_soft(net, x, None, temperature), rtol=1e-12, atol=0.0)
+    torch.testing.assert_close(
+        region_sensitivity(net, x, mode="soft", temperature=temperature),
+        brute_soft(net, x, None, temperature),
+        rtol=1e-12,
+        atol=0.0,
+    )
 
 
 def test_soft_with_tiny_temperature_approaches_hard():
@@ -78,11 +93,13 @@ def test_batched_statistics_equal_the_public_function():
     assert pre.shape == (50, 22) and tangent.dtype == torch.float64
     hard = _region_sensitivity_compute(sum(t.sum() for _, t in parts), torch.tensor(50))
     torch.testing.assert_close(hard, region_sensitivity(net, x), rtol=1e-13, atol=0.0)
-    ref_patterns, ref_tangent = _region_patterns(*(lambda p, t: (p > 0, t))(
-        *_region_sensitivity_update(net, relu_preactivations(net, ref))))
+    ref_patterns, ref_tangent = _region_patterns(
+        *(lambda p, t: (p > 0, t))(*_region_sensitivity_update(net, relu_preactivations(net, ref)))
+    )
     soft = _region_sensitivity_soft_compute(pre, tangent, ref_patterns, ref_tangent, temperature=2.0)
-    torch.testing.assert_close(soft, region_sensitivity(net, x, mode="soft", temperature=2.0, reference=ref),
-                               rtol=1e-13, atol=0.0)
+    torch.testing.assert_close(
+        soft, region_sensitivity(net, x, mode="soft", temperature=2.0, reference=ref), rtol=1e-13, atol=0.0
+    )
 
 
 def test_pattern_deduplication_and_counting():

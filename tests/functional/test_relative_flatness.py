@@ -18,8 +18,9 @@ from lightning_gensens.models import mlp, small_cnn
 Batches = list[tuple[Tensor, Tensor]]
 
 
-def dense_layer(model: nn.Module, batches: Batches, name: str,
-                loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy) -> dict[str, Tensor]:
+def dense_layer(
+    model: nn.Module, batches: Batches, name: str, loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy
+) -> dict[str, Tensor]:
     """λ_max, Tr and ρ of the dense Hessian of the mean loss w.r.t. one layer weight (eval mode)."""
     weight = dict(model.named_modules())[name].weight.detach()
     key = f"{name}.weight"
@@ -38,14 +39,17 @@ def dense_layer(model: nn.Module, batches: Batches, name: str,
     blocks = flat.reshape(n_out, dim // n_out, n_out, dim // n_out)
     rows = weight.reshape(n_out, -1)
     rho = torch.stack([rows[j] @ blocks[j, :, j, :] @ rows[j] for j in range(n_out)])
-    return {"lambda_max": torch.linalg.eigvalsh(flat)[-1], "trace": flat.trace(), "rho": rho,
-            "norm_sq": weight.square().sum()}
+    return {
+        "lambda_max": torch.linalg.eigvalsh(flat)[-1],
+        "trace": flat.trace(),
+        "rho": rho,
+        "norm_sq": weight.square().sum(),
+    }
 
 
 def data(n: int, shape: tuple[int, ...], classes: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     gen = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, *shape, generator=gen, dtype=torch.float64),
-            torch.randint(0, classes, (n,), generator=gen))
+    return (torch.randn(n, *shape, generator=gen, dtype=torch.float64), torch.randint(0, classes, (n,), generator=gen))
 
 
 def relu_mlp() -> nn.Module:
@@ -93,9 +97,14 @@ def test_matches_dense_hessian_exactly_on_tiny_layers(case: str) -> None:
         torch.testing.assert_close(got["kappa_tau"], ref["norm_sq"] * ref["trace"], rtol=1e-8, atol=1e-12)
         assert got["rho_max"] == got["rho"].max() and got["rho_sum"] == got["rho"].sum()
         assert got["lambda_max_error"] <= 1e-12 * got["lambda_max"].abs() + 1e-15
-    for key, stat, op in (("kappa_max", "kappa", max), ("kappa_sum", "kappa", sum),
-                          ("kappa_tau_max", "kappa_tau", max), ("kappa_tau_sum", "kappa_tau", sum),
-                          ("rho_max", "rho_max", max), ("rho_sum", "rho_sum", sum)):
+    for key, stat, op in (
+        ("kappa_max", "kappa", max),
+        ("kappa_sum", "kappa", sum),
+        ("kappa_tau_max", "kappa_tau", max),
+        ("kappa_tau_sum", "kappa_tau", sum),
+        ("rho_max", "rho_max", max),
+        ("rho_sum", "rho_sum", sum),
+    ):
         torch.testing.assert_close(result[key], op(result[n][stat] for n in methods))
 
 
@@ -150,7 +159,7 @@ def test_hutchpp_within_its_standard_error() -> None:
 def rescaled_layerwise(model: nn.Sequential, layer: int, scale: float) -> nn.Sequential:
     """W_l, b_l ← λ W_l, λ b_l and W_{l+1} ← W_{l+1}/λ: the same ReLU network function (Petzka Thm 2)."""
     out = copy.deepcopy(model)
-    nxt = next(m for m in list(out)[layer + 1:] if isinstance(m, nn.Linear))
+    nxt = next(m for m in list(out)[layer + 1 :] if isinstance(m, nn.Linear))
     with torch.no_grad():
         out[layer].weight.mul_(scale)
         out[layer].bias.mul_(scale)
@@ -161,7 +170,7 @@ def rescaled_layerwise(model: nn.Sequential, layer: int, scale: float) -> nn.Seq
 def rescaled_neuronwise(model: nn.Sequential, layer: int, scales: Tensor) -> nn.Sequential:
     """Row j of W_l and b_l[j] ← λ_j·, column j of W_{l+1} ← /λ_j: the same function (Petzka Thm 3)."""
     out = copy.deepcopy(model)
-    nxt = next(m for m in list(out)[layer + 1:] if isinstance(m, nn.Linear))
+    nxt = next(m for m in list(out)[layer + 1 :] if isinstance(m, nn.Linear))
     with torch.no_grad():
         out[layer].weight.mul_(scales[:, None])
         out[layer].bias.mul_(scales)
@@ -215,6 +224,7 @@ class ThreadAllReduce:
             total = torch.stack([s for s in self.slots if s is not None]).sum(0)
             self.barrier.wait()
             return total
+
         return reduce
 
 

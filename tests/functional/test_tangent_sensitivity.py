@@ -27,6 +27,7 @@ def dense_tangent(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     for xn in x:
         total = torch.zeros((), dtype=x.dtype)
         for o in range(model(xn[None]).shape[1]):
+
             def f_o(p, xx, o=o):
                 return functional_call(model, p, (xx[None],))[0, o]
 
@@ -48,8 +49,14 @@ def test_exact_equals_dense_mixed_derivative(widths, bias):
 
 def test_exact_with_flatten_dropout_identity_and_training_mode_restored():
     torch.manual_seed(1)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Dropout(0.5),
-                        nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Identity()), nn.Linear(7, 4)).double()
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(6, 8),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.5),
+        nn.Sequential(nn.Linear(8, 7), nn.ReLU(), nn.Identity()),
+        nn.Linear(7, 4),
+    ).double()
     net.train()
     x = torch.randn(4, 2, 3, dtype=torch.float64)
     exact = tangent_sample_sensitivity(net, x, method="exact")
@@ -68,8 +75,9 @@ def test_wrapper_module_in_registration_order_is_exact():
 
     net, x = Wrapper(), torch.randn(3, 5, dtype=torch.float64)
     assert relu_mlp_layers(net)[1] is False
-    torch.testing.assert_close(tangent_sample_sensitivity(net, x, method="exact"), dense_tangent(net, x),
-                               rtol=1e-10, atol=0.0)
+    torch.testing.assert_close(
+        tangent_sample_sensitivity(net, x, method="exact"), dense_tangent(net, x), rtol=1e-10, atol=0.0
+    )
 
 
 def test_functional_relu_is_detected_and_auto_falls_back():
@@ -85,8 +93,9 @@ def test_functional_relu_is_detected_and_auto_falls_back():
     with pytest.raises(ValueError, match="registration order"):
         tangent_sample_sensitivity(net, x, method="exact")
     auto = tangent_sample_sensitivity(net, x, n_probes=4, generator=torch.Generator().manual_seed(0))
-    hutch = tangent_sample_sensitivity(net, x, method="hutchinson", n_probes=4,
-                                       generator=torch.Generator().manual_seed(0))
+    hutch = tangent_sample_sensitivity(
+        net, x, method="hutchinson", n_probes=4, generator=torch.Generator().manual_seed(0)
+    )
     torch.testing.assert_close(auto, hutch)
 
 
@@ -120,8 +129,9 @@ def test_zero_when_a_whole_layer_is_inactive():
     net = toy_mlp((4, 6, 5, 3), seed=6)
     with torch.no_grad():
         net[2].bias.fill_(-1e6)
-    assert torch.equal(tangent_sample_sensitivity(net, torch.randn(3, 4, dtype=torch.float64)),
-                       torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(
+        tangent_sample_sensitivity(net, torch.randn(3, 4, dtype=torch.float64)), torch.zeros(3, dtype=torch.float64)
+    )
 
 
 def test_hutchinson_converges_to_exact_on_mlp():
@@ -157,8 +167,7 @@ def test_exact_refuses_other_layers_naming_them():
     with pytest.raises(ValueError, match="'0' is Conv2d"):
         tangent_sample_sensitivity(bn_cnn(), torch.randn(2, 1, 4, 4, dtype=torch.float64), method="exact")
     with pytest.raises(ValueError, match="'1' is GELU"):
-        tangent_sample_sensitivity(toy_mlp(activation=nn.GELU), torch.randn(2, 5, dtype=torch.float64),
-                                   method="exact")
+        tangent_sample_sensitivity(toy_mlp(activation=nn.GELU), torch.randn(2, 5, dtype=torch.float64), method="exact")
     with pytest.raises(ValueError, match="last axis"):
         tangent_sample_sensitivity(toy_mlp((3, 4, 2)), torch.randn(2, 5, 3, dtype=torch.float64), method="exact")
 

@@ -19,8 +19,9 @@ def _rank_metric(rank: int, world_size: int) -> dict[str, torch.Tensor]:
 
 def test_ddp_equals_one_process_and_functional():
     expected = active_node_bound(toy_mlp(), torch.cat(_data()))
-    counts = torch.cat([(torch.cat([h.flatten(1) for h in relu_preactivations(toy_mlp(), x)], 1) > 0).sum(1)
-                        for x in _data()]).double()
+    counts = torch.cat(
+        [(torch.cat([h.flatten(1) for h in relu_preactivations(toy_mlp(), x)], 1) > 0).sum(1) for x in _data()]
+    ).double()
     for result in run_ddp(_rank_metric):
         assert torch.allclose(result["log_psi"], expected, rtol=1e-12)
         assert torch.allclose(result["mu"], counts.mean()) and torch.allclose(result["sigma"], counts.std(False))

@@ -6,9 +6,16 @@ import torch
 from lightning_gensens import metrics
 
 EMPTY = [
-    metrics.ActiveNodeBound(num_layers=3), metrics.FisherRaoNorm(), metrics.InputGradientNorm(),
-    metrics.JacobianNorm(), metrics.LinfNorm(), metrics.OutputSensitivity(), metrics.RegionSensitivity(),
-    metrics.RelativeFlatness(), metrics.SpectralNorm(), metrics.TangentSensitivity(),
+    metrics.ActiveNodeBound(num_layers=3),
+    metrics.FisherRaoNorm(),
+    metrics.InputGradientNorm(),
+    metrics.JacobianNorm(),
+    metrics.LinfNorm(),
+    metrics.OutputSensitivity(),
+    metrics.RegionSensitivity(),
+    metrics.RelativeFlatness(),
+    metrics.SpectralNorm(),
+    metrics.TangentSensitivity(),
 ]
 
 

@@ -47,9 +47,9 @@ def test_streaming_equals_functional_on_the_concatenated_batch():
         metric.update(net, x)
     eps = [torch.randn(x.shape, generator=generator, dtype=torch.float64) for x in data]
     # the same noise, drawn batch by batch, through the functional on each batch's stacked noise
-    reference = torch.cat([
-        (net(x + 0.3 * e).mean(1) - net(x).mean(1)).detach() for x, e in zip(data, eps, strict=True)
-    ])
+    reference = torch.cat(
+        [(net(x + 0.3 * e).mean(1) - net(x).mean(1)).detach() for x, e in zip(data, eps, strict=True)]
+    )
     assert torch.allclose(metric.compute()["s"], reference.var(unbiased=False), rtol=1e-10)
     assert float(output_sensitivity(net, torch.cat(data))) > 0
 

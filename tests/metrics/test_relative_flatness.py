@@ -19,9 +19,13 @@ def _rank_metric(rank: int, world_size: int) -> dict[str, float]:
     for x, y in _data()[rank::world_size]:
         metric.update(_net(), x, y)
     result = metric.compute()
-    return {"kappa_sum": float(result["kappa_sum"]), "kappa_max": float(result["kappa_max"]),
-            "lambda_max": float(result["0"]["lambda_max"]), "trace": float(result["2"]["trace"]),
-            "rho_sum": float(result["rho_sum"])}
+    return {
+        "kappa_sum": float(result["kappa_sum"]),
+        "kappa_max": float(result["kappa_max"]),
+        "lambda_max": float(result["0"]["lambda_max"]),
+        "trace": float(result["2"]["trace"]),
+        "rho_sum": float(result["rho_sum"]),
+    }
 
 
 def test_distributed_hessian_equals_one_process():
@@ -39,6 +43,7 @@ def test_keeps_at_most_max_samples():
     for x, y in _data():
         metric.update(_net(), x, y)
     assert sum(x.shape[0] for x, _ in metric._batches) == 20
-    expected = relative_flatness(_net(), [(torch.cat([x for x, _ in _data()])[:20],
-                                           torch.cat([y for _, y in _data()])[:20])])
+    expected = relative_flatness(
+        _net(), [(torch.cat([x for x, _ in _data()])[:20], torch.cat([y for _, y in _data()])[:20])]
+    )
     assert torch.allclose(metric.compute()["kappa_sum"], expected["kappa_sum"], rtol=1e-6)

@@ -34,8 +34,9 @@ def test_hutchinson_reports_a_standard_error_that_covers_the_truth():
     metric = TangentSensitivity(method="hutchinson", n_probes=16, seed=1)
     metric.update(net, x)
     out = metric.compute()
-    dense = tangent_sample_sensitivity(net, x, method="hutchinson", n_probes=256,
-                                       generator=torch.Generator().manual_seed(9)).mean()
+    dense = tangent_sample_sensitivity(
+        net, x, method="hutchinson", n_probes=256, generator=torch.Generator().manual_seed(9)
+    ).mean()
     assert out["stderr"] > 0
     assert abs(out["mean"] - dense) < 5 * out["stderr"] + 0.02 * dense
 
