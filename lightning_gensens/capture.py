@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -10,6 +12,11 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from lightning_gensens.utilities import relu_modules, weight_layers
+
+OutputFn = Callable[[Any], Tensor]
+
+INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "inputs_embeds")
+"""Keyword arguments read as the model's input when it is called without a positional tensor."""
 
 
 @dataclass
@@ -24,21 +31,59 @@ class Captured:
     """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
 
 
+def default_output_fn(output: Any) -> Tensor:
+    """The logits of a forward output: a tensor, the first element of a tuple/list, or the ``logits`` entry of a
+    mapping (a Hugging Face ``ModelOutput`` is one)."""
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    if isinstance(output, Mapping) and isinstance(output.get("logits"), Tensor):
+        return output["logits"]
+    raise TypeError(
+        f"the model returned {type(output).__name__}, but the measures need its logits: return a tensor, a "
+        "tuple/list whose first element is the logits, or a mapping/ModelOutput with `logits`; or pass "
+        "`output_fn=` to read them."
+    )
+
+
+_exclusive: list[ForwardCapture | None] = []
+"""Innermost last: while a callback measures, only the capture it names (or none) records forward passes."""
+
+
+@contextmanager
+def exclusive(capture: ForwardCapture | None) -> Iterator[None]:
+    """Let only ``capture`` record (None: no capture records), so the forward passes one callback runs while
+    measuring are never taken for the user's by another callback's capture."""
+    _exclusive.append(capture)
+    try:
+        yield
+    finally:
+        _exclusive.pop()
+
+
 class ForwardCapture:
     """Records what the measures need from the forward passes of ``model``.
 
     Hooks are registered once by :meth:`attach` and fire only while :attr:`enabled` is set, so a model compiled
     after attaching keeps them (hooks registered after ``torch.compile`` never fire). :meth:`detach` removes
-    every handle; the context-manager form attaches, enables and detaches.
+    every handle; the context-manager form attaches, enables and detaches. Positional and keyword calls are seen.
 
     ReLU pre-activations are read by forward *pre*-hooks on the ``nn.ReLU`` modules, which see the input even
-    with ``inplace=True``.
+    with ``inplace=True``; a ReLU module applied several times in one forward pass is recorded at each call.
     """
 
-    def __init__(self, model: nn.Module, preactivations: bool = False, measure: str = "capture") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        preactivations: bool = False,
+        measure: str = "capture",
+        output_fn: OutputFn | None = None,
+    ) -> None:
         weight_layers(model)
         self.model = model
         self.preactivations = preactivations
+        self.output_fn = output_fn or default_output_fn
         self._relus = relu_modules(model, measure) if preactivations else []
         self._handles: list[RemovableHandle] = []
         self._preacts: list[Tensor] = []
@@ -48,7 +93,7 @@ class ForwardCapture:
     def attach(self) -> ForwardCapture:
         if self._handles:
             return self
-        self._handles.append(self.model.register_forward_hook(self._on_output))
+        self._handles.append(self.model.register_forward_hook(self._on_output, with_kwargs=True))
         for _, relu in self._relus:
             self._handles.append(relu.register_forward_pre_hook(self._on_relu_input))
         return self
@@ -70,28 +115,24 @@ class ForwardCapture:
         self.clear()
         return record
 
+    def _recording(self) -> bool:
+        return self.enabled and (not _exclusive or _exclusive[-1] is self)
+
     def _on_relu_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self.enabled:
+        if self._recording():
             self._preacts.append(args[0].detach().clone())
 
-    def _on_output(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+    def _on_output(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+        if not self._recording():
+            return
+        x = args[0] if args else next((kwargs[k] for k in INPUT_KEYS if k in kwargs), None)
         # Calls without a tensor input or output are Lightning's strategy wrappers (DDP redirects the
-        # LightningModule's __call__ to its *_step methods); the model's own forward(x) is recorded.
-        if not self.enabled or not args or not isinstance(args[0], Tensor) or output is None:
+        # LightningModule's __call__ to its *_step methods); the model's own forward is recorded.
+        if not isinstance(x, Tensor) or output is None:
             return
         preacts, self._preacts = self._preacts, []
-        if not isinstance(output, Tensor):
-            raise TypeError(
-                f"{type(module).__name__} returned {type(output).__name__}, but the measures need the logits as a "
-                "single Tensor. Pass `module=` naming a submodule that returns logits."
-            )
-        if self.preactivations and len(preacts) != len(self._relus):
-            raise RuntimeError(
-                f"{type(module).__name__} called its {len(self._relus)} nn.ReLU modules {len(preacts)} times in "
-                "one forward pass: the pre-activations cannot be matched to hidden layers (a ReLU module must be "
-                "used exactly once)."
-            )
-        self.records.append(Captured(x=args[0].detach(), logits=output.detach(), preacts=preacts))
+        logits = self.output_fn(output)
+        self.records.append(Captured(x=x.detach(), logits=logits.detach(), preacts=preacts))
 
     def __enter__(self) -> ForwardCapture:
         self.attach()

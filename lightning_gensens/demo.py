@@ -12,7 +12,9 @@ from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, Logger
 from torch import nn
 
-from lightning_gensens.callbacks import MEASURES, GeneralizationMonitor
+from lightning_gensens.callbacks import GeneralizationMonitor
+from lightning_gensens.callbacks.reporting import format_table
+from lightning_gensens.measures import MEASURES
 from lightning_gensens.data import DATASETS, ArrayDataModule
 from lightning_gensens.models import Classifier, mlp, small_cnn
 from lightning_gensens.plotting import plot_predictions
@@ -79,13 +81,12 @@ class EpochPrinter(Callback):
 
 
 def _wandb_logger(out: str, name: str) -> Logger:
+    """A W&B logger in the mode ``WANDB_MODE`` names (offline unless it says ``online``); no credential is read."""
     from lightning.pytorch.loggers import WandbLogger
 
-    netrc = os.path.expanduser("~/.netrc")
-    logged_in = bool(os.environ.get("WANDB_API_KEY")) or (
-        os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read()
+    return WandbLogger(
+        project="lightning-gensens", name=name, save_dir=out, mode=os.environ.get("WANDB_MODE", "offline")
     )
-    return WandbLogger(project="lightning-gensens", name=name, save_dir=out, offline=not logged_in)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.path.join(args.out, "predicted_vs_actual.png"),
         title=f"Predicted versus actual test loss — 4×100 MLP on {args.dataset}",
     )
+    print(f"\nGeneralizationMonitor: mean absolute error of the predicted test loss and error\n{format_table(monitor.mae_table)}")
     print(
         f"\nCSV logs: {os.path.join(csv_logger.log_dir, 'metrics.csv')}\n"
         f"MAE table: {os.path.join(csv_logger.log_dir, 'gensens_mae.csv')}\nplot: {plot}"

@@ -44,13 +44,14 @@ def plot_predictions(
     title: str = "Predicted versus actual test loss",
 ) -> str:
     """Write a PNG with the actual test loss and every estimator's predicted test loss per epoch; return ``path``."""
-    import matplotlib
+    from matplotlib import colormaps
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 5.5))
-    colors = iter(plt.get_cmap("tab20").colors)
+    fig = Figure(figsize=(10, 5.5))  # no pyplot: the user's backend and figure registry are left alone
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    colors = iter(colormaps["tab20"].colors)  # type: ignore[attr-defined]
     for name, (xs, ys) in prediction_series(rows, prefix).items():
         actual, train = name == ACTUAL, name == TRAIN
         ax.plot(
@@ -70,7 +71,6 @@ def plot_predictions(
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 

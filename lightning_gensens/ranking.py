@@ -14,7 +14,8 @@ from lightning_gensens.functional.output_sensitivity import (
     _output_sensitivity_compute,
     _output_sensitivity_update,
 )
-from lightning_gensens.utilities import default_batch_to_xy, evaluation_mode
+from lightning_gensens.batches import default_batch_to_xy
+from lightning_gensens.utilities import evaluation_mode
 
 
 @dataclass

@@ -1,20 +1,16 @@
-"""Helpers shared by the layers: layer discovery and input checks, reading batches, keeping measuring invisible
-to training (RNG state, module modes), private generators and epoch-end progress."""
+"""Helpers shared by the layers: layer discovery and input checks, keeping measuring invisible to training (RNG
+state, module modes) and private generators. Torch, NumPy and the standard library only."""
 
 from __future__ import annotations
 
 import random
-import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-
-BatchToXY = Callable[[Any], tuple[Tensor, Tensor | None]]
 
 WEIGHT_LAYERS: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 """Module types whose ``weight`` counts as a layer W_i of the measures (biases are never part of a norm)."""
@@ -58,25 +54,29 @@ def weight_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers
 
 
-def relu_modules(model: nn.Module, measure: str) -> list[tuple[str, nn.ReLU]]:
-    """Return the ``nn.ReLU`` modules of a ReLU network, or raise naming what makes it not one.
-
-    Measures whose math holds for piecewise-linear ReLU networks only call this first.
-    """
+def relu_network_problem(model: nn.Module, measure: str) -> str | None:
+    """Why ``model`` is not a ReLU network whose hidden pre-activations can be hooked, or None if it is one."""
     for name, m in model.named_modules():
         if isinstance(m, NON_RELU_ACTIVATIONS):
-            raise ValueError(
+            return (
                 f"{measure} is defined for ReLU networks only, but module '{name or type(model).__name__}' is "
                 f"{type(m).__name__}. Use a measure defined for any differentiable network instead "
                 "(output_sensitivity, jacobian_norm, fisher_rao_norm, input_gradient_norm, relative_flatness)."
             )
-    relus = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
-    if not relus and len(weight_layers(model)) > 1:
-        raise ValueError(
+    if not any(isinstance(m, nn.ReLU) for m in model.modules()) and len(weight_layers(model)) > 1:
+        return (
             f"{measure} needs the hidden ReLU pre-activations of {type(model).__name__}, but it has no nn.ReLU "
             "module: a functional F.relu/torch.relu cannot be hooked. Use nn.ReLU modules."
         )
-    return relus
+    return None
+
+
+def relu_modules(model: nn.Module, measure: str) -> list[tuple[str, nn.ReLU]]:
+    """Return the ``nn.ReLU`` modules of a ReLU network, or raise ``ValueError`` naming what makes it not one."""
+    problem = relu_network_problem(model, measure)
+    if problem is not None:
+        raise ValueError(problem)
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
 
 def check_finite_parameters(model: nn.Module) -> None:
@@ -91,29 +91,6 @@ def check_labels(y: Tensor | None, measure: str) -> Tensor:
     if y is None:
         raise ValueError(f"{measure} needs labels, but the batch carries none.")
     return y
-
-
-_X_KEYS = ("x", "input", "inputs", "image", "images", "features")
-_Y_KEYS = ("y", "label", "labels", "target", "targets")
-
-
-def default_batch_to_xy(batch: Any) -> tuple[Tensor, Tensor | None]:
-    """Read ``(x, y)`` from a tuple/list, a dict with common key names, or a bare tensor (no labels)."""
-    if isinstance(batch, Tensor):
-        return batch, None
-    if isinstance(batch, Sequence) and not isinstance(batch, str) and 1 <= len(batch) <= 3:
-        if isinstance(batch[0], Tensor) and (len(batch) == 1 or batch[1] is None or isinstance(batch[1], Tensor)):
-            return batch[0], batch[1] if len(batch) > 1 else None
-    if isinstance(batch, Mapping):
-        x = next((batch[k] for k in _X_KEYS if k in batch), None)
-        y = next((batch[k] for k in _Y_KEYS if k in batch), None)
-        if isinstance(x, Tensor):
-            return x, y
-    raise TypeError(
-        f"cannot read inputs and labels from a batch of type {type(batch).__name__}: expected an (x, y) "
-        f"tuple/list, a dict with one of the keys {_X_KEYS} (and optionally {_Y_KEYS}), or a tensor. Pass "
-        "`batch_to_xy=` to read this layout."
-    )
 
 
 @contextmanager
@@ -148,44 +125,3 @@ def rank_generator(seed: int, device: torch.device) -> torch.Generator:
     """A private generator on ``device`` seeded with ``seed`` plus an offset per DDP rank (independent noise)."""
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     return torch.Generator(device=device).manual_seed(seed + 7919 * rank)
-
-
-class EpochEndProgress:
-    """A task on the trainer's active progress bar for epoch-end measuring (global rank zero, bar enabled).
-
-    Lightning has no sub-progress API: with the TQDM bar this opens a nested ``Tqdm`` below it, with the Rich bar a
-    task on its ``progress``; otherwise every call is a no-op.
-    """
-
-    def __init__(self, trainer: Any, total: int, description: str = "gensens") -> None:
-        from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-        from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
-
-        self._tqdm: Any = None
-        self._rich: Any = None
-        bar = trainer.progress_bar_callback
-        if not trainer.is_global_zero or bar is None or not bar.is_enabled:
-            return
-        if isinstance(bar, TQDMProgressBar):
-            self._tqdm = Tqdm(
-                total=total,
-                desc=description,
-                position=2 * bar.process_position + 2,
-                leave=False,
-                dynamic_ncols=True,
-                file=sys.stdout,
-            )
-        elif isinstance(bar, RichProgressBar) and getattr(bar, "progress", None) is not None:
-            self._rich = (bar.progress, bar.progress.add_task(description, total=total))
-
-    def advance(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.update(1)
-        elif self._rich is not None:
-            self._rich[0].advance(self._rich[1])
-
-    def close(self) -> None:
-        if self._tqdm is not None:
-            self._tqdm.close()
-        elif self._rich is not None:
-            self._rich[0].remove_task(self._rich[1])

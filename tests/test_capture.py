@@ -58,5 +58,16 @@ def test_refuses_what_it_cannot_capture():
         def forward(self, x):
             return self.a(x), x
 
-    with ForwardCapture(Pair()) as cap, pytest.raises(TypeError, match="returned tuple"):
+    with ForwardCapture(Pair()) as cap:  # a tuple's first element is the logits
         cap.model(torch.randn(2, 3))
+        assert cap.pop().logits.shape == (2, 2)
+
+    class Named(Pair):
+        def forward(self, x):
+            return {"scores": self.a(x)}
+
+    with ForwardCapture(Named()) as cap, pytest.raises(TypeError, match="output_fn"):
+        cap.model(torch.randn(2, 3))
+    with ForwardCapture(Named(), output_fn=lambda out: out["scores"]) as cap:
+        cap.model(x=torch.randn(4, 3))  # keyword calls are captured too
+        assert cap.pop().logits.shape == (4, 2)

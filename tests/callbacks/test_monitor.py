@@ -8,8 +8,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
-from lightning_gensens import GeneralizationMonitor, MeasureCallback, OutputSensitivity
-from lightning_gensens.callbacks import MEASURES, Estimate
+from lightning_gensens import GeneralizationMonitor, OutputSensitivity
+from lightning_gensens.callbacks.probe import TrainingProbe
+from lightning_gensens.measures import MEASURES, Estimate, Measure
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier, small_cnn
 from tests.callbacks.conftest import make_model, make_trainer
@@ -29,7 +30,7 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
     trainer.fit(make_model(digits), digits)
     metrics = trainer.callback_metrics
     expected = ["gensens/train_loss", "gensens/test_loss", "gensens/train_error", "gensens/test_error"]
-    for m in monitor._measures():
+    for m in monitor.active_measures:
         estimator_names = {
             "linf_norm": ["linf_norm", "linf_lognorm"],
             "spectral_norm": ["spectral_norm"],
@@ -105,12 +106,12 @@ def test_resume_continues_time_ratio_estimators(tmp_path, digits):
 
 
 def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
-    class LogitNorm(MeasureCallback):
+    class LogitNorm(Measure):
         """A toy measure: mean squared logit, with the ratio estimator."""
 
         name = "logit_norm"
 
-        def make_metric(self):
+        def make_metric(self, net, settings):
             from torchmetrics import MeanMetric
 
             return MeanMetric()
@@ -118,9 +119,9 @@ def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
         def update(self, metric, record, net):
             metric.update(record.logits.square().sum(1))
 
-        def estimate(self, computed, train):
+        def estimate(self, computed, reference):
             ratio = computed["val"] / computed["train"]
-            return {"logit_norm": Estimate(ratio * train["loss"], ratio * train["error"])}
+            return {"logit_norm": Estimate(ratio * reference.loss, ratio * reference.error)}
 
     monitor = GeneralizationMonitor(measures=[LogitNorm(), "output_sensitivity"], probe_size=200)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
@@ -136,7 +137,7 @@ def test_a_single_measure_callback_runs_alone(tmp_path, digits):
     assert {
         "gensens/output_sensitivity/val",
         "gensens/output_sensitivity_label_free/pred_test_loss",
-        "gensens/test_loss",
+        "gensens/output_sensitivity/test_loss",  # a measure callback's shared keys are namespaced by its measure
     } <= set(trainer.callback_metrics)
 
 
@@ -179,22 +180,42 @@ def test_model_without_linear_or_conv_layers(tmp_path, digits):
         trainer.fit(NoWeights(), digits)
 
 
+def _probe(source=None, size=5):
+    return TrainingProbe(
+        size, batch_size=2, seed=0, batch_to_xy=lambda b: (b[0], b[1] if len(b) > 1 else None), source=source
+    )
+
+
 def test_empty_or_unsized_probe_source():
     """Lightning stops before validating on an empty train loader, so the probe draw is checked directly."""
-    monitor = GeneralizationMonitor(measures=["linf_norm"])
     empty = SimpleNamespace(
         train_dataloader=DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=2), global_rank=0, world_size=1
     )
     with pytest.raises(ValueError, match="training dataset is empty"):
-        monitor._draw_probe(empty)
+        _probe().get(empty)
 
     class Stream(IterableDataset):
         def __iter__(self):
-            yield torch.zeros(3)
+            for i in range(100):
+                yield torch.full((3,), float(i)), torch.tensor(i)
 
-    stream = SimpleNamespace(train_dataloader=DataLoader(Stream()), global_rank=0, world_size=1)
-    with pytest.raises(TypeError, match="map-style"):
-        monitor._draw_probe(stream)
+    stream = SimpleNamespace(train_dataloader=DataLoader(Stream(), batch_size=4), global_rank=0, world_size=1)
+    batches = _probe().get(stream)  # an iterable dataset: the first `size` samples it yields
+    assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.arange(5.0))
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(5))
+    nothing = SimpleNamespace(train_dataloader=None, global_rank=0, world_size=1)
+    with pytest.raises(ValueError, match="probe="):
+        _probe().get(nothing)
+
+
+def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe_size=100)
+    make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
+    first = monitor.probe.batches[0][0]
+    images = ArrayDataModule("digits", image=True)  # other data with another shape
+    L.seed_everything(0, verbose=False)
+    make_trainer(tmp_path / "2", [monitor], max_epochs=1).fit(Classifier(small_cnn(1, 8, 10, width=4)), images)
+    assert monitor.probe.batches[0][0].shape[1:] == (1, 8, 8) != first.shape[1:]
 
 
 def test_nan_weights_are_reported_not_measured(tmp_path, digits):

@@ -5,8 +5,8 @@ import math
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_gensens import GeneralizationMonitor, MeasureCallback
-from lightning_gensens.callbacks import MEASURES, Estimate
+from lightning_gensens import GeneralizationMonitor
+from lightning_gensens.measures import MEASURES, Estimate, Measure, Requirement
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier
 from tests.callbacks.conftest import make_model, make_trainer
@@ -27,11 +27,11 @@ class Unlabeled(ArrayDataModule):
         return DataLoader(TensorDataset(self.val_set.tensors[0][:200]), batch_size=64)
 
 
-class NeedsLabels(MeasureCallback):
+class NeedsLabels(Measure):
     name = "needs_labels"
-    needs_labels = True
+    requires = Requirement.LABELS
 
-    def make_metric(self):
+    def make_metric(self, net, settings):
         from torchmetrics import MeanMetric
 
         return MeanMetric()
@@ -39,18 +39,18 @@ class NeedsLabels(MeasureCallback):
     def update(self, metric, record, net):
         metric.update(record.y.float())
 
-    def estimate(self, computed, train):
-        return {"needs_labels": Estimate(train["loss"])}
+    def estimate(self, computed, reference):
+        return {"needs_labels": Estimate(reference.loss)}
 
 
 def test_label_free_measures_predict_and_label_needing_ones_are_skipped(tmp_path, digits, caplog):
-    label_free = [name for name, cls in MEASURES.items() if not cls.needs_labels]
+    label_free = [name for name, cls in MEASURES.items() if not cls.requires & Requirement.LABELS]
     monitor = GeneralizationMonitor(probe_size=200)
-    monitor._all.append(NeedsLabels())  # a label-needing measure among the defaults
+    monitor.measures.append(NeedsLabels())  # a label-needing measure among the defaults
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(NoValLabels(make_model(digits).net), Unlabeled("digits"))
     logged = trainer.callback_metrics
-    assert "needs_labels" not in {m.name for m in monitor._measures()}
+    assert "needs_labels" not in {m.name for m in monitor.active_measures}
     assert not any(k.startswith("gensens/needs_labels") for k in logged)
     assert "gensens/test_loss" not in logged and "gensens/train_loss" in logged
     predictions = {k for k in logged if k.endswith("/pred_test_loss")}

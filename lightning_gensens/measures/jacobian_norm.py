@@ -1,21 +1,20 @@
-"""Callback of the input–output Jacobian norm with the ratio estimator (follow-up paper, l⁴)."""
+"""The input–output Jacobian norm E‖∂f/∂x‖_F with the ratio estimator (the follow-up paper's l⁴)."""
 
 from __future__ import annotations
 
 from torch import nn
 
-from lightning_gensens.callbacks.base import MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
+from lightning_gensens.measures.base import Measure, Settings
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm as JacobianNormMetric
 
 
-@register_measure
-class JacobianNorm(MeasureCallback):
+class JacobianNorm(Measure):
     """E‖∂f/∂x‖_F on the probe and validation; predicts m(X_te)/m(X_tr)·l_tr. Any differentiable network."""
 
     name = "jacobian_norm"
 
-    def make_metric(self) -> JacobianNormMetric:
+    def make_metric(self, net: nn.Module, settings: Settings) -> JacobianNormMetric:
         return JacobianNormMetric()
 
     def update(self, metric: JacobianNormMetric, record: Captured, net: nn.Module) -> None:

@@ -1,20 +1,20 @@
-"""Callback of the active-node Gaussian bound with the estimator of Daróczy eq. 6."""
+"""The active-node Gaussian bound ψ* (Daróczy et al., Theorem 3.2, eq. 2) with the estimator of eq. 6."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 
 from lightning_gensens import estimators
-from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
 from lightning_gensens.capture import Captured
+from lightning_gensens.measures.base import Estimate, Measure, Reference, Requirement, Settings
 from lightning_gensens.metrics.active_node_bound import ActiveNodeBound as ActiveNodeBoundMetric
-from lightning_gensens.utilities import relu_modules, weight_layers
+from lightning_gensens.utilities import relu_network_problem, weight_layers
 
 
-@register_measure
-class ActiveNodeBound(MeasureCallback):
+class ActiveNodeBound(Measure):
     """ψ*(k, μ, σ) of the active-unit counts on probe and validation, from the pre-activations the validation
     forward pass already computes (no extra forward); predicts ψ*_te/ψ*_tr·l_tr in log space (eq. 6).
 
@@ -22,27 +22,26 @@ class ActiveNodeBound(MeasureCallback):
     """
 
     name = "active_node_bound"
-    needs_preactivations = True
+    requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
-    def check_model(self, net: nn.Module) -> None:
-        relu_modules(net, self.name)
-        self._num_layers = len(weight_layers(net))
+    def check(self, net: nn.Module) -> str | None:
+        return relu_network_problem(net, self.name)
 
-    def make_metric(self) -> ActiveNodeBoundMetric:
-        return ActiveNodeBoundMetric(self._num_layers)
+    def make_metric(self, net: nn.Module, settings: Settings) -> ActiveNodeBoundMetric:
+        return ActiveNodeBoundMetric(len(weight_layers(net)))
 
     def update(self, metric: ActiveNodeBoundMetric, record: Captured, net: nn.Module) -> None:
         metric.update(record.preacts)
 
-    def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
+    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
         out = {split: value["log_psi"] for split, value in computed.items()}
         out.update({f"{split}_mean_active": value["mu"] for split, value in computed.items()})
         return out
 
-    def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
+    def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
         test, probe = computed["val"]["log_psi"], computed["train"]["log_psi"]
         return {
             self.name: Estimate(
-                estimators.log_ratio(test, probe, train["loss"]), estimators.log_ratio(test, probe, train["error"])
+                estimators.log_ratio(test, probe, reference.loss), estimators.log_ratio(test, probe, reference.error)
             )
         }

@@ -1,22 +1,20 @@
-"""Callback of the empirical activation-region tangent sensitivity Ŝ with the estimator of Daróczy eq. 7."""
+"""The empirical activation-region tangent sensitivity Ŝ (Daróczy et al., eq. 3, 4) with the estimator of eq. 7."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from lightning_gensens.callbacks.base import Estimate, MeasureCallback, register_measure
-from lightning_gensens.callbacks.tangent_sensitivity import region_tangent
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional.tangent_sensitivity import relu_mlp_layers
+from lightning_gensens.measures.base import Measure, Requirement, Settings
+from lightning_gensens.measures.tangent_sensitivity import region_tangent, relu_mlp_problem
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity as RegionSensitivityMetric
-from lightning_gensens.utilities import relu_modules
 
 
-@register_measure
-class RegionSensitivity(MeasureCallback):
+class RegionSensitivity(Measure):
     """Ŝ(X_te)/Ŝ(X_tr)·l_tr (eq. 7) from the pre-activations of the validation forward pass (no extra forward).
 
     ``mode="hard"`` weighs regions by their empirical frequency (Ŝ = mean_x T(x)); ``"soft"`` by the sigmoid
@@ -26,36 +24,36 @@ class RegionSensitivity(MeasureCallback):
     """
 
     name = "region_sensitivity"
-    needs_preactivations = True
+    requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
     def __init__(self, mode: str = "hard", temperature: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         RegionSensitivityMetric(mode, temperature)  # validates the arguments
         self.mode, self.temperature = mode, temperature
 
-    def check_model(self, net: nn.Module) -> None:
-        relu_modules(net, self.name)
-        relu_mlp_layers(net)
+    def check(self, net: nn.Module) -> str | None:
+        return relu_mlp_problem(net, self.name)
 
-    def make_metric(self) -> RegionSensitivityMetric:
+    def make_metric(self, net: nn.Module, settings: Settings) -> RegionSensitivityMetric:
         return RegionSensitivityMetric(self.mode, self.temperature)
 
     def update(self, metric: RegionSensitivityMetric, record: Captured, net: nn.Module) -> None:
         metric.update(net, record.preacts, region_tangent(record, net))
 
-    def compute(self, metrics: dict[str, Metric]) -> dict[str, Any]:
-        computed = super().compute(metrics)
+    def compute(self, metrics: Mapping[str, Metric], net: nn.Module, settings: Settings) -> dict[str, Any]:
+        computed = super().compute(metrics, net, settings)
         if self.mode == "soft":  # weigh both splits over one A+ = train ∪ val patterns (eq. 7)
             train, val = metrics["train"], metrics["val"]
+            assert isinstance(train, RegionSensitivityMetric) and isinstance(val, RegionSensitivityMetric)
             with train.sync_context(), val.sync_context():
                 computed["train"]["soft"] = train.soft(reference=val.patterns())
                 computed["val"]["soft"] = val.soft(reference=train.patterns())
         return computed
 
-    def values(self, computed: dict[str, Any]) -> dict[str, Tensor]:
+    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
         out = {split: value[self.mode] for split, value in computed.items()}
         out.update({f"{split}_patterns": value["patterns"] for split, value in computed.items()})
         return out
 
-    def estimate(self, computed: dict[str, Any], train: dict[str, Tensor]) -> dict[str, Estimate]:
-        return super().estimate({split: value[self.mode] for split, value in computed.items()}, train)
+    def ratio_values(self, computed: Mapping[str, Any]) -> tuple[Tensor, Tensor]:
+        return computed["val"][self.mode], computed["train"][self.mode]
