@@ -14,8 +14,8 @@ from torch import nn
 
 from lightning_gensens.callbacks import GeneralizationMonitor
 from lightning_gensens.callbacks.reporting import format_table
-from lightning_gensens.measures import MEASURES
 from lightning_gensens.data import DATASETS, ArrayDataModule
+from lightning_gensens.measures import MEASURES
 from lightning_gensens.models import Classifier, mlp, small_cnn
 from lightning_gensens.plotting import plot_predictions
 
@@ -115,7 +115,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         os.path.join(args.out, "predicted_vs_actual.png"),
         title=f"Predicted versus actual test loss — 4×100 MLP on {args.dataset}",
     )
-    print(f"\nGeneralizationMonitor: mean absolute error of the predicted test loss and error\n{format_table(monitor.mae_table)}")
+    table = format_table(monitor.mae_table)
+    print(f"\nGeneralizationMonitor: mean absolute error of the predicted test loss and error\n{table}")
     print(
         f"\nCSV logs: {os.path.join(csv_logger.log_dir, 'metrics.csv')}\n"
         f"MAE table: {os.path.join(csv_logger.log_dir, 'gensens_mae.csv')}\nplot: {plot}"
@@ -147,7 +148,8 @@ def candidates(num_features: int, num_classes: int, image: bool) -> dict[str, nn
         for m in model.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
     return family
 
 

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from lightning_gensens.batches import default_batch_to_xy
 from lightning_gensens.functional.output_sensitivity import (
     _chan_merge,
     _output_sensitivity_compute,
     _output_sensitivity_update,
 )
-from lightning_gensens.batches import default_batch_to_xy
 from lightning_gensens.utilities import evaluation_mode
 
 

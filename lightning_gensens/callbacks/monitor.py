@@ -3,36 +3,23 @@ training probe, feeds every measure's Metrics, and logs actual beside predicted 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
 from lightning_gensens.callbacks.reporting import Report
-from lightning_gensens.capture import Captured, ForwardCapture, OutputFn, exclusive
-from lightning_gensens.measures import MEASURES, LossFn, Measure, Reference, Requirement, Settings
-from lightning_gensens.measures.base import SPLITS, WEIGHTS
-from lightning_gensens.metrics.split_loss import SplitLoss
+from lightning_gensens.callbacks.session import Session
+from lightning_gensens.capture import ForwardCapture, OutputFn, exclusive
+from lightning_gensens.measures import MEASURES, LossFn, Measure, Requirement, Settings
 from lightning_gensens.utilities import evaluation_mode, preserved_rng, weight_layers
-
-
-@dataclass
-class _Slot:
-    """A measure during one fit: its resolved settings, its Metrics, and whether it was switched off."""
-
-    measure: Measure
-    settings: Settings
-    metrics: dict[str, Metric]
-    failed: bool = False
 
 
 class GeneralizationMonitor(Callback):
@@ -95,7 +82,7 @@ class GeneralizationMonitor(Callback):
         self.measures = _resolve(measures)
         self.report = Report(prefix)
         self.mae_table: list[dict[str, Any]] = []
-        self._slots: list[_Slot] = []
+        self._session: Session | None = None
         self._capture: ForwardCapture | None = None
         self._active = False
 
@@ -120,7 +107,7 @@ class GeneralizationMonitor(Callback):
     @property
     def active_measures(self) -> list[Measure]:
         """The measures running in the current fit (defined for the model and not switched off)."""
-        return [slot.measure for slot in self._slots if not slot.failed]
+        return [] if self._session is None else self._session.active
 
     def _namespaces(self) -> set[str]:
         return {self.shared_prefix} | {f"{self.prefix}/{m.name}" for m in self.measures}
@@ -140,19 +127,24 @@ class GeneralizationMonitor(Callback):
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         self._net: nn.Module = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
         weight_layers(self._net)
-        datamodule = getattr(trainer, "datamodule", None)
         self._unlabeled = self.unlabeled
-        if self._unlabeled is None and hasattr(datamodule, "unlabeled_dataloader"):
-            self._unlabeled = datamodule.unlabeled_dataloader()
-        self._slots = [self._slot(m) for m in self._applicable()]
+        if self._unlabeled is None:
+            self._unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
+        self._session = Session(
+            type(self).__name__,
+            self._net,
+            self.measures,
+            self.defaults,
+            explicit=self.explicit,
+            unlabeled=self._unlabeled is not None,
+            strict=self.strict,
+        )
         self._capture = ForwardCapture(
             self._net,
-            preactivations=any(s.measure.needs(Requirement.PREACTIVATIONS) for s in self._slots),
+            preactivations=self._session.needs(Requirement.PREACTIVATIONS),
             measure=self.prefix,
             output_fn=self.output_fn,
         ).attach()
-        self._split_loss = {split: SplitLoss(self.defaults.loss_fn) for split in SPLITS}
-        self._outputs_checked = False
         self.probe.reset()
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -166,11 +158,11 @@ class GeneralizationMonitor(Callback):
             and not trainer.sanity_checking
             and (trainer.current_epoch + 1) % self.every_n_epochs == 0
         )
-        if not self._active or self._capture is None:
+        if not self._active or self._capture is None or self._session is None:
             return
-        for metric in self._metrics():
+        for metric in self._session.metrics():
             metric.to(pl_module.device)
-        self._example: Captured | None = None
+        self._session.example = None
         self._capture.clear()
         self._capture.enabled = True
 
@@ -183,7 +175,7 @@ class GeneralizationMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._active or self._capture is None:
+        if not self._active or self._capture is None or self._session is None:
             return
         record = self._capture.pop()
         if record is None or dataloader_idx != 0:
@@ -194,15 +186,15 @@ class GeneralizationMonitor(Callback):
                 f"the validation batch has {record.y.shape[0]} labels but the model's last forward call saw "
                 f"{record.logits.shape[0]} samples; pass `batch_to_xy=` or `module=` to match them."
             )
-        self._feed("val", record, measures=self._unlabeled is None)
+        self._session.feed("val", record, measures=self._unlabeled is None)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._capture is not None:
             self._capture.enabled = False
-        if not self._active:
+        if not self._active or self._session is None:
             return
         self._active = False
-        if self._example is None:
+        if self._session.example is None:
             raise RuntimeError(
                 f"{type(self).__name__} saw no forward call of {type(self._net).__name__} during validation: "
                 "call the model as self(x) in validation_step, or pass `module=` naming the submodule to measure."
@@ -215,8 +207,7 @@ class GeneralizationMonitor(Callback):
             self.report.record(trainer.current_epoch, logs)
             self.report.define_wandb_step(trainer, logs)
             pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
-        for metric in self._metrics():
-            metric.reset()
+        self._session.reset()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.mae_table = self.report.publish(trainer, type(self).__name__)
@@ -230,80 +221,10 @@ class GeneralizationMonitor(Callback):
             m.load_state_dict(state_dict.get("measures", {}).get(m.name, {}))
 
     # -- internals --------------------------------------------------------------------------------------------
-    def _applicable(self) -> list[Measure]:
-        """The configured measures defined for the model (checked in eval mode, the state measuring runs in)."""
-        chosen = []
-        with evaluation_mode(self._net):
-            for m in self.measures:
-                problem = m.check(self._net)
-                if problem is None and m.needs(Requirement.LABELS) and self._unlabeled is not None:
-                    problem = f"{m.name} needs labels, so it cannot predict from the unlabeled data."
-                if problem is None:
-                    chosen.append(m)
-                elif self.explicit:
-                    raise ValueError(problem)
-                else:
-                    rank_zero_info(f"{type(self).__name__}: skipping {m.name}: {problem}")
-        return chosen
-
-    def _slot(self, measure: Measure) -> _Slot:
-        settings = measure.settings(self.defaults)
-        keys = (WEIGHTS,) if measure.needs(Requirement.WEIGHT_ONLY) else SPLITS
-        return _Slot(measure, settings, {key: measure.make_metric(self._net, settings) for key in keys})
-
-    def _metrics(self) -> list[Metric]:
-        return [*self._split_loss.values(), *(m for s in self._slots for m in s.metrics.values())]
-
-    def _guard(self, slot: _Slot, action: str, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one step of a measure; if it raises, switch the measure off for the rest of the fit (one warning)."""
-        if slot.failed:
-            return None
-        try:
-            return fn(*args)
-        except Exception as err:
-            if self.strict:
-                raise
-            slot.failed = True
-            rank_zero_warn(
-                f"{type(self).__name__}: {slot.measure.name} raised {type(err).__name__} while {action}: {err} — it "
-                "is switched off for the rest of this fit; training goes on."
-            )
-            return None
-
-    def _check_outputs(self, record: Captured) -> None:
-        """At the first record: refuse a classification loss on outputs it cannot score, and skip the measures
-        that need class logits on other outputs."""
-        self._outputs_checked = True
-        logits, y = record.logits, record.y
-        regression = logits.ndim != 2 or logits.shape[1] < 2 or (y is not None and y.is_floating_point())
-        if regression and self.defaults.loss_fn is F.cross_entropy and y is not None:
-            raise ValueError(
-                f"the model outputs shape {tuple(logits.shape)} with {y.dtype} targets, which the default "
-                "cross-entropy cannot score: pass `loss_fn=` (e.g. torch.nn.functional.mse_loss) for regression."
-            )
-        for slot in self._slots:
-            if regression and slot.measure.needs(Requirement.CLASS_LOGITS) and not slot.failed:
-                slot.failed = True
-                rank_zero_info(f"{type(self).__name__}: skipping {slot.measure.name}: it needs class logits [B, K].")
-
-    def _feed(self, split: str, record: Captured, measures: bool = True) -> None:
-        if not self._outputs_checked:
-            self._check_outputs(record)
-        if self._example is None:
-            self._example = record
-        if record.y is not None:
-            self._split_loss[split].update(record.logits, record.y)
-        for slot in self._slots if measures else ():
-            if slot.measure.needs(Requirement.WEIGHT_ONLY):
-                continue
-            if slot.measure.needs(Requirement.LABELS) and record.y is None:
-                self._guard(slot, "reading labels", _no_labels, slot.measure, split)
-            self._guard(slot, f"updating on {split} data", slot.measure.update, slot.metrics[split], record, self._net)
-
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
-        assert self._capture is not None and self._example is not None
+        assert self._capture is not None and self._session is not None
         batches = self.probe.get(trainer)
-        progress = EpochEndProgress(trainer, len(batches) + len(self._slots))
+        progress = EpochEndProgress(trainer, len(batches))
         try:
             with exclusive(self._capture):
                 self._capture.enabled = True
@@ -312,51 +233,20 @@ class GeneralizationMonitor(Callback):
                     record = self._capture.pop()
                     if record is not None:
                         record.y = None if y is None else y.to(pl_module.device)
-                        self._feed("train", record)
+                        self._session.feed("train", record)
                     progress.advance()
                 for i, batch in enumerate(self._unlabeled or ()):
                     if i % trainer.world_size == trainer.global_rank:
                         self._net(self.batch_to_xy(batch)[0].to(pl_module.device))
                         record = self._capture.pop()
                         if record is not None:
-                            self._feed("val", record)
+                            self._session.feed("val", record)
                 self._capture.enabled = False
             with exclusive(None):
-                return self._evaluate(progress)
+                return self._session.evaluate(self.prefix, self.shared_prefix, self.report)
         finally:
             self._capture.enabled = False
             progress.close()
-
-    def _evaluate(self, progress: EpochEndProgress) -> dict[str, Tensor]:
-        assert self._example is not None
-        p = self.shared_prefix
-        train, val = (self._split_loss[s].compute() for s in SPLITS)
-        logs = {
-            f"{p}/train_loss": train["loss"],
-            f"{p}/test_loss": val["loss"],
-            f"{p}/train_error": train["error"],
-            f"{p}/test_error": val["error"],
-        }
-        logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
-        reference = Reference(train["loss"], train["error"], num_outputs=self._example.logits[0].numel())
-        for slot in self._slots:
-            if slot.measure.needs(Requirement.WEIGHT_ONLY):
-                self._guard(
-                    slot, "reading the weights", slot.measure.update, slot.metrics[WEIGHTS], self._example, self._net
-                )
-            computed = self._guard(slot, "computing", slot.measure.compute, slot.metrics, self._net, slot.settings)
-            if computed is not None:
-                values = self._guard(slot, "reporting", slot.measure.values, computed) or {}
-                logs.update({f"{self.prefix}/{slot.measure.name}/{k}": v for k, v in values.items()})
-                estimates = self._guard(slot, "estimating", slot.measure.estimate, computed, reference) or {}
-                for name, estimate in estimates.items():
-                    logs.update(self.report.score(name, estimate, float(val["loss"]), float(val["error"])))
-            progress.advance()
-        return logs
-
-
-def _no_labels(measure: Measure, split: str) -> None:
-    raise ValueError(f"{measure.name} needs labels, but a {split} batch carries none.")
 
 
 def _resolve(measures: Sequence[str | Measure | Callback] | None) -> list[Measure]:

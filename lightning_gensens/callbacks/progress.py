@@ -21,7 +21,7 @@ class EpochEndProgress:
         self._tqdm: Any = None
         self._rich: Any = None
         bar = trainer.progress_bar_callback
-        if not trainer.is_global_zero or bar is None or not bar.is_enabled:
+        if not trainer.is_global_zero or bar is None or not getattr(bar, "is_enabled", False):
             return
         if isinstance(bar, TQDMProgressBar):
             self._tqdm = Tqdm(
@@ -32,7 +32,7 @@ class EpochEndProgress:
                 dynamic_ncols=True,
                 file=sys.stdout,
             )
-        elif isinstance(bar, RichProgressBar) and getattr(bar, "progress", None) is not None:
+        elif isinstance(bar, RichProgressBar) and bar.progress is not None:
             self._rich = (bar.progress, bar.progress.add_task(description, total=total))
 
     def advance(self) -> None:

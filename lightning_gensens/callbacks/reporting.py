@@ -9,21 +9,46 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from lightning.pytorch import Trainer
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 
-from lightning_gensens.measures import Estimate
-from lightning_gensens.plotting import plot_predictions, prediction_series
+from lightning_gensens.measures import Estimate, Trivial
+from lightning_gensens.plotting import ACTUAL, plot_predictions, shown_series
 
 MAX_HISTORY = 100_000
+TRIVIAL = Trivial.name
+"""The estimator every skill is measured against."""
 
 
 def _mean() -> MeanMetric:
     # fed with values already reduced across ranks, so it never syncs
-    return MeanMetric(sync_on_compute=False).double()
+    metric = MeanMetric(sync_on_compute=False)
+    metric.set_dtype(torch.float64)
+    return metric
+
+
+def _value(mae: MeanMetric) -> float:
+    """The running mean without ``compute()`` (which warns on a metric restored from a checkpoint); NaN if empty."""
+    return float(mae.mean_value / mae.weight) if float(mae.weight) > 0 else math.nan
+
+
+def _skill(mae: float, baseline: float | None, trivial: bool) -> float:
+    """1 − MAE/MAE(trivial): 0 for trivial itself, NaN where undefined."""
+    if not math.isfinite(mae) or baseline is None or not math.isfinite(baseline):
+        return math.nan
+    if trivial:
+        return 0.0
+    return 1.0 - mae / baseline if baseline > 0 else math.nan
+
+
+def _rank(row: Mapping[str, Any]) -> tuple[bool, float, bool, float]:
+    """Best first: higher skill on the loss, then lower MAE; NaN last."""
+    skill, mae = row["skill_loss"], row["mae_test_loss"]
+    return (math.isnan(skill), 0.0 if math.isnan(skill) else -skill, math.isnan(mae), 0.0 if math.isnan(mae) else mae)
 
 
 class Report:
@@ -34,10 +59,20 @@ class Report:
         self.prefix = prefix
         self.history: list[dict[str, float]] = []
         self.mae: dict[str, dict[str, MeanMetric]] = {}
+        self.needs_labels: dict[str, bool] = {}
         self._wandb_keys: set[str] = set()
 
-    def score(self, estimator: str, estimate: Estimate, actual_loss: float, actual_error: float) -> dict[str, Tensor]:
-        """Log an estimate and fold its absolute errors into the running MAE."""
+    def score(
+        self,
+        estimator: str,
+        estimate: Estimate,
+        actual_loss: float,
+        actual_error: float,
+        *,
+        needs_labels: bool = False,
+    ) -> dict[str, Tensor]:
+        """Log an estimate and fold its absolute errors into the running MAE; ``needs_labels`` says whether the
+        estimator's measure needs labels (a column of the table)."""
         p = self.prefix
         loss = float(estimate.loss)
         if not math.isfinite(loss):
@@ -45,6 +80,7 @@ class Report:
             return {}
         logs = {f"{p}/{estimator}/pred_test_loss": estimate.loss}
         mae = self.mae.setdefault(estimator, {"loss": _mean(), "error": _mean()})
+        self.needs_labels[estimator] = bool(needs_labels)
         if math.isfinite(actual_loss):
             mae["loss"].update(abs(loss - actual_loss))
             logs[f"{p}/{estimator}/mae"] = mae["loss"].compute()
@@ -62,19 +98,28 @@ class Report:
         del self.history[:-MAX_HISTORY]
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per estimator: MAE of the predicted test loss and error, and the runs scored."""
+        """One row per estimator, best first: whether it needs labels, the MAE of its predicted test loss and error,
+        its skill 1 − MAE/MAE(trivial) on each (NaN without a scored ``trivial`` estimator or when trivial's MAE is
+        0; exactly 0 for trivial itself), and the runs scored. Sorted by ``skill_loss`` (then MAE), NaN last."""
+        maes = {
+            estimator: (_value(mae["loss"]), _value(mae["error"]), int(mae["loss"].weight))
+            for estimator, mae in self.mae.items()
+        }
+        base_loss, base_error = maes[TRIVIAL][:2] if TRIVIAL in maes else (None, None)
         rows = []
-        for estimator, mae in self.mae.items():
-            runs = int(mae["loss"].weight)
+        for estimator, (mae_loss, mae_error, runs) in maes.items():
             rows.append(
                 {
                     "estimator": estimator,
-                    "mae_test_loss": float(mae["loss"].compute()) if runs else math.nan,
-                    "mae_test_error": float(mae["error"].compute()) if int(mae["error"].weight) else math.nan,
+                    "needs_labels": self.needs_labels.get(estimator, False),
+                    "mae_test_loss": mae_loss,
+                    "skill_loss": _skill(mae_loss, base_loss, estimator == TRIVIAL),
+                    "mae_test_error": mae_error,
+                    "skill_error": _skill(mae_error, base_error, estimator == TRIVIAL),
                     "epochs": runs,
                 }
             )
-        return rows
+        return sorted(rows, key=_rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -82,11 +127,13 @@ class Report:
                 est: {kind: [float(m.mean_value), float(m.weight)] for kind, m in mae.items()}
                 for est, mae in self.mae.items()
             },
+            "needs_labels": dict(self.needs_labels),
             "history": [dict(r) for r in self.history],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = [dict(r) for r in state.get("history", [])]
+        self.needs_labels = {str(k): bool(v) for k, v in state.get("needs_labels", {}).items()}
         self.mae = {}
         for est, kinds in state.get("mae", {}).items():
             self.mae[est] = {"loss": _mean(), "error": _mean()}
@@ -128,13 +175,14 @@ class Report:
                 writer.writerows(table)
             if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
                 path = os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png")
-                plot_predictions(self.history, path, prefix=self.prefix)
+                plot_predictions(self.history, path, prefix=self.prefix, table=table)
 
     def _publish_wandb(self, logger: WandbLogger, table: list[dict[str, Any]], finals: Mapping[str, float]) -> None:
-        """One line chart of actual and predicted test loss per estimator, the MAE table, the summary."""
+        """One line chart of the actual test loss, trivial's and the best few estimators' predictions; the MAE
+        table; the summary."""
         import wandb
 
-        series = prediction_series(self.history, self.prefix)
+        series = shown_series(self.history, self.prefix, table)
         run = logger.experiment
         run.log(
             {
@@ -142,7 +190,7 @@ class Report:
                     xs=[xs for xs, _ in series.values()],
                     ys=[ys for _, ys in series.values()],
                     keys=list(series),
-                    title="Predicted versus actual test loss",
+                    title=f"Predicted versus {ACTUAL}: trivial and the best estimators",
                     xname="epoch",
                 ),
                 f"{self.prefix}/mae_table": wandb.Table(columns=list(table[0]), data=[list(r.values()) for r in table]),
@@ -152,9 +200,33 @@ class Report:
             run.summary[key] = value
 
 
+_COLUMNS = (
+    ("estimator", "estimator", 34, "s"),
+    ("needs_labels", "labels", 7, "s"),
+    ("mae_test_loss", "MAE test loss", 15, ".4g"),
+    ("skill_loss", "skill loss", 12, "+.3f"),
+    ("mae_test_error", "MAE test error", 16, ".4g"),
+    ("skill_error", "skill error", 13, "+.3f"),
+    ("epochs", "epochs", 8, "d"),
+)
+
+
 def format_table(table: list[dict[str, Any]]) -> str:
-    header = f"{'estimator':<34}{'MAE test loss':>15}{'MAE test error':>16}{'epochs':>8}"
-    lines = [header, "-" * len(header)] + [
-        f"{r['estimator']:<34}{r['mae_test_loss']:>15.4g}{r['mae_test_error']:>16.4g}{r['epochs']:>8}" for r in table
+    """The MAE table as text, one line per estimator; skill = 1 − MAE/MAE(trivial), higher is better."""
+
+    def cell(key: str, width: int, spec: str, value: Any) -> str:
+        if key == "needs_labels":
+            value = "yes" if value else "no"
+        elif isinstance(value, float) and math.isnan(value):
+            value, spec = "—", "s"
+        text = format(value, spec)
+        return f"{text:<{width}}" if key == "estimator" else f"{text:>{width}}"
+
+    header = "".join(
+        f"{title:<{width}}" if key == "estimator" else f"{title:>{width}}" for key, title, width, _ in _COLUMNS
+    )
+    lines = [header, "-" * len(header)]
+    lines += [
+        "".join(cell(key, width, spec, row.get(key, math.nan)) for key, _, width, spec in _COLUMNS) for row in table
     ]
     return "\n".join(lines)

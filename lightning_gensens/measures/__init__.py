@@ -7,6 +7,8 @@ adds one (a measure can also be handed to the monitor as an instance without reg
 from __future__ import annotations
 
 from lightning_gensens.measures.active_node_bound import ActiveNodeBound
+from lightning_gensens.measures.atc import AverageThresholdedConfidence
+from lightning_gensens.measures.average_confidence import AverageConfidence
 from lightning_gensens.measures.base import (
     Estimate,
     LossFn,
@@ -16,6 +18,7 @@ from lightning_gensens.measures.base import (
     Requirement,
     Settings,
 )
+from lightning_gensens.measures.difference_of_confidences import DifferenceOfConfidences
 from lightning_gensens.measures.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.measures.input_gradient_norm import InputGradientNorm
 from lightning_gensens.measures.jacobian_norm import JacobianNorm
@@ -25,10 +28,15 @@ from lightning_gensens.measures.region_sensitivity import RegionSensitivity
 from lightning_gensens.measures.relative_flatness import RelativeFlatness
 from lightning_gensens.measures.spectral_norm import SpectralNorm
 from lightning_gensens.measures.tangent_sensitivity import TangentSensitivity
+from lightning_gensens.measures.trivial import Trivial
 
 MEASURES: dict[str, type[Measure]] = {
     cls.name: cls
     for cls in (
+        Trivial,
+        AverageConfidence,
+        DifferenceOfConfidences,
+        AverageThresholdedConfidence,
         LinfNorm,
         ActiveNodeBound,
         TangentSensitivity,
@@ -57,6 +65,9 @@ def register_measure(cls: type[Measure]) -> type[Measure]:
 __all__ = [
     "MEASURES",
     "ActiveNodeBound",
+    "AverageConfidence",
+    "AverageThresholdedConfidence",
+    "DifferenceOfConfidences",
     "Estimate",
     "FisherRaoNorm",
     "InputGradientNorm",
@@ -73,5 +84,6 @@ __all__ = [
     "Settings",
     "SpectralNorm",
     "TangentSensitivity",
+    "Trivial",
     "register_measure",
 ]

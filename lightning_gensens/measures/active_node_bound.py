@@ -14,7 +14,7 @@ from lightning_gensens.metrics.active_node_bound import ActiveNodeBound as Activ
 from lightning_gensens.utilities import relu_network_problem, weight_layers
 
 
-class ActiveNodeBound(Measure):
+class ActiveNodeBound(Measure[ActiveNodeBoundMetric]):
     """ψ*(k, μ, σ) of the active-unit counts on probe and validation, from the pre-activations the validation
     forward pass already computes (no extra forward); predicts ψ*_te/ψ*_tr·l_tr in log space (eq. 6).
 

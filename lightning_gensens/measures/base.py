@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,7 @@ from lightning_gensens.capture import Captured
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 SPLITS = ("train", "val")
+M = TypeVar("M", bound=Metric)
 WEIGHTS = "weights"
 """Key of the one Metric of a weight-only measure (it has no splits)."""
 
@@ -90,7 +91,7 @@ class PreviousValues:
         self.values = state.get("previous")
 
 
-class Measure:
+class Measure(Generic[M]):
     """Base of every measure. Subclasses set :attr:`name` and :attr:`requires` and implement
     :meth:`make_metric` and :meth:`update`; the defaults give each split's value and the ratio rule
     m(X_te)/m(X_tr)·l_tr of the follow-up paper, applied to the probe's loss and error.
@@ -128,15 +129,15 @@ class Measure:
         """Why the measure is not defined for ``net`` (in eval mode), or None if it is."""
         return None
 
-    def make_metric(self, net: nn.Module, settings: Settings) -> Metric:
+    def make_metric(self, net: nn.Module, settings: Settings) -> M:
         """A fresh Metric of one split for ``net``'s architecture (pure: it keeps no model, changes nothing)."""
         raise NotImplementedError
 
-    def update(self, metric: Metric, record: Captured, net: nn.Module) -> None:
+    def update(self, metric: M, record: Captured, net: nn.Module) -> None:
         """Feed one captured forward pass (weight-only measures: the weights, once per run)."""
         raise NotImplementedError
 
-    def compute(self, metrics: Mapping[str, Metric], net: nn.Module, settings: Settings) -> dict[str, Any]:
+    def compute(self, metrics: Mapping[str, M], net: nn.Module, settings: Settings) -> dict[str, Any]:
         """Each split's value from its Metric (``weights`` for weight-only measures)."""
         return {split: metric.compute() for split, metric in metrics.items()}
 

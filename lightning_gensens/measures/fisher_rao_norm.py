@@ -9,7 +9,7 @@ from lightning_gensens.measures.base import Measure, Requirement, Settings
 from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm as FisherRaoNormMetric
 
 
-class FisherRaoNorm(Measure):
+class FisherRaoNorm(Measure[FisherRaoNormMetric]):
     """Σ_j E_x[⟨∂L(f, j)/∂f, f⟩²] from the captured logits (no extra forward); predicts m(X_te)/m(X_tr)·l_tr.
     Classification logits only."""
 

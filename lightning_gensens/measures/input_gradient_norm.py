@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_gensens import estimators
 from lightning_gensens.capture import Captured
@@ -19,7 +18,7 @@ from lightning_gensens.metrics.input_gradient_norm import InputGradientNorm as I
 _ATTACK_NORM = {"q1": "linf", "q2": "l2"}  # q is the dual of the attack's norm p
 
 
-class InputGradientNorm(Measure):
+class InputGradientNorm(Measure[InputGradientNormMetric]):
     """E‖∂ₓℓ‖_q for q = 1 and 2 on probe and validation; predicts E_te/E_tr·l_tr for each q. Needs labels.
 
     Logs ``input_gradient_norm/{train,val}`` for the first q and ``…/{train,val}_q<q>`` for the others, with
@@ -59,10 +58,12 @@ class InputGradientNorm(Measure):
         assert record.y is not None
         metric.update(net, record.x, record.y)
 
-    def compute(self, metrics: Mapping[str, Metric], net: nn.Module, settings: Settings) -> dict[str, Any]:
+    def compute(
+        self, metrics: Mapping[str, InputGradientNormMetric], net: nn.Module, settings: Settings
+    ) -> dict[str, Any]:
         computed = super().compute(metrics, net, settings)
         val = metrics["val"]
-        if self.attack_eps is not None and isinstance(val, InputGradientNormMetric):
+        if self.attack_eps is not None:
             x, y = val.kept()
             generator = torch.Generator(device=x.device).manual_seed(settings.seed)
             computed["attacks"] = {

@@ -9,7 +9,7 @@ from lightning_gensens.measures.base import Measure, Settings
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm as JacobianNormMetric
 
 
-class JacobianNorm(Measure):
+class JacobianNorm(Measure[JacobianNormMetric]):
     """E‖∂f/∂x‖_F on the probe and validation; predicts m(X_te)/m(X_tr)·l_tr. Any differentiable network."""
 
     name = "jacobian_norm"

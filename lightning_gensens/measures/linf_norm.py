@@ -13,7 +13,7 @@ from lightning_gensens.measures.base import WEIGHTS, Estimate, Measure, Previous
 from lightning_gensens.metrics.linf_norm import LinfNorm as LinfNormMetric
 
 
-class LinfNorm(Measure):
+class LinfNorm(Measure[LinfNormMetric]):
     """Sens¹ from the weights; predicts the test loss from its change between runs (eq. 5 and log-norm).
 
     Logs log Sens¹ as ``linf_norm/train`` and ``linf_norm/val`` (equal: the bound depends on the weights only) and

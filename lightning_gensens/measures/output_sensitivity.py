@@ -14,7 +14,7 @@ from lightning_gensens.measures.base import Estimate, Measure, Reference, Settin
 from lightning_gensens.metrics.output_sensitivity import OutputSensitivity as OutputSensitivityMetric
 
 
-class OutputSensitivity(Measure):
+class OutputSensitivity(Measure[OutputSensitivityMetric]):
     """S on the training probe and on validation; reuses the captured logits, so costs one noisy forward.
 
     Estimators: ``output_sensitivity`` (S_te/S_tr·l_tr) and, for K ≥ 2 outputs, ``output_sensitivity_label_free``

@@ -6,7 +6,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from torch import Tensor, nn
-from torchmetrics import Metric
 
 from lightning_gensens.capture import Captured
 from lightning_gensens.measures.base import Measure, Requirement, Settings
@@ -14,7 +13,7 @@ from lightning_gensens.measures.tangent_sensitivity import region_tangent, relu_
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity as RegionSensitivityMetric
 
 
-class RegionSensitivity(Measure):
+class RegionSensitivity(Measure[RegionSensitivityMetric]):
     """Ŝ(X_te)/Ŝ(X_tr)·l_tr (eq. 7) from the pre-activations of the validation forward pass (no extra forward).
 
     ``mode="hard"`` weighs regions by their empirical frequency (Ŝ = mean_x T(x)); ``"soft"`` by the sigmoid
@@ -40,11 +39,12 @@ class RegionSensitivity(Measure):
     def update(self, metric: RegionSensitivityMetric, record: Captured, net: nn.Module) -> None:
         metric.update(net, record.preacts, region_tangent(record, net))
 
-    def compute(self, metrics: Mapping[str, Metric], net: nn.Module, settings: Settings) -> dict[str, Any]:
+    def compute(
+        self, metrics: Mapping[str, RegionSensitivityMetric], net: nn.Module, settings: Settings
+    ) -> dict[str, Any]:
         computed = super().compute(metrics, net, settings)
         if self.mode == "soft":  # weigh both splits over one A+ = train ∪ val patterns (eq. 7)
             train, val = metrics["train"], metrics["val"]
-            assert isinstance(train, RegionSensitivityMetric) and isinstance(val, RegionSensitivityMetric)
             with train.sync_context(), val.sync_context():
                 computed["train"]["soft"] = train.soft(reference=val.patterns())
                 computed["val"]["soft"] = val.soft(reference=train.patterns())

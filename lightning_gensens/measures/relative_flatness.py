@@ -26,7 +26,7 @@ PER_LAYER = (
 )
 
 
-class RelativeFlatness(Measure):
+class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     """κ_Σ of the chosen layers on the probe and on validation (Hessian of each split's mean loss, computed at
     the end of the run by Lanczos and exact/Hutch++ traces on cached Hessian-vector products); predicts
     κ_Σ(X_te)/κ_Σ(X_tr)·l_tr. Any differentiable network, evaluated in eval mode; needs labels.

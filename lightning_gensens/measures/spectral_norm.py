@@ -13,7 +13,7 @@ from lightning_gensens.measures.base import WEIGHTS, Estimate, Measure, Previous
 from lightning_gensens.metrics.spectral_norm import SpectralNorm as SpectralNormMetric
 
 
-class SpectralNorm(Measure):
+class SpectralNorm(Measure[SpectralNormMetric]):
     """∏‖W_i‖_σ (conv layers by their operator norm at the captured input size); logs its logarithm as
     ``spectral_norm/train`` and ``spectral_norm/val`` (equal: it depends on the weights only) and predicts
     ∏‖W^{(t−1)}‖_σ/∏‖W^{(t)}‖_σ·l_tr from the second run on."""

@@ -34,7 +34,7 @@ def relu_mlp_problem(net: nn.Module, name: str) -> str | None:
     return problem
 
 
-class TangentSensitivity(Measure):
+class TangentSensitivity(Measure[TangentSensitivityMetric]):
     """E_x T(x) on probe and validation; predicts T_te/T_tr·l_tr.
 
     Exact for ReLU MLPs, from the activation masks the validation forward pass already computes. Other
