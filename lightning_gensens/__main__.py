@@ -1,4 +1,4 @@
-"""Command line: ``python -m lightning_gensens demo`` (and ``--help``)."""
+"""Command line: ``python -m lightning_gensens demo|rank|sweep`` (and ``--help``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lightning_gensens import demo
+    from lightning_gensens import demo, sweep
 
     parser = argparse.ArgumentParser(
         prog="python -m lightning_gensens",
@@ -30,9 +30,20 @@ def main(argv: list[str] | None = None) -> int:
         "rank correlation.",
     )
     demo.add_rank_arguments(rank_parser)
+    sweep_parser = commands.add_parser(
+        "sweep",
+        help="train a family of MLPs and rank-correlate every measure with their generalization (Jiang et al. 2020)",
+        description="Train a grid of MLPs (widths x depths x seeds) with GeneralizationMonitor and print, per "
+        "measure, Kendall's tau with the generalization gap and the test loss, the granulated Kendall coefficient "
+        "per hyperparameter axis and its mean Psi (Jiang et al., ICLR 2020), and the Pearson correlation of log "
+        "measure with log test loss (Forouzesh et al., Fig. 1).",
+    )
+    sweep.add_arguments(sweep_parser)
     args = parser.parse_args(argv)
     if args.command == "demo":
         demo.run(args)
+    elif args.command == "sweep":
+        sweep.run(args)
     else:
         demo.run_rank(args)
     return 0

@@ -11,21 +11,21 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from lightning_gensens.replay import Call, input_embedding, locate_input
 from lightning_gensens.utilities import relu_modules, weight_layers
 
 OutputFn = Callable[[Any], Tensor]
 
-INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "inputs_embeds")
-"""Keyword arguments read as the model's input when it is called without a positional tensor."""
-
 
 @dataclass
 class Captured:
-    """One forward pass of the measured model: its input, its logits and the hidden pre-activations."""
+    """One forward pass of the measured model: its input (for token ids, the output of the input embedding), its
+    logits, the hidden pre-activations and the call itself."""
 
     x: Tensor
     logits: Tensor
     preacts: list[Tensor] = field(default_factory=list)
+    call: Call | None = None
     y: Tensor | None = None
     cache: dict[str, Tensor] = field(default_factory=dict)
     """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
@@ -85,8 +85,10 @@ class ForwardCapture:
         self.preactivations = preactivations
         self.output_fn = output_fn or default_output_fn
         self._relus = relu_modules(model, measure) if preactivations else []
+        self._embedding = input_embedding(model)
         self._handles: list[RemovableHandle] = []
         self._preacts: list[Tensor] = []
+        self._embedded: Tensor | None = None
         self.records: list[Captured] = []
         self.enabled = False
 
@@ -96,6 +98,8 @@ class ForwardCapture:
         self._handles.append(self.model.register_forward_hook(self._on_output, with_kwargs=True))
         for _, relu in self._relus:
             self._handles.append(relu.register_forward_pre_hook(self._on_relu_input))
+        if self._embedding is not None:
+            self._handles.append(self._embedding.register_forward_hook(self._on_embedding))
         return self
 
     def detach(self) -> None:
@@ -107,6 +111,7 @@ class ForwardCapture:
 
     def clear(self) -> None:
         self._preacts = []
+        self._embedded = None
         self.records = []
 
     def pop(self) -> Captured | None:
@@ -122,17 +127,31 @@ class ForwardCapture:
         if self._recording():
             self._preacts.append(args[0].detach().clone())
 
+    def _on_embedding(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self._recording() and isinstance(output, Tensor):
+            self._embedded = output.detach()
+
     def _on_output(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not self._recording():
             return
-        x = args[0] if args else next((kwargs[k] for k in INPUT_KEYS if k in kwargs), None)
+        site = locate_input(args, kwargs)
         # Calls without a tensor input or output are Lightning's strategy wrappers (DDP redirects the
         # LightningModule's __call__ to its *_step methods); the model's own forward is recorded.
-        if not isinstance(x, Tensor) or output is None:
+        if site is None or output is None:
             return
+        call = Call(tuple(args), dict(kwargs), site)
         preacts, self._preacts = self._preacts, []
+        embedded, self._embedded = self._embedded, None
+        x = call.input.detach()
+        if not x.is_floating_point():
+            if embedded is None:
+                raise TypeError(
+                    f"{type(module).__name__} takes integer inputs but has no input embedding whose output the "
+                    "measures could perturb or differentiate (get_input_embeddings() or an nn.Embedding)."
+                )
+            x = embedded
         logits = self.output_fn(output)
-        self.records.append(Captured(x=x.detach(), logits=logits.detach(), preacts=preacts))
+        self.records.append(Captured(x=x, logits=logits.detach(), preacts=preacts, call=call))
 
     def __enter__(self) -> ForwardCapture:
         self.attach()

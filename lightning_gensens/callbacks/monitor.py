@@ -8,17 +8,20 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
 from lightning_gensens.callbacks.reporting import Report
 from lightning_gensens.callbacks.session import Session
-from lightning_gensens.capture import ForwardCapture, OutputFn, exclusive
+from lightning_gensens.capture import ForwardCapture, OutputFn, default_output_fn, exclusive
 from lightning_gensens.measures import MEASURES, LossFn, Measure, Requirement, Settings
+from lightning_gensens.replay import Call, CallTemplate, Replay
 from lightning_gensens.utilities import evaluation_mode, preserved_rng, weight_layers
 
 
@@ -130,11 +133,14 @@ class GeneralizationMonitor(Callback):
         self._unlabeled = self.unlabeled
         if self._unlabeled is None:
             self._unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
+        self._replay = Replay(self._net, self.output_fn or default_output_fn).attach()
+        self._template: CallTemplate | None = None
         self._session = Session(
             type(self).__name__,
             self._net,
             self.measures,
             self.defaults,
+            self._replay,
             explicit=self.explicit,
             unlabeled=self._unlabeled is not None,
             strict=self.strict,
@@ -150,6 +156,7 @@ class GeneralizationMonitor(Callback):
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._capture is not None:
             self._capture.detach()
+            self._replay.detach()
             self._capture = None
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -181,6 +188,8 @@ class GeneralizationMonitor(Callback):
         if record is None or dataloader_idx != 0:
             return
         record.y = self.batch_to_xy(batch)[1]
+        if self._template is None and record.call is not None:  # how to call the model on the probe's batches
+            self._template = CallTemplate.infer(batch, record.call)
         if record.y is not None and record.y.shape[0] != record.logits.shape[0]:
             raise ValueError(
                 f"the validation batch has {record.y.shape[0]} labels but the model's last forward call saw "
@@ -202,7 +211,8 @@ class GeneralizationMonitor(Callback):
         if not all(bool(torch.isfinite(p).all()) for p in self._net.parameters()):
             rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
         else:
-            with preserved_rng(), evaluation_mode(self._net):
+            # the math kernel of attention has the double backward curvature needs (on CPU the others do not)
+            with preserved_rng(), evaluation_mode(self._net), sdpa_kernel(SDPBackend.MATH):
                 logs = self._measure(trainer, pl_module)
             self.report.record(trainer.current_epoch, logs)
             self.report.define_wandb_step(trainer, logs)
@@ -228,25 +238,29 @@ class GeneralizationMonitor(Callback):
         try:
             with exclusive(self._capture):
                 self._capture.enabled = True
-                for x, y in batches:
-                    self._net(x.to(pl_module.device))
-                    record = self._capture.pop()
-                    if record is not None:
-                        record.y = None if y is None else y.to(pl_module.device)
-                        self._session.feed("train", record)
+                for batch in batches:
+                    self._feed_batch(move_data_to_device(batch, pl_module.device), "train", labels=True)
                     progress.advance()
                 for i, batch in enumerate(self._unlabeled or ()):
-                    if i % trainer.world_size == trainer.global_rank:
-                        self._net(self.batch_to_xy(batch)[0].to(pl_module.device))
-                        record = self._capture.pop()
-                        if record is not None:
-                            self._session.feed("val", record)
+                    if i % trainer.world_size == trainer.global_rank:  # labels never reach an estimator
+                        self._feed_batch(move_data_to_device(batch, pl_module.device), "val", labels=False)
                 self._capture.enabled = False
             with exclusive(None):
                 return self._session.evaluate(self.prefix, self.shared_prefix, self.report)
         finally:
             self._capture.enabled = False
             progress.close()
+
+    def _feed_batch(self, batch: Any, split: str, labels: bool) -> None:
+        """Call the model on ``batch`` as it was called on the validation batches, and feed the record."""
+        assert self._capture is not None and self._session is not None
+        x, y = self.batch_to_xy(batch)
+        call = self._template.call(batch) if self._template is not None else Call((x,))
+        self._net(*call.args, **call.kwargs)
+        record = self._capture.pop()
+        if record is not None:
+            record.y = y if labels else None
+            self._session.feed(split, record)
 
 
 def _resolve(measures: Sequence[str | Measure | Callback] | None) -> list[Measure]:

@@ -7,34 +7,31 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from lightning_gensens.batches import BatchToXY
 from lightning_gensens.utilities import preserved_rng
 
-Batch = tuple[Tensor, "Tensor | None"]
-
 
 class TrainingProbe:
-    """``size`` training samples, drawn once per fit and sharded over DDP ranks.
+    """``size`` training samples, drawn once per fit and sharded over DDP ranks, kept as the loader's batches.
 
     From a map-style dataset (the training loader's, or ``source`` when given as a Dataset) the samples are drawn
-    uniformly with ``seed``; from anything else (an iterable dataset, a ``CombinedLoader``, a loader given as
-    ``source``) the probe is the first ``size`` samples the loader yields, read once and kept. Drawing never
-    touches the global RNG.
+    uniformly with ``seed`` and collated like the training loader's; from anything else (an iterable dataset, a
+    ``CombinedLoader``, a loader given as ``source``) the probe is the first batches the loader yields, up to
+    ``size`` samples, read once and kept. Drawing never touches the global RNG.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, batch_to_xy: BatchToXY, source: Any = None) -> None:
         self.size, self.batch_size, self.seed, self.batch_to_xy = size, batch_size, seed, batch_to_xy
         self.source = source
-        self.batches: list[Batch] | None = None
+        self.batches: list[Any] | None = None
 
     def reset(self) -> None:
         """Forget the drawn samples (a new fit may train on other data)."""
         self.batches = None
 
-    def get(self, trainer: Trainer) -> list[Batch]:
+    def get(self, trainer: Trainer) -> list[Any]:
         """The probe's batches on this rank, drawn at the first call after :meth:`reset`."""
         if self.batches is None:
             with preserved_rng():  # iterating a DataLoader draws from the global RNG
@@ -43,7 +40,7 @@ class TrainingProbe:
                 raise ValueError("the training probe is empty: the training data yielded no samples.")
         return self.batches
 
-    def _draw(self, trainer: Trainer) -> list[Batch]:
+    def _draw(self, trainer: Trainer) -> list[Any]:
         source = self.source if self.source is not None else trainer.train_dataloader
         if source is None:
             raise ValueError(
@@ -55,36 +52,28 @@ class TrainingProbe:
             return self._draw_map_style(trainer, dataset, getattr(source, "collate_fn", None))
         return self._first_samples(trainer, source)
 
-    def _draw_map_style(self, trainer: Trainer, dataset: Dataset, collate_fn: Any) -> list[Batch]:
+    def _draw_map_style(self, trainer: Trainer, dataset: Dataset, collate_fn: Any) -> list[Any]:
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("the training dataset is empty, so the probe would be empty.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
         shard = order[: self.size][trainer.global_rank :: trainer.world_size]
         loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=self.batch_size, collate_fn=collate_fn)
-        return [self.batch_to_xy(batch) for batch in loader]
+        return list(loader)
 
-    def _first_samples(self, trainer: Trainer, loader: Iterable[Any]) -> list[Batch]:
-        """The first ``size`` samples ``loader`` yields, re-batched and sharded over ranks by batch."""
-        kept: list[Batch] = []
+    def _first_samples(self, trainer: Trainer, loader: Iterable[Any]) -> list[Any]:
+        """The first batches ``loader`` yields, up to ``size`` samples (whole batches), sharded over ranks."""
+        kept: list[Any] = []
         taken = 0
         for batch in loader:
-            x, y = self.batch_to_xy(batch[0] if isinstance(batch, tuple) and _is_combined(batch) else batch)
-            room = self.size - taken
-            kept.append((x[:room], None if y is None else y[:room]))
-            taken += min(room, x.shape[0])
+            batch = batch[0] if isinstance(batch, tuple) and _is_combined(batch) else batch
+            kept.append(batch)
+            taken += self.batch_to_xy(batch)[0].shape[0]
             if taken >= self.size:
                 break
         if not kept:
             raise ValueError("the training loader yielded no batch, so the probe would be empty.")
-        x = torch.cat([bx for bx, _ in kept])
-        y = None if any(by is None for _, by in kept) else torch.cat([by for _, by in kept if by is not None])
-        batches = []
-        for i, start in enumerate(range(0, x.shape[0], self.batch_size)):
-            if i % trainer.world_size == trainer.global_rank:
-                stop = start + self.batch_size
-                batches.append((x[start:stop], None if y is None else y[start:stop]))
-        return batches
+        return kept[trainer.global_rank :: trainer.world_size]
 
 
 def _is_combined(batch: tuple[Any, ...]) -> bool:

@@ -18,6 +18,7 @@ from lightning_gensens.capture import Captured
 from lightning_gensens.measures import Measure, Reference, Requirement, Settings
 from lightning_gensens.measures.base import SPLITS, WEIGHTS
 from lightning_gensens.metrics.split_loss import SplitLoss
+from lightning_gensens.replay import Replay
 from lightning_gensens.utilities import evaluation_mode
 
 
@@ -44,12 +45,15 @@ class Session:
         net: nn.Module,
         measures: Sequence[Measure[Any]],
         defaults: Settings,
+        replay: Replay,
         *,
         explicit: bool,
         unlabeled: bool,
         strict: bool,
     ) -> None:
-        self.owner, self.net, self.defaults, self.strict = owner, net, defaults, strict
+        self.owner, self.net, self.defaults, self.strict, self.replay = owner, net, defaults, strict, replay
+        self.explicit = explicit
+        self._warned_unlabeled_probe = False
         self.slots = [self._slot(m) for m in self._applicable(measures, explicit, unlabeled)]
         self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in SPLITS}
         self.example: Captured | None = None
@@ -67,6 +71,7 @@ class Session:
 
     def reset(self) -> None:
         self.example = None
+        self.replay.clear()
         for metric in self.metrics():
             metric.reset()
 
@@ -78,17 +83,25 @@ class Session:
             self.example = record
         if record.y is not None:
             self.split_loss[split].update(record.logits, record.y)
-        for slot in self.slots if measures else ():
-            if slot.measure.needs(Requirement.WEIGHT_ONLY):
-                continue
-            if slot.measure.needs(Requirement.LABELS) and record.y is None:
-                self._guard(slot, "reading labels", _no_labels, slot.measure, split)
-            self._guard(slot, f"updating on {split} data", slot.measure.update, slot.metrics[split], record, self.net)
+        if not measures:
+            return
+        call = record.call
+        if call is not None and not (call.plain and call.input.is_floating_point()):
+            self.replay.remember(record.x, call)  # for the measures that compute at the end of the run
+        with self.replay.replaying(call):
+            for slot in self.slots:
+                if slot.measure.needs(Requirement.WEIGHT_ONLY):
+                    continue
+                if slot.measure.needs(Requirement.LABELS) and record.y is None:
+                    self._guard(slot, "reading labels", _no_labels, slot.measure, split)
+                self._guard(
+                    slot, f"updating on {split} data", slot.measure.update, slot.metrics[split], record, self.net
+                )
 
     def evaluate(self, prefix: str, shared_prefix: str, report: Report) -> dict[str, Tensor]:
         """Compute every measure, log its values, and score its predictions against the actual test loss."""
         assert self.example is not None
-        train, val = (self.split_loss[s].compute() for s in SPLITS)
+        train, val = (_losses(self.split_loss[s]) for s in SPLITS)
         logs = {
             f"{shared_prefix}/train_loss": train["loss"],
             f"{shared_prefix}/test_loss": val["loss"],
@@ -97,18 +110,36 @@ class Session:
         }
         logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
         reference = Reference(train["loss"], train["error"], num_outputs=self.example.logits[0].numel())
-        for slot in self.slots:
-            measure = slot.measure
-            if measure.needs(Requirement.WEIGHT_ONLY):
-                self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], self.example, self.net)
-            computed = self._guard(slot, "computing", measure.compute, slot.metrics, self.net, slot.settings)
-            if computed is None:
-                continue
-            values = self._guard(slot, "reporting", measure.values, computed) or {}
-            logs.update({f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()})
-            estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
-            for name, estimate in estimates.items():
-                logs.update(report.score(name, estimate, float(val["loss"]), float(val["error"])))
+        if not bool(torch.isfinite(reference.loss)) and not self._warned_unlabeled_probe:
+            self._warned_unlabeled_probe = True
+            rank_zero_warn(
+                f"{self.owner}: the training probe's batches carry no labels, so there is no train loss for the "
+                "estimators to scale: measures are logged, predicted test losses only where they need no train loss."
+            )
+        with self.replay.replaying():
+            for slot in self.slots:
+                logs.update(self._evaluate(slot, reference, val, prefix, report))
+        return logs
+
+    def _evaluate(
+        self, slot: Slot, reference: Reference, val: dict[str, Tensor], prefix: str, report: Report
+    ) -> dict[str, Tensor]:
+        """One measure's logged values and scored predictions."""
+        measure, example = slot.measure, self.example
+        if measure.needs(Requirement.WEIGHT_ONLY):
+            self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], example, self.net)
+        computed = self._guard(slot, "computing", measure.compute, slot.metrics, self.net, slot.settings)
+        if computed is None:
+            return {}
+        values = self._guard(slot, "reporting", measure.values, computed) or {}
+        logs = {f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()}
+        estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
+        if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
+            estimates = {k: e for k, e in estimates.items() if bool(torch.isfinite(e.loss))}
+        needs_labels = measure.needs(Requirement.LABELS)
+        for name, estimate in estimates.items():
+            actual_loss, actual_error = float(val["loss"]), float(val["error"])
+            logs.update(report.score(name, estimate, actual_loss, actual_error, needs_labels=needs_labels))
         return logs
 
     def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool, unlabeled: bool) -> list[Measure[Any]]:
@@ -159,9 +190,28 @@ class Session:
                 "cross-entropy cannot score: pass `loss_fn=` (e.g. torch.nn.functional.mse_loss) for regression."
             )
         for slot in self.slots:
-            if regression and slot.measure.needs(Requirement.CLASS_LOGITS) and not slot.failed:
-                slot.failed = True
-                rank_zero_info(f"{self.owner}: skipping {slot.measure.name}: it needs class logits [B, K].")
+            if regression and slot.measure.needs(Requirement.CLASS_LOGITS):
+                self._skip(slot, "it needs class logits [B, K].")
+            if y is None and slot.measure.needs(Requirement.LABELS):
+                self._skip(slot, "it needs labels, but the validation batches carry none.")
+
+    def _skip(self, slot: Slot, reason: str) -> None:
+        """Switch off a measure the data does not suit: an error when strict, a warning when the user named it."""
+        if slot.failed:
+            return
+        message = f"{self.owner}: skipping {slot.measure.name}: {reason}"
+        if self.strict:
+            raise ValueError(message)
+        slot.failed = True
+        (rank_zero_warn if self.explicit else rank_zero_info)(message)
+
+
+def _losses(metric: SplitLoss) -> dict[str, Tensor]:
+    """A split's loss and error, NaN where it saw no labelled batch."""
+    if metric.update_count:
+        return metric.compute()
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=metric.count.device)
+    return {"loss": nan, "error": nan}
 
 
 def _no_labels(measure: Measure[Any], split: str) -> None:

@@ -32,14 +32,20 @@ def relu_preactivations(model: nn.Module, x: Tensor, measure: str = "relu_preact
     """
     with torch.no_grad(), ForwardCapture(model, preactivations=True, measure=measure) as capture:
         model(x)
-        return capture.pop().preacts
+        record = capture.pop()
+    if record is None:  # the forward pass above always records one; kept explicit for the type checker
+        raise RuntimeError(f"{measure}: the forward pass of {type(model).__name__} was not captured.")
+    return record.preacts
 
 
 def _active_counts(preactivations: Sequence[Tensor]) -> Tensor:
     """c(x) = Σ_l 1[h_l(x) > 0] over all captured units: Tensor[B] (int64)."""
     if not preactivations:
         raise ValueError("no ReLU pre-activations were captured: the network has no hidden nn.ReLU unit.")
-    return sum((h.flatten(1) > 0).sum(1) for h in preactivations)
+    counts = (preactivations[0].flatten(1) > 0).sum(1)
+    for h in preactivations[1:]:
+        counts = counts + (h.flatten(1) > 0).sum(1)
+    return counts
 
 
 def active_node_counts(model: nn.Module, x: Tensor) -> Tensor:

@@ -16,7 +16,7 @@ def _jacobian_norms(model: nn.Module, x: Tensor) -> Tensor:
     """
     with torch.inference_mode(False), torch.no_grad():
         x = x.detach().clone()
-        out, vjp_fn = vjp(lambda xx: model(xx).flatten(1), x)
+        out, vjp_fn = vjp(lambda xx: model(xx).reshape(x.shape[0], -1), x)  # type: ignore[misc]  # stub: 3-tuple only with has_aux
         basis = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)[:, None, :].expand(-1, *out.shape)
         (grads,) = vmap(vjp_fn)(basis)
         return grads.square().flatten(2).sum((0, 2)).sqrt()

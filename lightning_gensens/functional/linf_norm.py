@@ -7,16 +7,17 @@ import math
 import torch
 from torch import Tensor, nn
 
+from lightning_gensens.functional._weights import layer_weight
 from lightning_gensens.utilities import check_finite_parameters, weight_layers
 
 
 def layer_linf_norms(model: nn.Module) -> Tensor:
     """w_i = max |W_i| of every Linear/Conv layer i = 1..k in forward order (biases excluded)."""
-    return torch.stack([m.weight.detach().abs().max() for _, m in weight_layers(model)])
+    return torch.stack([layer_weight(m).detach().abs().max() for _, m in weight_layers(model)])
 
 
 def _layer_widths(model: nn.Module) -> list[int]:
-    return [m.weight.shape[0] for _, m in weight_layers(model)]
+    return [layer_weight(m).shape[0] for _, m in weight_layers(model)]
 
 
 def _log_bound(model: nn.Module, input_dim: int, log_w: Tensor) -> Tensor:

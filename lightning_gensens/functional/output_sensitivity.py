@@ -41,11 +41,11 @@ def output_noise(
     with torch.no_grad(), torch.autocast(device_type, enabled=False):
         if logits is None:
             logits = model(x)
-        clean = logits.float().flatten(1).mean(dim=1)
+        clean = logits.float().reshape(x.shape[0], -1).mean(dim=1)  # [B] outputs too
         draws = []
         for _ in range(n_draws):
             eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            draws.append(model(x + sigma * eps).float().flatten(1).mean(dim=1) - clean)
+            draws.append(model(x + sigma * eps).float().reshape(x.shape[0], -1).mean(dim=1) - clean)
     return torch.stack(draws)
 
 

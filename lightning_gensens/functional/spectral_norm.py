@@ -3,16 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import Tensor, nn
+from torch.nn.modules.conv import _ConvNd
 
+from lightning_gensens.functional._weights import layer_weight
 from lightning_gensens.utilities import check_finite_parameters, weight_layers
 
-_CONV_FN = {1: (F.conv1d, F.conv_transpose1d), 2: (F.conv2d, F.conv_transpose2d), 3: (F.conv3d, F.conv_transpose3d)}
+_ConvFn = Callable[..., Tensor]
+_CONV_FN: dict[int, tuple[_ConvFn, _ConvFn]] = {
+    1: (F.conv1d, F.conv_transpose1d),
+    2: (F.conv2d, F.conv_transpose2d),
+    3: (F.conv3d, F.conv_transpose3d),
+}
 
 
 def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], tol: float = 1e-10) -> Tensor:
@@ -21,11 +30,12 @@ def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], tol: float
     λ_max(AᵀA) by ARPACK's Lanczos (``scipy.sparse.linalg.eigsh``) on the matrix-free AᵀA, with A the
     convolution and Aᵀ its transpose; not the norm of the reshaped kernel.
     """
-    if isinstance(conv.padding, str) or conv.padding_mode != "zeros":
+    padding = conv.padding if isinstance(conv, _ConvNd) else None
+    if not isinstance(conv, _ConvNd) or isinstance(padding, str) or conv.padding_mode != "zeros":
         raise ValueError(f"spectral_norm supports zero-padded convolutions with numeric padding, not {conv}.")
     fwd, adj = _CONV_FN[len(input_shape) - 1]
     w = conv.weight.detach().double()
-    kw = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+    kw: dict[str, Any] = dict(stride=conv.stride, padding=padding, dilation=conv.dilation, groups=conv.groups)
     shape = (1, *input_shape)
     n = math.prod(input_shape)
 
@@ -40,7 +50,7 @@ def conv_operator_norm(conv: nn.Module, input_shape: tuple[int, ...], tol: float
     return torch.tensor(math.sqrt(max(top, 0.0)), dtype=torch.float64, device=conv.weight.device)
 
 
-def _match_shape(t: Tensor, shape: torch.Size) -> Tensor:
+def _match_shape(t: Tensor, shape: Sequence[int]) -> Tensor:
     """Crop or zero-pad the adjoint's output to the input shape (strided convolutions may drop a border)."""
     pads: list[int] = []
     for have, want in zip(reversed(t.shape[2:]), reversed(shape[2:]), strict=True):
@@ -64,7 +74,7 @@ def layer_spectral_norms(model: nn.Module, input_shapes: dict[str, tuple[int, ..
                 "`input_shapes`), since a convolution's operator norm depends on its input size."
             )
         else:
-            norms.append(conv_operator_norm(m, input_shapes[name]).to(m.weight.dtype))
+            norms.append(conv_operator_norm(m, input_shapes[name]).to(layer_weight(m).dtype))
     return torch.stack(norms)
 
 

@@ -97,7 +97,10 @@ def _closed_form(chain: Sequence[nn.Module], masks: Sequence[Tensor], root: Tens
         elif isinstance(m, nn.ReLU):
             mask = next(m_iter)
             lfac = torch.diag_embed(mask) if lfac is None else lfac * mask[..., None, :]
-    total = sum(lv * rv for lv, rv in zip(reversed(left), right, strict=True))
+    terms = [lv * rv for lv, rv in zip(reversed(left), right, strict=True)]
+    total = terms[0]
+    for term in terms[1:]:
+        total = total + term
     return total.expand(batch)
 
 
@@ -192,7 +195,7 @@ def _hutchinson_probes(model: nn.Module, x: Tensor, n_probes: int, generator: to
             def directional(xx: Tensor) -> Tensor:
                 return jvp(lambda p: functional_call(model, p, (xx,)), (params,), (u,))[1].flatten(1)
 
-            out, vjp_fn = vjp(directional, x)
+            out, vjp_fn = vjp(directional, x)  # type: ignore[misc]  # stub: 3-tuple only with has_aux=True
             basis = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)[:, None, :].expand(-1, *out.shape)
             (grads,) = vmap(vjp_fn)(basis)
             return grads.square().flatten(2).sum((0, 2))

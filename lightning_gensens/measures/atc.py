@@ -19,10 +19,11 @@ from lightning_gensens.metrics.confidence import ConfidenceStatistics
 
 
 class AverageThresholdedConfidence(ConfidenceMeasure):
-    """ATC: the threshold t with P_probe(s < t) = e_probe is fitted on the probe's scores and its error (the
-    paper's eq. 1, with :func:`~lightning_gensens.functional.confidence.atc_threshold`'s tie rule); the predicted
-    test error is P_val(s < t). The predicted test loss scales the probe's: l_probe · error / e_probe (ours; the
-    paper predicts only the error).
+    """ATC: the threshold t with P_probe(s < t) = e_probe is fitted on the probe's scores and its error (with
+    :func:`~lightning_gensens.functional.confidence.atc_threshold`'s tie rule); the predicted test error is
+    P_val(s < t). The predicted test loss scales the probe's: l_probe · error / e_probe (ours; the paper predicts
+    only the error). The paper fits t on held-out labelled data; the probe is training data, whose error
+    understates the test error, so expect ATC here to be optimistic.
 
     When the probe's error is 0 the threshold is undefined and ATC predicts nothing that run (``estimate`` returns
     ``{}``, so no NaN is logged); likewise while the probe's loss or error is not finite. Logs ``train``/``val``,

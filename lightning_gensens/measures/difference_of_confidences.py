@@ -12,7 +12,7 @@ from lightning_gensens.measures.base import Estimate, Reference
 
 class DifferenceOfConfidences(ConfidenceMeasure):
     """DoC: the probe's error shifted by the drop in mean max-softmax confidence, e ≈ e_ref + conf̄_ref − conf̄_val
-    (Guillory et al. 2021, §3), and its loss analogue l ≈ l_ref + H̄_val − H̄_ref with the mean predictive entropy
+    (Guillory et al. 2021), and its loss analogue l ≈ l_ref + H̄_val − H̄_ref with the mean predictive entropy
     H̄. Neither is clipped. Predicts nothing (``{}``) while the probe's loss or error is not finite."""
 
     name = "difference_of_confidences"

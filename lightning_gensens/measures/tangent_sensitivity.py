@@ -29,6 +29,8 @@ def region_tangent(record: Captured, net: nn.Module) -> Tensor:
 def relu_mlp_problem(net: nn.Module, name: str) -> str | None:
     """Why ``net`` is not a ReLU MLP with a closed-form T(x), or None."""
     problem = relu_network_problem(net, name)
+    if problem is None and not any(isinstance(m, nn.ReLU) for m in net.modules()):
+        problem = f"{name}: {type(net).__name__} has no hidden nn.ReLU unit (one activation region)."
     if problem is None and not supports_closed_form(net):
         problem = _NOT_AN_MLP.format(name=name, model=type(net).__name__)
     return problem

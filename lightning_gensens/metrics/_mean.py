@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 from torchmetrics import Metric
+
+if TYPE_CHECKING:  # matplotlib is imported by torchmetrics' plot utilities, only when plotting
+    from torchmetrics.utilities.plot import _AX_TYPE, _PLOT_OUT_TYPE
 
 
 class SampleMean(Metric):
@@ -15,6 +19,9 @@ class SampleMean(Metric):
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+
+    count: Tensor
+    total: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -30,3 +37,10 @@ class SampleMean(Metric):
         if float(self.count) == 0:
             raise ValueError(f"{type(self).__name__} was computed before any update: the split was empty.")
         return self.total / self.count
+
+    def plot(self, val: Tensor | Sequence[Tensor] | None = None, ax: _AX_TYPE | None = None) -> _PLOT_OUT_TYPE:
+        """Plot one value or a sequence of values of the metric (:meth:`compute` when ``val`` is None).
+
+        Needs matplotlib; returns the figure and axes (``ax`` is drawn into when given).
+        """
+        return self._plot(val, ax)

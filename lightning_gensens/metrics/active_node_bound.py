@@ -27,6 +27,10 @@ class ActiveNodeBound(Metric):
     higher_is_better = False
     full_state_update = False
 
+    count: Tensor
+    total: Tensor
+    total_sq: Tensor
+
     def __init__(self, num_layers: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if num_layers < 1:
@@ -43,5 +47,6 @@ class ActiveNodeBound(Metric):
         self.total_sq += total_sq.to(self.total_sq)
 
     def compute(self) -> dict[str, Tensor]:
+        """``log_psi`` = log ψ*(k, μ, σ) (eq. 6), and the moments ``mu``, ``sigma`` of c(x)."""
         mu, sigma = active_node_moments(self.count, self.total, self.total_sq)
         return {"log_psi": log_psi_star(self.num_layers, mu, sigma).to(self.count.device), "mu": mu, "sigma": sigma}

@@ -9,7 +9,10 @@ from lightning_gensens.metrics._mean import SampleMean
 
 
 class JacobianNorm(SampleMean):
-    """E_x‖∂f/∂x‖_F over the samples it is updated with (exact, dout vector–Jacobian products per batch)."""
+    """E_x‖∂f/∂x‖_F over the samples it is updated with (exact, dout vector–Jacobian products per batch).
+
+    ``update(model, x)`` uses ``model`` for that batch only; the metric keeps no reference to it.
+    """
 
     def update(self, model: nn.Module, x: Tensor) -> None:
         self._accumulate(*_jacobian_norm_update(model, x))

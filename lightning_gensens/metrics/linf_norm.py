@@ -12,11 +12,18 @@ from lightning_gensens.functional.linf_norm import _linf_norm_update
 
 
 class LinfNorm(Metric):
-    """log ∏w_i and log Sens¹ of the weights it is updated with (averaged over updates, hence over DDP ranks)."""
+    """log ∏w_i and log Sens¹ of the weights it is updated with (averaged over updates, hence over DDP ranks).
+
+    ``update(model, input_dim)`` reads the weights once; the metric keeps no reference to the model.
+    """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+
+    log_prod: Tensor
+    log_bound: Tensor
+    updates: Tensor
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -31,6 +38,7 @@ class LinfNorm(Metric):
         self.updates += 1
 
     def compute(self) -> dict[str, Tensor]:
+        """``log_prod`` = mean over updates of log ∏w_i, ``log_bound`` = mean of log Sens¹ (eq. 1)."""
         if float(self.updates) == 0:
             raise ValueError("LinfNorm was computed before any update.")
         return {"log_prod": self.log_prod / self.updates, "log_bound": self.log_bound / self.updates}

@@ -32,6 +32,12 @@ class RegionSensitivity(Metric):
     higher_is_better = False
     full_state_update = False
 
+    count: Tensor
+    tangent_sum: Tensor
+    pattern_list: list[Tensor]
+    tangent: list[Tensor]
+    pre: list[Tensor]  # soft mode only
+
     def __init__(self, mode: str = "hard", temperature: float = 1.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if mode not in MODES:
@@ -47,7 +53,10 @@ class RegionSensitivity(Metric):
             self.add_state("pre", [], dist_reduce_fx="cat")
 
     def update(self, model: nn.Module, preactivations: Sequence[Tensor], tangent: Tensor | None = None) -> None:
-        """Feed captured pre-activations; ``tangent`` = T(A(x)) when already computed from the same masks."""
+        """Feed captured pre-activations; ``tangent`` = T(A(x)) when already computed from the same masks.
+
+        ``model`` is used for this batch only; the metric keeps no reference to it.
+        """
         pre, tangent = _region_sensitivity_update(model, preactivations, tangent)
         self.count += tangent.numel()
         self.tangent_sum += tangent.sum().to(self.tangent_sum)

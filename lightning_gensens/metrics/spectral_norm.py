@@ -10,7 +10,10 @@ from lightning_gensens.metrics._mean import SampleMean
 
 
 class SpectralNorm(SampleMean):
-    """log ∏‖W_i‖_σ of the weights it is updated with (averaged over updates, hence over DDP ranks)."""
+    """log ∏‖W_i‖_σ of the weights it is updated with (averaged over updates, hence over DDP ranks).
+
+    ``update(model)`` reads the weights once; the metric keeps no reference to the model.
+    """
 
     def update(self, model: nn.Module, example_input: Tensor | None = None) -> None:
         self._accumulate(torch.ones((), dtype=torch.float64), log_spectral_norm_product(model, example_input))

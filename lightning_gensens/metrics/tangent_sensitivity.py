@@ -15,7 +15,7 @@ from lightning_gensens.functional.tangent_sensitivity import (
     tangent_sensitivity_from_masks,
     tangent_sensitivity_hutchinson,
 )
-from lightning_gensens.utilities import rank_generator
+from lightning_gensens.metrics._random import device_generator
 
 METHODS = ("auto", "exact", "hutchinson")
 
@@ -27,12 +27,19 @@ class TangentSensitivity(Metric):
     Args:
         method: ``"auto"`` (exact where the closed form applies), ``"exact"`` or ``"hutchinson"``.
         n_probes: Hutchinson probes per sample (at least 2, for a standard error).
-        seed: seed of the private probe generator (offset per DDP rank; re-seeded on ``reset``).
+        seed: seed of the private probe generator (one per device, created on first use with an offset per DDP
+            rank, never re-seeded by ``reset``: ``forward`` and ``update`` draw the same probes).
+
+    ``update(model, x, ...)`` uses ``model`` for that batch only; the metric keeps no reference to it.
     """
 
     is_differentiable = False
     higher_is_better = False
     full_state_update = False
+
+    count: Tensor
+    total: Tensor
+    variance: Tensor
 
     def __init__(self, method: str = "auto", n_probes: int = 2, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -41,7 +48,7 @@ class TangentSensitivity(Metric):
         if n_probes < 2:
             raise ValueError(f"n_probes must be at least 2 (for a standard error), got {n_probes}.")
         self.method, self.n_probes, self.seed = method, n_probes, seed
-        self._generator: torch.Generator | None = None
+        self._generators: dict[torch.device, torch.Generator] = {}
         for state in ("count", "total", "variance"):
             self.add_state(state, torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -58,18 +65,14 @@ class TangentSensitivity(Metric):
         elif exact:
             values = tangent_sample_sensitivity(model, x, method="exact")
         else:
-            if self._generator is None:
-                self._generator = rank_generator(self.seed, x.device)
-            values, stderr = tangent_sensitivity_hutchinson(model, x, self.n_probes, self._generator)
+            generator = device_generator(self._generators, self.seed, x.device)
+            values, stderr = tangent_sensitivity_hutchinson(model, x, self.n_probes, generator)
             self.variance += stderr.double().square().sum().to(self.variance)
         self.count += values.numel()
         self.total += values.double().sum().to(self.total)
 
     def compute(self) -> dict[str, Tensor]:
+        """``mean`` = E_x T(x) and ``stderr``, its Hutchinson standard error (0 on the exact path)."""
         if float(self.count) == 0:
             raise ValueError("tangent_sensitivity has no samples: the split was empty.")
         return {"mean": self.total / self.count, "stderr": self.variance.sqrt() / self.count}
-
-    def reset(self) -> None:
-        super().reset()
-        self._generator = None

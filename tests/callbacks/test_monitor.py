@@ -10,8 +10,8 @@ from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor, OutputSensitivity
 from lightning_gensens.callbacks.probe import TrainingProbe
-from lightning_gensens.measures import MEASURES, Estimate, Measure
 from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.measures import MEASURES, Estimate, Measure
 from lightning_gensens.models import Classifier, small_cnn
 from tests.callbacks.conftest import make_model, make_trainer
 
@@ -200,9 +200,9 @@ def test_empty_or_unsized_probe_source():
                 yield torch.full((3,), float(i)), torch.tensor(i)
 
     stream = SimpleNamespace(train_dataloader=DataLoader(Stream(), batch_size=4), global_rank=0, world_size=1)
-    batches = _probe().get(stream)  # an iterable dataset: the first `size` samples it yields
-    assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.arange(5.0))
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(5))
+    batches = _probe().get(stream)  # an iterable dataset: its first batches, up to `size` samples
+    assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.arange(8.0))
+    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(8))
     nothing = SimpleNamespace(train_dataloader=None, global_rank=0, world_size=1)
     with pytest.raises(ValueError, match="probe="):
         _probe().get(nothing)

@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
-from lightning_gensens.measures import MEASURES, Estimate, Measure, Requirement
 from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.measures import MEASURES, Estimate, Measure, Requirement
 from lightning_gensens.models import Classifier
 from tests.callbacks.conftest import make_model, make_trainer
 

@@ -54,11 +54,27 @@ def test_streaming_equals_functional_on_the_concatenated_batch():
     assert float(output_sensitivity(net, torch.cat(data))) > 0
 
 
-def test_reset_reseeds_the_noise():
+def test_reset_keeps_the_noise_stream_and_a_new_metric_reproduces_it():
+    """The generator is seeded once (first use), never by reset(): fresh noise after a reset, same seed same run."""
     net, x = _net(), _data()[0]
     metric = OutputSensitivity(seed=3)
     metric.update(net, x)
     first = metric.compute()["s"]
     metric.reset()
     metric.update(net, x)
-    assert torch.equal(first, metric.compute()["s"])
+    assert not torch.equal(first, metric.compute()["s"])
+    again = OutputSensitivity(seed=3)
+    again.update(net, x)
+    assert torch.equal(first, again.compute()["s"])
+
+
+def test_forward_over_batches_equals_update_over_the_same_batches():
+    net, data = _net(), _data()
+    through_update, through_forward = OutputSensitivity(n_draws=2, seed=5), OutputSensitivity(n_draws=2, seed=5)
+    for x in data:
+        through_update.update(net, x)
+        batch_value = through_forward(net, x)
+        assert batch_value["s"] > 0
+    expected, got = through_update.compute(), through_forward.compute()
+    assert torch.equal(got["s"], expected["s"])
+    assert torch.equal(got["input_second_moment"], expected["input_second_moment"])

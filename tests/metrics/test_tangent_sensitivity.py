@@ -41,6 +41,20 @@ def test_hutchinson_reports_a_standard_error_that_covers_the_truth():
     assert abs(out["mean"] - dense) < 5 * out["stderr"] + 0.02 * dense
 
 
+def test_hutchinson_forward_over_batches_equals_update_over_the_same_batches():
+    torch.manual_seed(0)
+    net = small_cnn(1, 6, 3, width=3, batch_norm=True).double().eval()
+    batches = [torch.randn(n, 1, 6, 6, dtype=torch.float64) for n in (5, 3, 4)]
+    through_update = TangentSensitivity(method="hutchinson", n_probes=3, seed=2)
+    through_forward = TangentSensitivity(method="hutchinson", n_probes=3, seed=2)
+    for x in batches:
+        through_update.update(net, x)
+        through_forward(net, x)
+    expected, got = through_update.compute(), through_forward.compute()
+    assert torch.equal(got["mean"], expected["mean"]) and torch.equal(got["stderr"], expected["stderr"])
+    assert expected["stderr"] > 0
+
+
 def test_arguments():
     with pytest.raises(ValueError, match="method"):
         TangentSensitivity(method="dense")

@@ -1,0 +1,192 @@
+"""Replaying the user's forward call while measuring: the captured arguments (masks included) with only the input
+changed, and, for token inputs, the output of the input embedding standing in for the input.
+
+A measure calls ``net(x)``. While a :class:`Replay` is active, a forward pre-hook on ``net`` turns that call into
+the call the user made, with ``x`` in place of its input; for integer token inputs, ``x`` is the output of the input
+embedding (``get_input_embeddings()`` where the model has it, else the first ``nn.Embedding``), which a forward hook
+on the embedding substitutes, so perturbing or differentiating ``x`` acts on the embedded tokens. The output is
+mapped to the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "inputs_embeds")
+"""Keyword arguments read as the model's input when it is called without a positional tensor."""
+
+Site = int | str
+
+
+@dataclass
+class Call:
+    """A forward call: its arguments and where the input sits among them (a position or a keyword)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    site: Site = 0
+
+    @property
+    def input(self) -> Tensor:
+        value = self.args[self.site] if isinstance(self.site, int) else self.kwargs[self.site]
+        assert isinstance(value, Tensor)
+        return value
+
+    @property
+    def plain(self) -> bool:
+        """Whether the call is ``net(x)`` with nothing else."""
+        return self.site == 0 and len(self.args) == 1 and not self.kwargs
+
+    def with_input(self, x: Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if isinstance(self.site, int):
+            return (*self.args[: self.site], x, *self.args[self.site + 1 :]), dict(self.kwargs)
+        return self.args, {**self.kwargs, self.site: x}
+
+    def head(self, n: int) -> Call:
+        """The call on the first ``n`` samples: every argument with the input's batch size is sliced."""
+        size = self.input.shape[0]
+
+        def cut(v: Any) -> Any:
+            return v[:n] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size else v
+
+        return Call(tuple(cut(a) for a in self.args), {k: cut(v) for k, v in self.kwargs.items()}, self.site)
+
+
+def locate_input(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Site | None:
+    """Where the input tensor of a call sits: the first positional argument, else a known keyword."""
+    if args:
+        return 0 if isinstance(args[0], Tensor) else None
+    return next((k for k in INPUT_KEYS if isinstance(kwargs.get(k), Tensor)), None)
+
+
+def input_embedding(net: nn.Module) -> nn.Module | None:
+    """The module embedding integer inputs: ``get_input_embeddings()`` of ``net`` or of its first submodule that
+    has one (a Hugging Face model inside a LightningModule), else the first ``nn.Embedding``."""
+    for module in net.modules():
+        getter = getattr(module, "get_input_embeddings", None)
+        if callable(getter):
+            embedding = getter()
+            if isinstance(embedding, nn.Module):
+                return embedding
+    return next((m for m in net.modules() if isinstance(m, nn.Embedding)), None)
+
+
+class Replay:
+    """While :meth:`replaying`, ``net(x)`` runs the remembered call whose input is ``x`` (or :attr:`current`), with
+    ``x`` in place of its input, and returns the logits (``output_fn``)."""
+
+    def __init__(self, net: nn.Module, output_fn: Callable[[Any], Tensor]) -> None:
+        self.net, self.output_fn = net, output_fn
+        self.embedding = input_embedding(net)
+        self.calls: list[tuple[Tensor, Call]] = []
+        self.current: Call | None = None
+        self._active = False
+        self._embedded: Tensor | None = None
+        self._handles: list[RemovableHandle] = []
+
+    def attach(self) -> Replay:
+        if not self._handles:
+            # prepended, so a capture's hooks see the replayed call's logits
+            self._handles.append(self.net.register_forward_pre_hook(self._pre, with_kwargs=True, prepend=True))
+            self._handles.append(self.net.register_forward_hook(self._post, prepend=True))
+            if self.embedding is not None:
+                self._handles.append(self.embedding.register_forward_hook(self._embed))
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.clear()
+
+    def clear(self) -> None:
+        self.calls, self.current = [], None
+
+    def remember(self, x: Tensor, call: Call) -> None:
+        """Keep ``call`` for later forward passes on ``x`` (the measures' input: the embedding output for tokens)."""
+        self.calls.append((x, call))
+
+    @contextmanager
+    def replaying(self, call: Call | None = None) -> Iterator[None]:
+        """Replay calls inside the block; ``call`` is used for any input (a perturbed or differentiated one)."""
+        previous, self.current, self._active = self.current, call, True
+        try:
+            yield
+        finally:
+            self.current, self._active = previous, False
+
+    def _find(self, x: Tensor) -> Call | None:
+        for kept, call in self.calls:
+            n = x.shape[0] if x.dim() > 0 else 0
+            if kept.shape[1:] == x.shape[1:] and 0 < n <= kept.shape[0] and kept.dtype == x.dtype:
+                if kept.device == x.device and bool((kept[:n] == x.detach()).all()):
+                    return call if n == kept.shape[0] else call.head(n)
+        return None
+
+    def _pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not self._active or len(args) != 1 or kwargs or not isinstance(args[0], Tensor):
+            return None
+        x = args[0]
+        call = self.current or self._find(x)
+        if call is None:
+            return None
+        if not call.input.is_floating_point():  # token ids: x is the embedding's output
+            if self.embedding is None:
+                raise TypeError("the model's input is not floating point and it has no input embedding to perturb.")
+            self._embedded = x
+            return call.args, call.kwargs
+        return None if call.plain else call.with_input(x)
+
+    def _embed(self, module: nn.Module, args: tuple[Any, ...], output: Tensor) -> Tensor | None:
+        embedded, self._embedded = self._embedded, None
+        return embedded
+
+    def _post(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> Tensor | None:
+        return self.output_fn(output) if self._active and not isinstance(output, Tensor) else None
+
+
+@dataclass
+class CallTemplate:
+    """How the model was called from a batch, so it can be called the same way on other batches (the probe, an
+    unlabeled pool): each argument is a batch element (found by identity) or a constant."""
+
+    args: list[tuple[bool, Any]]
+    kwargs: dict[str, tuple[bool, Any]]
+    site: Site
+
+    @classmethod
+    def infer(cls, batch: Any, call: Call) -> CallTemplate | None:
+        """The template of ``call`` made from ``batch``, or None if its input is not an element of the batch."""
+        elements = _elements(batch)
+
+        def source(value: Any) -> tuple[bool, Any]:
+            key = next((k for k, v in elements if v is value), None)
+            return (True, key) if key is not None else (False, value)
+
+        args, kwargs = [source(a) for a in call.args], {k: source(v) for k, v in call.kwargs.items()}
+        from_batch = args[call.site][0] if isinstance(call.site, int) else kwargs[call.site][0]
+        return cls(args, kwargs, call.site) if from_batch else None
+
+    def call(self, batch: Any) -> Call:
+        elements = dict(_elements(batch))
+
+        def value(spec: tuple[bool, Any]) -> Any:
+            return elements[spec[1]] if spec[0] else spec[1]
+
+        return Call(tuple(value(a) for a in self.args), {k: value(v) for k, v in self.kwargs.items()}, self.site)
+
+
+def _elements(batch: Any) -> list[tuple[Any, Any]]:
+    if isinstance(batch, Tensor):
+        return [("batch", batch)]
+    if isinstance(batch, Mapping):
+        return list(batch.items())
+    if isinstance(batch, Sequence) and not isinstance(batch, str):
+        return list(enumerate(batch))
+    return []

@@ -1,0 +1,117 @@
+"""Models the library was not designed around, built tiny from configs (no download): a Hugging Face BERT, a
+ResNet block with a reused in-place ReLU, Lightning's BoringModel, a regression MLP."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+
+class TokenData(Dataset):
+    """Synthetic token classification: the label is whether token 7 occurs in the sequence."""
+
+    def __init__(self, n: int = 96, length: int = 12, vocab: int = 50, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, vocab, (n, length), generator=g)
+        self.mask = torch.ones(n, length, dtype=torch.long)
+        self.mask[:, length - 3 :] = torch.randint(0, 2, (n, 3), generator=g)
+        self.labels = (self.ids == 7).any(1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+
+
+class TinyBert(L.LightningModule):
+    """BertForSequenceClassification from a config, called as users do: ``self(**batch)`` returning a ModelOutput."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers import BertConfig, BertForSequenceClassification
+
+        config = BertConfig(
+            vocab_size=50,
+            hidden_size=16,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=32,
+            max_position_embeddings=16,
+            num_labels=2,
+        )
+        torch.manual_seed(0)
+        self.model = BertForSequenceClassification(config)
+
+    def forward(self, **batch: Tensor):  # noqa: ANN201 - a ModelOutput
+        return self.model(**batch)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        return self(**batch).loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", self(**batch).loss)
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(TokenData(96, seed=0), batch_size=32, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(TokenData(64, seed=1), batch_size=32)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-3)
+
+
+class ResidualNet(nn.Module):
+    """A ResNet-style network: one ``nn.ReLU(inplace=True)`` module applied three times, BatchNorm, a skip."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(width * 16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.stem(x))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)) + x)
+        return self.head(F.max_pool2d(out, 2).flatten(1))
+
+
+class Regressor(L.LightningModule):
+    """An MLP regressor on scikit-learn's diabetes data, one output, mean squared error."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 1), nn.Flatten(0))
+        from sklearn.datasets import load_diabetes
+
+        x, y = load_diabetes(return_X_y=True)
+        x = (x - x.mean(0)) / x.std(0)
+        y = (y - y.mean()) / y.std()
+        data = TensorDataset(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32))
+        self.train_set, self.val_set = torch.utils.data.random_split(data, [342, 100], torch.Generator().manual_seed(0))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        return F.mse_loss(self(batch[0]), batch[1])
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        self.log("val_loss", F.mse_loss(self(batch[0]), batch[1]), batch_size=batch[0].shape[0])
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=32, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=50)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=1e-2)

@@ -1,0 +1,128 @@
+"""Real models end to end with the default monitor: each fit completes, the measures defined for the model log
+finite values, the others are skipped with a reason, and the actual test loss is the user's own validation loss."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.demos.boring_classes import BoringModel
+
+from lightning_gensens import GeneralizationMonitor
+from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.models import Classifier, mlp
+from tests.callbacks.conftest import make_model, make_trainer
+from tests.callbacks.real_models import Regressor, ResidualNet, TinyBert
+
+LABEL_FREE_GENERAL = ("output_sensitivity", "jacobian_norm", "fisher_rao_norm", "linf_norm", "spectral_norm")
+
+
+def _finite(logged, key):
+    return key in logged and math.isfinite(float(logged[key]))
+
+
+def _skips(caplog):
+    return {r.getMessage().split("skipping ")[1].split(":")[0] for r in caplog.records if "skipping" in r.getMessage()}
+
+
+def test_tiny_bert_from_a_config(tmp_path, caplog):
+    pytest.importorskip("transformers")
+    caplog.set_level("INFO")
+    monitor = GeneralizationMonitor(probe_size=64)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(TinyBert())
+    logged = trainer.callback_metrics
+    for name in (*LABEL_FREE_GENERAL, "input_gradient_norm", "relative_flatness", "average_confidence"):
+        assert _finite(logged, f"gensens/{name}/val"), name
+    assert _finite(logged, "gensens/output_sensitivity/pred_test_loss")
+    assert {"active_node_bound", "tangent_sensitivity", "region_sensitivity"} <= _skips(caplog)  # GELU
+    assert math.isclose(float(logged["gensens/test_loss"]), float(logged["val_loss"]), rel_tol=1e-5)
+
+
+def test_token_measures_act_on_the_embedding_output_with_the_attention_mask(tmp_path):
+    """Output sensitivity at σ → 0 vanishes, and the replayed call keeps the mask: the probe's loss equals a direct
+    evaluation with the masks."""
+    pytest.importorskip("transformers")
+    monitor = GeneralizationMonitor(measures=["output_sensitivity", "jacobian_norm"], probe_size=96, strict=True)
+    model = TinyBert()
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(model)
+    data = model.train_dataloader().dataset
+    model.eval()
+    with torch.no_grad():
+        out = model(input_ids=data.ids, attention_mask=data.mask, labels=data.labels)
+    assert math.isclose(float(trainer.callback_metrics["gensens/train_loss"]), float(out.loss), rel_tol=1e-5)
+
+
+def test_resnet_with_a_reused_inplace_relu(tmp_path, caplog):
+    caplog.set_level("INFO")
+    images = ArrayDataModule("digits", image=True)
+    L.seed_everything(0, verbose=False)
+    monitor = GeneralizationMonitor(probe_size=128)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(Classifier(ResidualNet()), images)
+    logged = trainer.callback_metrics
+    for name in (*LABEL_FREE_GENERAL, "input_gradient_norm", "relative_flatness", "active_node_bound"):
+        assert _finite(logged, f"gensens/{name}/pred_test_loss"), name
+    assert {"tangent_sensitivity", "region_sensitivity"} <= _skips(caplog)  # no closed form for conv nets
+
+
+def test_lightnings_boring_model(tmp_path, caplog):
+    """One layer, unlabeled tensor batches, its own loss: label-free measures run, the others are skipped."""
+    caplog.set_level("INFO")
+    monitor = GeneralizationMonitor(probe_size=32)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, limit_train_batches=4, limit_val_batches=2)
+    with pytest.warns(UserWarning, match="carry no labels"):
+        trainer.fit(BoringModel())
+    logged = trainer.callback_metrics
+    assert _finite(logged, "gensens/output_sensitivity/val") and _finite(logged, "gensens/jacobian_norm/val")
+    assert "gensens/test_loss" not in logged
+    assert {"input_gradient_norm", "relative_flatness", "active_node_bound", "tangent_sensitivity"} <= _skips(caplog)
+
+
+def test_a_compiled_module_is_measured_through_its_original_module(tmp_path, digits):
+    model = make_model(digits)
+    model.net = torch.compile(model.net)
+    monitor = GeneralizationMonitor(
+        measures=["input_gradient_norm", "relative_flatness", "output_sensitivity"],
+        probe_size=100,
+        module="net",
+        strict=True,
+    )
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(model, digits)
+    for name in ("input_gradient_norm", "relative_flatness", "output_sensitivity"):
+        assert _finite(trainer.callback_metrics, f"gensens/{name}/pred_test_loss"), name
+
+
+def test_regression_needs_its_loss_and_skips_the_classification_measures(tmp_path, caplog):
+    pytest.importorskip("sklearn")
+    with pytest.raises(ValueError, match="loss_fn"):
+        make_trainer(tmp_path, [GeneralizationMonitor(probe_size=64)], max_epochs=1).fit(Regressor())
+    caplog.set_level("INFO")
+    monitor = GeneralizationMonitor(probe_size=64, loss_fn=torch.nn.functional.mse_loss)
+    trainer = make_trainer(tmp_path / "mse", [monitor], max_epochs=2)
+    trainer.fit(Regressor())
+    logged = trainer.callback_metrics
+    assert math.isclose(float(logged["gensens/test_loss"]), float(logged["val_loss"]), rel_tol=1e-5)
+    assert "gensens/test_error" not in logged and "gensens/output_sensitivity_label_free/pred_test_loss" not in logged
+    assert {"fisher_rao_norm", "trivial", "average_confidence", "atc"} <= _skips(caplog)
+    for name in ("output_sensitivity", "input_gradient_norm", "relative_flatness", "jacobian_norm"):
+        assert _finite(logged, f"gensens/{name}/pred_test_loss"), name
+
+
+def test_a_three_tensor_batch_asks_for_batch_to_xy(tmp_path, digits):
+    class Grouped(Classifier):
+        def validation_step(self, batch, batch_idx):
+            x, group, y = batch
+            self(x)
+
+    class WithGroups(ArrayDataModule):
+        def val_dataloader(self):
+            x, y = self.val_set.tensors
+            data = torch.utils.data.TensorDataset(x, torch.zeros_like(y), y)
+            return torch.utils.data.DataLoader(data, batch_size=128)
+
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    with pytest.raises(TypeError, match="batch_to_xy"):
+        trainer.fit(Grouped(mlp(64)), WithGroups("digits"))
