@@ -35,8 +35,12 @@ def prediction_series(rows: Rows, prefix: str = "gensens") -> Series:
                 name = ACTUAL
             elif key == f"{prefix}/train_loss":
                 name = TRAIN
-            elif key.startswith(f"{prefix}/") and key.endswith(PRED_SUFFIX):
-                name = key[len(prefix) + 1 : -len(PRED_SUFFIX)]
+            elif (
+                key.startswith(f"{prefix}/")
+                and key.endswith(PRED_SUFFIX)
+                and "/" not in key[len(prefix) + 1 :][: -len(PRED_SUFFIX)]
+            ):
+                name = key[len(prefix) + 1 : -len(PRED_SUFFIX)]  # validation predictions only, not a pool's
             else:
                 continue
             xs, ys = series.setdefault(name, ([], []))
@@ -51,7 +55,7 @@ def ranked_estimators(table: Sequence[Mapping[str, Any]]) -> list[str]:
     scored = []
     for row in table:
         name, skill, mae = str(row.get("estimator")), _number(row.get("skill_loss")), _number(row.get("mae_test_loss"))
-        if name != TRIVIAL and (skill is not None or mae is not None):
+        if name != TRIVIAL and "/" not in name and (skill is not None or mae is not None):
             scored.append((skill is None, -(skill or 0.0), math.inf if mae is None else mae, name))
     return [name for *_, name in sorted(scored, key=lambda s: s[:3])]
 

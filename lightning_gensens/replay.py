@@ -173,8 +173,11 @@ class CallTemplate:
         from_batch = args[call.site][0] if isinstance(call.site, int) else kwargs[call.site][0]
         return cls(args, kwargs, call.site) if from_batch else None
 
-    def call(self, batch: Any) -> Call:
+    def call(self, batch: Any) -> Call | None:
+        """The call on ``batch``, or None if ``batch`` lacks an element the template reads (another layout)."""
         elements = dict(_elements(batch))
+        if any(spec[1] not in elements for spec in (*self.args, *self.kwargs.values()) if spec[0]):
+            return None
 
         def value(spec: tuple[bool, Any]) -> Any:
             return elements[spec[1]] if spec[0] else spec[1]

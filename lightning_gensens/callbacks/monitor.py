@@ -15,12 +15,13 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
+from lightning_gensens.callbacks.configuration import Schedule, pools, resolve_measures
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
 from lightning_gensens.callbacks.reporting import Report
 from lightning_gensens.callbacks.session import Session
 from lightning_gensens.capture import ForwardCapture, OutputFn, default_output_fn, exclusive
-from lightning_gensens.measures import MEASURES, LossFn, Measure, Requirement, Settings
+from lightning_gensens.measures import LossFn, Measure, Requirement, Settings
 from lightning_gensens.replay import Call, CallTemplate, Replay
 from lightning_gensens.utilities import evaluation_mode, preserved_rng, weight_layers
 
@@ -82,12 +83,15 @@ class GeneralizationMonitor(Callback):
         self.defaults = Settings(seed=seed, loss_fn=loss_fn or F.cross_entropy)
         self.probe = TrainingProbe(probe_size, probe_batch_size, seed, self.batch_to_xy, probe)
         self.explicit = measures is not None
-        self.measures = _resolve(measures)
+        self.measures = resolve_measures(measures)
         self.report = Report(prefix)
         self.mae_table: list[dict[str, Any]] = []
         self._session: Session | None = None
         self._capture: ForwardCapture | None = None
         self._active = False
+        self._validated = False
+        self._pools: dict[str, Iterable[Any]] = {}
+        self.schedule = Schedule(every_n_epochs)
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
@@ -117,7 +121,7 @@ class GeneralizationMonitor(Callback):
 
     # -- Lightning hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage not in ("fit", "validate"):
             return
         for other in trainer.callbacks:  # type: ignore[attr-defined]
             if other is not self and isinstance(other, GeneralizationMonitor):
@@ -130,9 +134,10 @@ class GeneralizationMonitor(Callback):
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         self._net: nn.Module = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
         weight_layers(self._net)
-        self._unlabeled = self.unlabeled
-        if self._unlabeled is None:
-            self._unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
+        unlabeled = self.unlabeled
+        if unlabeled is None:
+            unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
+        self._pools = pools(unlabeled)
         self._replay = Replay(self._net, self.output_fn or default_output_fn).attach()
         self._template: CallTemplate | None = None
         self._session = Session(
@@ -141,8 +146,8 @@ class GeneralizationMonitor(Callback):
             self.measures,
             self.defaults,
             self._replay,
+            pools=list(self._pools),
             explicit=self.explicit,
-            unlabeled=self._unlabeled is not None,
             strict=self.strict,
         )
         self._capture = ForwardCapture(
@@ -159,19 +164,16 @@ class GeneralizationMonitor(Callback):
             self._replay.detach()
             self._capture = None
 
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.schedule.check(trainer, pl_module, bool(self._pools), self.active_measures, type(self).__name__)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validated = False
+
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._active = (
-            self._capture is not None
-            and not trainer.sanity_checking
-            and (trainer.current_epoch + 1) % self.every_n_epochs == 0
-        )
-        if not self._active or self._capture is None or self._session is None:
-            return
-        for metric in self._session.metrics():
-            metric.to(pl_module.device)
-        self._session.example = None
-        self._capture.clear()
-        self._capture.enabled = True
+        self._active = self._capture is not None and self.schedule.at_validation(trainer)
+        self._validated = self._validated or self._active
+        self._start()
 
     def on_validation_batch_end(
         self,
@@ -195,7 +197,7 @@ class GeneralizationMonitor(Callback):
                 f"the validation batch has {record.y.shape[0]} labels but the model's last forward call saw "
                 f"{record.logits.shape[0]} samples; pass `batch_to_xy=` or `module=` to match them."
             )
-        self._session.feed("val", record, measures=self._unlabeled is None)
+        self._session.feed("val", record)
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._capture is not None:
@@ -203,30 +205,60 @@ class GeneralizationMonitor(Callback):
         if not self._active or self._session is None:
             return
         self._active = False
-        if self._session.example is None:
+        if self._session.example is None and sum(trainer.num_val_batches) > 0:
             raise RuntimeError(
                 f"{type(self).__name__} saw no forward call of {type(self._net).__name__} during validation: "
                 "call the model as self(x) in validation_step, or pass `module=` naming the submodule to measure."
             )
+        self._finish(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Without a validation run this epoch, the unlabeled pools are measured against the training probe."""
+        if self._pools and not self._validated and self.schedule.at_train_epoch_end(trainer):
+            self._active = True
+            self._start()
+            self._finish(trainer, pl_module)
+
+    def _start(self) -> None:
+        if not self._active or self._capture is None or self._session is None:
+            return
+        for metric in self._session.metrics():
+            metric.to(self._net_device())
+        self._session.reset()
+        self._capture.clear()
+        self._capture.enabled = True
+
+    def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        assert self._session is not None and self._capture is not None
+        self._capture.enabled = False
         if not all(bool(torch.isfinite(p).all()) for p in self._net.parameters()):
             rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
         else:
             # the math kernel of attention has the double backward curvature needs (on CPU the others do not)
             with preserved_rng(), evaluation_mode(self._net), sdpa_kernel(SDPBackend.MATH):
                 logs = self._measure(trainer, pl_module)
-            self.report.record(trainer.current_epoch, logs)
-            self.report.define_wandb_step(trainer, logs)
-            pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
+            if logs:
+                self.report.record(trainer.current_epoch, logs)
+                self.report.define_wandb_step(trainer, logs)
+                pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
         self._session.reset()
+
+    def _net_device(self) -> torch.device:
+        return next(self._net.parameters()).device
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.mae_table = self.report.publish(trainer, type(self).__name__)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"report": self.report.state_dict(), "measures": {m.name: m.state_dict() for m in self.measures}}
+        return {
+            "report": self.report.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "measures": {m.name: m.state_dict() for m in self.measures},
+        }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.report.load_state_dict(state_dict.get("report", {}))
+        self.schedule.load_state_dict(state_dict.get("schedule", {}))
         for m in self.measures:
             m.load_state_dict(state_dict.get("measures", {}).get(m.name, {}))
 
@@ -239,11 +271,12 @@ class GeneralizationMonitor(Callback):
             with exclusive(self._capture):
                 self._capture.enabled = True
                 for batch in batches:
-                    self._feed_batch(move_data_to_device(batch, pl_module.device), "train", labels=True)
+                    self._feed_batch(move_data_to_device(batch, pl_module.device), "train")
                     progress.advance()
-                for i, batch in enumerate(self._unlabeled or ()):
-                    if i % trainer.world_size == trainer.global_rank:  # labels never reach an estimator
-                        self._feed_batch(move_data_to_device(batch, pl_module.device), "val", labels=False)
+                for name, loader in self._pools.items():
+                    for i, batch in enumerate(loader):
+                        if i % trainer.world_size == trainer.global_rank:  # labels only score the pool's loss
+                            self._feed_batch(move_data_to_device(batch, pl_module.device), f"pool/{name}")
                 self._capture.enabled = False
             with exclusive(None):
                 return self._session.evaluate(self.prefix, self.shared_prefix, self.report)
@@ -251,38 +284,20 @@ class GeneralizationMonitor(Callback):
             self._capture.enabled = False
             progress.close()
 
-    def _feed_batch(self, batch: Any, split: str, labels: bool) -> None:
+    def _feed_batch(self, batch: Any, split: str) -> None:
         """Call the model on ``batch`` as it was called on the validation batches, and feed the record."""
         assert self._capture is not None and self._session is not None
         x, y = self.batch_to_xy(batch)
-        call = self._template.call(batch) if self._template is not None else Call((x,))
+        example = self._session.example
+        if example is not None and example.call is not None and x.shape[1:] != example.call.input.shape[1:]:
+            raise ValueError(
+                f"the {split} batches have inputs of shape {tuple(x.shape[1:])}, but the model was measured on "
+                f"inputs of shape {tuple(example.call.input.shape[1:])}."
+            )
+        call = self._template.call(batch) if self._template is not None else None
+        call = call or Call((x,))
         self._net(*call.args, **call.kwargs)
         record = self._capture.pop()
         if record is not None:
-            record.y = y if labels else None
+            record.y = y
             self._session.feed(split, record)
-
-
-def _resolve(measures: Sequence[str | Measure | Callback] | None) -> list[Measure]:
-    """Measures from names, instances or single-measure callbacks; each at most once."""
-    resolved: list[Measure] = []
-    for m in list(MEASURES) if measures is None else measures:
-        if isinstance(m, str):
-            if m not in MEASURES:
-                raise ValueError(f"unknown measure {m!r}; available: {sorted(MEASURES)}.")
-            resolved.append(MEASURES[m]())
-        elif isinstance(m, Measure):
-            resolved.append(m)
-        elif isinstance(m, GeneralizationMonitor) and len(m.measures) == 1 and hasattr(m, "monitor_settings"):
-            if m.monitor_settings:
-                raise ValueError(
-                    f"{sorted(m.monitor_settings)} of {type(m).__name__} are settings of a monitor, which "
-                    "GeneralizationMonitor would ignore: set them on GeneralizationMonitor instead."
-                )
-            resolved.append(m.measures[0])
-        else:
-            raise TypeError(f"measures must be names, Measure instances or measure callbacks, got {type(m).__name__}.")
-    names = [m.name for m in resolved]
-    if len(set(names)) != len(names):
-        raise ValueError(f"each measure may be given once, got {names}.")
-    return resolved

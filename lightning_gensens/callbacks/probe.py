@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Trainer
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
 from lightning_gensens.batches import BatchToXY
@@ -42,6 +43,11 @@ class TrainingProbe:
 
     def _draw(self, trainer: Trainer) -> list[Any]:
         source = self.source if self.source is not None else trainer.train_dataloader
+        if source is None:  # trainer.validate(): the training loader the datamodule or the model defines
+            for owner in (trainer.datamodule, trainer.lightning_module):
+                if owner is not None and is_overridden("train_dataloader", owner):
+                    source = owner.train_dataloader()
+                    break
         if source is None:
             raise ValueError(
                 "there is no training loader to draw the probe from (e.g. under trainer.validate()): pass `probe=` a "

@@ -45,10 +45,18 @@ def _skill(mae: float, baseline: float | None, trivial: bool) -> float:
     return 1.0 - mae / baseline if baseline > 0 else math.nan
 
 
-def _rank(row: Mapping[str, Any]) -> tuple[bool, float, bool, float]:
-    """Best first: higher skill on the loss, then lower MAE; NaN last."""
+def _rank(row: Mapping[str, Any]) -> tuple[str, bool, float, bool, float]:
+    """The validation rows, then each pool's; within each, best first: higher skill on the loss, then lower MAE;
+    NaN last."""
     skill, mae = row["skill_loss"], row["mae_test_loss"]
-    return (math.isnan(skill), 0.0 if math.isnan(skill) else -skill, math.isnan(mae), 0.0 if math.isnan(mae) else mae)
+    group = row["estimator"].rpartition("/")[0]
+    return (
+        group,
+        math.isnan(skill),
+        0.0 if math.isnan(skill) else -skill,
+        math.isnan(mae),
+        0.0 if math.isnan(mae) else mae,
+    )
 
 
 class Report:
@@ -105,17 +113,19 @@ class Report:
             estimator: (_value(mae["loss"]), _value(mae["error"]), int(mae["loss"].weight))
             for estimator, mae in self.mae.items()
         }
-        base_loss, base_error = maes[TRIVIAL][:2] if TRIVIAL in maes else (None, None)
         rows = []
         for estimator, (mae_loss, mae_error, runs) in maes.items():
+            group, _, name = estimator.rpartition("/")  # a pool's rows ("pool/<name>/<estimator>") have their own
+            trivial = f"{group}/{TRIVIAL}" if group else TRIVIAL
+            base_loss, base_error = maes[trivial][:2] if trivial in maes else (None, None)
             rows.append(
                 {
                     "estimator": estimator,
                     "needs_labels": self.needs_labels.get(estimator, False),
                     "mae_test_loss": mae_loss,
-                    "skill_loss": _skill(mae_loss, base_loss, estimator == TRIVIAL),
+                    "skill_loss": _skill(mae_loss, base_loss, name == TRIVIAL),
                     "mae_test_error": mae_error,
-                    "skill_error": _skill(mae_error, base_error, estimator == TRIVIAL),
+                    "skill_error": _skill(mae_error, base_error, name == TRIVIAL),
                     "epochs": runs,
                 }
             )

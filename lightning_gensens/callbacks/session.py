@@ -47,16 +47,18 @@ class Session:
         defaults: Settings,
         replay: Replay,
         *,
+        pools: Sequence[str] = (),
         explicit: bool,
-        unlabeled: bool,
         strict: bool,
     ) -> None:
         self.owner, self.net, self.defaults, self.strict, self.replay = owner, net, defaults, strict, replay
         self.explicit = explicit
+        self.pools = [f"pool/{name}" for name in pools]
         self._warned_unlabeled_probe = False
-        self.slots = [self._slot(m) for m in self._applicable(measures, explicit, unlabeled)]
-        self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in SPLITS}
+        self.slots = [self._slot(m) for m in self._applicable(measures, explicit)]
+        self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in (*SPLITS, *self.pools)}
         self.example: Captured | None = None
+        self._seen: dict[str, bool] = {}
         self._outputs_checked = False
 
     def needs(self, requirement: Requirement) -> bool:
@@ -69,28 +71,40 @@ class Session:
     def metrics(self) -> list[Metric]:
         return [*self.split_loss.values(), *(m for s in self.slots for m in s.metrics.values())]
 
+    def seen(self, split: str) -> bool:
+        """Whether ``split`` was fed this run."""
+        return self._seen.get(split, False)
+
     def reset(self) -> None:
         self.example = None
+        self._seen = {}
         self.replay.clear()
         for metric in self.metrics():
             metric.reset()
 
-    def feed(self, split: str, record: Captured, measures: bool = True) -> None:
-        """Update the split's loss and, unless ``measures`` is False, every data measure with one forward pass."""
+    def feed(self, split: str, record: Captured) -> None:
+        """Update the split's loss and every data measure with one forward pass. A pool's labels only score its
+        loss: its measures never see them."""
         if not self._outputs_checked:
             self._check_outputs(record)
         if self.example is None:
             self.example = record
+        elif record.x.shape[1:] != self.example.x.shape[1:]:
+            raise ValueError(
+                f"the {split} batches have inputs of shape {tuple(record.x.shape[1:])}, but the model was measured on "
+                f"inputs of shape {tuple(self.example.x.shape[1:])}."
+            )
+        self._seen[split] = True
         if record.y is not None:
             self.split_loss[split].update(record.logits, record.y)
-        if not measures:
-            return
+        if split in self.pools:
+            record.y = None
         call = record.call
         if call is not None and not (call.plain and call.input.is_floating_point()):
             self.replay.remember(record.x, call)  # for the measures that compute at the end of the run
         with self.replay.replaying(call):
             for slot in self.slots:
-                if slot.measure.needs(Requirement.WEIGHT_ONLY):
+                if split not in slot.metrics:
                     continue
                 if slot.measure.needs(Requirement.LABELS) and record.y is None:
                     self._guard(slot, "reading labels", _no_labels, slot.measure, split)
@@ -99,56 +113,76 @@ class Session:
                 )
 
     def evaluate(self, prefix: str, shared_prefix: str, report: Report) -> dict[str, Tensor]:
-        """Compute every measure, log its values, and score its predictions against the actual test loss."""
+        """Compute every measure, log its values, and score its predictions against the actual test loss; for each
+        pool, predict its loss from the validation data where there was a validation run, else from the probe."""
         assert self.example is not None
-        train, val = (_losses(self.split_loss[s]) for s in SPLITS)
-        logs = {
-            f"{shared_prefix}/train_loss": train["loss"],
-            f"{shared_prefix}/test_loss": val["loss"],
-            f"{shared_prefix}/train_error": train["error"],
-            f"{shared_prefix}/test_error": val["error"],
-        }
+        losses = {split: _losses(metric) for split, metric in self.split_loss.items()}
+        logs: dict[str, Tensor] = {}
+        for split, name in (("train", "train"), ("val", "test"), *((pool, f"{pool}/test") for pool in self.pools)):
+            logs[f"{shared_prefix}/{name}_loss"] = losses[split]["loss"]
+            logs[f"{shared_prefix}/{name}_error"] = losses[split]["error"]
         logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
-        reference = Reference(train["loss"], train["error"], num_outputs=self.example.logits[0].numel())
-        if not bool(torch.isfinite(reference.loss)) and not self._warned_unlabeled_probe:
+        train = losses["train"]
+        if not bool(torch.isfinite(train["loss"])) and not self._warned_unlabeled_probe:
             self._warned_unlabeled_probe = True
             rank_zero_warn(
                 f"{self.owner}: the training probe's batches carry no labels, so there is no train loss for the "
                 "estimators to scale: measures are logged, predicted test losses only where they need no train loss."
             )
+        outputs = self.example.logits[0].numel()
+        pairs = [("", "train", "val")] if self.seen("val") else []
+        reference = "val" if self.seen("val") and bool(torch.isfinite(losses["val"]["loss"])) else "train"
+        pairs += [(f"{pool}/", reference, pool) for pool in self.pools if self.seen(pool)]
         with self.replay.replaying():
-            for slot in self.slots:
-                logs.update(self._evaluate(slot, reference, val, prefix, report))
+            for group, ref, target in pairs:
+                ref_losses = Reference(losses[ref]["loss"], losses[ref]["error"], num_outputs=outputs)
+                for slot in self.slots:
+                    if target in slot.metrics or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
+                        logs.update(
+                            self._evaluate(slot, group, ref, target, ref_losses, losses[target], prefix, report)
+                        )
         return logs
 
     def _evaluate(
-        self, slot: Slot, reference: Reference, val: dict[str, Tensor], prefix: str, report: Report
+        self,
+        slot: Slot,
+        group: str,
+        ref: str,
+        target: str,
+        reference: Reference,
+        actual: dict[str, Tensor],
+        prefix: str,
+        report: Report,
     ) -> dict[str, Tensor]:
-        """One measure's logged values and scored predictions."""
-        measure, example = slot.measure, self.example
+        """One measure's values (``<prefix>/<name>/…``) and its predictions for ``target`` scored as ``group+name``;
+        the measure sees ``ref`` as its ``train`` split and ``target`` as its ``val`` split."""
+        measure = slot.measure
         if measure.needs(Requirement.WEIGHT_ONLY):
-            self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], example, self.net)
-        computed = self._guard(slot, "computing", measure.compute, slot.metrics, self.net, slot.settings)
+            self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], self.example, self.net)
+            metrics = slot.metrics
+        else:
+            metrics = {"train": slot.metrics[ref], "val": slot.metrics[target]}
+        computed = self._guard(slot, "computing", measure.compute, metrics, self.net, slot.settings)
         if computed is None:
             return {}
-        values = self._guard(slot, "reporting", measure.values, computed) or {}
-        logs = {f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()}
+        logs: dict[str, Tensor] = {}
+        if not group:
+            values = self._guard(slot, "reporting", measure.values, computed) or {}
+            logs = {f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()}
         estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
         if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
             estimates = {k: e for k, e in estimates.items() if bool(torch.isfinite(e.loss))}
         needs_labels = measure.needs(Requirement.LABELS)
+        actual_loss, actual_error = float(actual["loss"]), float(actual["error"])
         for name, estimate in estimates.items():
-            actual_loss, actual_error = float(val["loss"]), float(val["error"])
-            logs.update(report.score(name, estimate, actual_loss, actual_error, needs_labels=needs_labels))
+            logs.update(report.score(group + name, estimate, actual_loss, actual_error, needs_labels=needs_labels))
         return logs
 
-    def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool, unlabeled: bool) -> list[Measure[Any]]:
+    def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool) -> list[Measure[Any]]:
         chosen = []
         with evaluation_mode(self.net):
             for m in measures:
                 problem = m.check(self.net)
-                if problem is None and m.needs(Requirement.LABELS) and unlabeled:
-                    problem = f"{m.name} needs labels, so it cannot predict from the unlabeled data."
                 if problem is None:
                     chosen.append(m)
                 elif explicit:
@@ -159,7 +193,10 @@ class Session:
 
     def _slot(self, measure: Measure[Any]) -> Slot:
         settings = measure.settings(self.defaults)
-        keys = (WEIGHTS,) if measure.needs(Requirement.WEIGHT_ONLY) else SPLITS
+        if measure.needs(Requirement.WEIGHT_ONLY):
+            keys: Sequence[str] = (WEIGHTS,)
+        else:  # a pool's labels never reach a measure, so label-needing measures do not predict for pools
+            keys = SPLITS if measure.needs(Requirement.LABELS) else (*SPLITS, *self.pools)
         return Slot(measure, settings, {key: measure.make_metric(self.net, settings) for key in keys})
 
     def _guard(self, slot: Slot, action: str, fn: Callable[..., Any], *args: Any) -> Any:

@@ -25,9 +25,10 @@ class ActiveNodeBound(Measure[ActiveNodeBoundMetric]):
     requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
     def check(self, net: nn.Module) -> str | None:
-        if not any(isinstance(m, nn.ReLU) for m in net.modules()):
-            return f"{type(net).__name__} has no hidden nn.ReLU unit whose activity it could count."
-        return relu_network_problem(net, self.name)
+        problem = relu_network_problem(net, self.name)
+        if problem is None and not any(isinstance(m, nn.ReLU) for m in net.modules()):
+            problem = f"{type(net).__name__} has no hidden nn.ReLU unit whose activity it could count."
+        return problem
 
     def make_metric(self, net: nn.Module, settings: Settings) -> ActiveNodeBoundMetric:
         return ActiveNodeBoundMetric(len(weight_layers(net)))

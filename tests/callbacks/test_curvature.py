@@ -65,9 +65,17 @@ def test_label_needing_measures_refuse_unlabeled_batches(tmp_path, digits, measu
     with pytest.warns(UserWarning, match=f"skipping {measure}: it needs labels"):
         trainer.fit(_NoLabelStep(make_model(digits).net), _ValWithoutLabels("digits"))
     assert trainer.current_epoch == 2 and monitor.active_measures == []
-    unlabeled = GeneralizationMonitor(measures=[measure], unlabeled=[torch.zeros(2, 64)])
-    with pytest.raises(ValueError, match="unlabeled"):
-        make_trainer(tmp_path / "unlabeled", [unlabeled], max_epochs=1).fit(make_model(digits), digits)
+    # with an unlabeled pool it runs on the validation data, and does not predict for the pool (labels needed)
+    pool = DataLoader(TensorDataset(torch.zeros(8, 64)), batch_size=4)
+    unlabeled = GeneralizationMonitor(measures=[measure, "jacobian_norm"], probe_size=100, unlabeled=pool)
+    trainer = make_trainer(tmp_path / "unlabeled", [unlabeled], max_epochs=1)
+    trainer.fit(make_model(digits), digits)
+    logged = trainer.callback_metrics
+    assert (
+        f"gensens/{measure}/pred_test_loss" in logged
+        and "gensens/pool/unlabeled/jacobian_norm/pred_test_loss" in logged
+    )
+    assert not any(k.startswith(f"gensens/pool/unlabeled/{measure}") for k in logged)
 
 
 def test_the_monitors_loss_reaches_the_label_needing_measures(tmp_path, digits):

@@ -1,0 +1,127 @@
+"""When the monitor measures: once per epoch at its last validation run, every n-th validation run, under
+``trainer.validate()``, and without a validation loop from unlabeled pools; and when it says it cannot."""
+
+import math
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gensens import GeneralizationMonitor
+from lightning_gensens.models import Classifier
+from tests.callbacks.conftest import make_model, make_trainer
+
+
+def _measured_epochs(monitor):
+    return [int(row["epoch"]) for row in monitor.history]
+
+
+def test_several_validation_runs_per_epoch_measure_once(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3, val_check_interval=0.5)
+    trainer.fit(make_model(digits), digits)
+    assert _measured_epochs(monitor) == [0, 1, 2]
+    assert monitor.mae_table[0]["epochs"] == 2  # the time-ratio estimators compare whole epochs
+
+
+def test_every_n_epochs_counts_validation_runs(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64, every_n_epochs=2)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=8, check_val_every_n_epoch=2)
+    trainer.fit(make_model(digits), digits)
+    assert _measured_epochs(monitor) == [3, 7]  # validation runs at epochs 1, 3, 5, 7; every second one measured
+
+
+def test_a_time_ratio_estimator_that_can_never_log_is_announced(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64, every_n_epochs=2)
+    with pytest.warns(UserWarning, match="fewer than two times"):
+        make_trainer(tmp_path, [monitor], max_epochs=3).fit(make_model(digits), digits)
+
+
+def test_trainer_validate_measures_a_trained_model(tmp_path, digits):
+    model = make_model(digits)
+    monitor = GeneralizationMonitor(measures=["output_sensitivity", "fisher_rao_norm"], probe_size=64)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    (results,) = trainer.validate(model, digits)
+    assert math.isfinite(results["gensens/output_sensitivity/pred_test_loss"])
+    assert math.isfinite(results["gensens/test_loss"])
+
+
+class _NoValidation(Classifier):
+    validation_step = None  # type: ignore[assignment]
+
+
+def test_without_a_validation_loop_the_pools_are_measured_and_early_stopping_can_use_them(tmp_path, digits):
+    pool = DataLoader(TensorDataset(digits.val_set.tensors[0]), batch_size=128)
+    monitor = GeneralizationMonitor(
+        measures=["output_sensitivity", "average_confidence"], probe_size=128, unlabeled=pool
+    )
+    stop = EarlyStopping("gensens/pool/unlabeled/average_confidence/pred_test_loss", patience=100)
+    trainer = make_trainer(tmp_path, [monitor, stop], max_epochs=3, limit_val_batches=0)
+    model = make_model(digits)
+    trainer.fit(model, digits.train_dataloader())
+    logged = trainer.callback_metrics
+    assert _measured_epochs(monitor) == [0, 1, 2]
+    for key in (
+        "gensens/pool/unlabeled/output_sensitivity/pred_test_loss",
+        "gensens/pool/unlabeled/average_confidence/pred_test_error",
+        "gensens/train_loss",
+    ):
+        assert math.isfinite(float(logged[key])), key
+    assert stop.best_score is not None and math.isfinite(float(stop.best_score))
+
+
+def test_nothing_to_measure_is_said_at_fit_start(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64)
+    with pytest.warns(UserWarning, match="will measure nothing: .*limit_val_batches=0"):
+        make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0).fit(make_model(digits), digits)
+    assert monitor.history == []
+
+
+def test_pools_predict_with_validation_as_reference_and_never_see_their_labels(tmp_path, digits):
+    x, y = digits.val_set.tensors
+    seen_labels = []
+
+    from lightning_gensens.measures import Estimate, Measure
+
+    class Spy(Measure):
+        """Records the labels every update receives."""
+
+        name = "spy"
+
+        def make_metric(self, net, settings):
+            from torchmetrics import SumMetric
+
+            return SumMetric()
+
+        def update(self, metric, record, net):
+            seen_labels.append(record.y)
+            metric.update(record.logits.shape[0])
+
+        def estimate(self, computed, reference):
+            return {self.name: Estimate(reference.loss * computed["val"] / computed["train"])}
+
+    noisy = TensorDataset(x + 0.5 * torch.randn_like(x), y)  # labels held back: for scoring only
+    pools = {"noisy": DataLoader(noisy, batch_size=100), "clean": DataLoader(TensorDataset(x[:50]), batch_size=50)}
+    monitor = GeneralizationMonitor(
+        measures=[Spy(), "trivial", "atc", "input_gradient_norm"], probe_size=128, unlabeled=pools, strict=True
+    )
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(make_model(digits), digits)
+    logged = trainer.callback_metrics
+    pool_updates = [labels for labels in seen_labels if labels is None]
+    assert len(pool_updates) == 2 * (len(noisy) // 100 + (len(noisy) % 100 > 0) + 1)  # pools: never labels
+    assert math.isclose(float(logged["gensens/pool/noisy/trivial/pred_test_loss"]), float(logged["gensens/test_loss"]))
+    assert math.isfinite(float(logged["gensens/pool/noisy/test_loss"]))  # the held-back labels score the pool
+    assert "gensens/pool/clean/test_loss" not in logged and "gensens/pool/clean/atc/pred_test_error" in logged
+    assert not any(k.startswith("gensens/pool/noisy/input_gradient_norm") for k in logged)  # needs labels
+    rows = {r["estimator"]: r for r in monitor.mae_table}
+    assert rows["pool/noisy/trivial"]["skill_loss"] == 0.0 and rows["pool/noisy/spy"]["epochs"] == 2
+
+
+def test_a_pool_with_another_feature_shape_is_an_error_naming_it(tmp_path, digits):
+    pools = {"wrong": DataLoader(TensorDataset(torch.zeros(10, 32)), batch_size=5)}
+    monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe_size=64, unlabeled=pools)
+    with pytest.raises(ValueError, match="pool/wrong"):
+        make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
