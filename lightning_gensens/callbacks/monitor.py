@@ -3,18 +3,20 @@ training probe, feeds every measure's Metrics, and logs actual beside predicted 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
+from lightning_gensens.callbacks.budget import Budget, format_costs
 from lightning_gensens.callbacks.configuration import Schedule, pools, resolve_measures
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
@@ -67,7 +69,8 @@ class GeneralizationMonitor(Callback):
         output_fn: OutputFn | None = None,
         module: str | None = None,
         prefix: str = "gensens",
-        unlabeled: Iterable[Any] | None = None,
+        unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        budget: float | None = 0.1,
         strict: bool = False,
     ) -> None:
         for arg, value in (
@@ -92,6 +95,10 @@ class GeneralizationMonitor(Callback):
         self._validated = False
         self._pools: dict[str, Iterable[Any]] = {}
         self.schedule = Schedule(every_n_epochs)
+        self.budget = Budget(budget)
+        self.cost_table: list[dict[str, Any]] = []
+        self._run_start = 0.0
+        self._run_seconds = 0.0
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
@@ -165,6 +172,7 @@ class GeneralizationMonitor(Callback):
             self._capture = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.budget.fit_start()
         self.schedule.check(trainer, pl_module, bool(self._pools), self.active_measures, type(self).__name__)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -173,7 +181,7 @@ class GeneralizationMonitor(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = self._capture is not None and self.schedule.at_validation(trainer)
         self._validated = self._validated or self._active
-        self._start()
+        self._start(trainer)
 
     def on_validation_batch_end(
         self,
@@ -189,6 +197,7 @@ class GeneralizationMonitor(Callback):
         record = self._capture.pop()
         if record is None or dataloader_idx != 0:
             return
+        start = time.perf_counter()
         record.y = self.batch_to_xy(batch)[1]
         if self._template is None and record.call is not None:  # how to call the model on the probe's batches
             self._template = CallTemplate.infer(batch, record.call)
@@ -198,6 +207,7 @@ class GeneralizationMonitor(Callback):
                 f"{record.logits.shape[0]} samples; pass `batch_to_xy=` or `module=` to match them."
             )
         self._session.feed("val", record)
+        self._run_seconds += time.perf_counter() - start
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._capture is not None:
@@ -216,20 +226,25 @@ class GeneralizationMonitor(Callback):
         """Without a validation run this epoch, the unlabeled pools are measured against the training probe."""
         if self._pools and not self._validated and self.schedule.at_train_epoch_end(trainer):
             self._active = True
-            self._start()
+            self._start(trainer)
             self._finish(trainer, pl_module)
 
-    def _start(self) -> None:
+    def _start(self, trainer: Trainer) -> None:
         if not self._active or self._capture is None or self._session is None:
             return
         for metric in self._session.metrics():
             metric.to(self._net_device())
         self._session.reset()
+        sizes = self._session.full_sizes()
+        fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
+        self._session.plan(self.budget.plan(sizes) if fitting else dict.fromkeys(sizes))
+        self._run_seconds = 0.0
         self._capture.clear()
         self._capture.enabled = True
 
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert self._session is not None and self._capture is not None
+        start = time.perf_counter()
         self._capture.enabled = False
         if not all(bool(torch.isfinite(p).all()) for p in self._net.parameters()):
             rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
@@ -237,6 +252,12 @@ class GeneralizationMonitor(Callback):
             # the math kernel of attention has the double backward curvature needs (on CPU the others do not)
             with preserved_rng(), evaluation_mode(self._net), sdpa_kernel(SDPBackend.MATH):
                 logs = self._measure(trainer, pl_module)
+            seconds, samples = self._session.costs()
+            self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
+            logs[f"{self.shared_prefix}/overhead"] = torch.tensor(self.budget.overhead(), dtype=torch.float64)
+            logs.update(
+                {f"{self.prefix}/{name}/seconds": torch.tensor(t, dtype=torch.float64) for name, t in seconds.items()}
+            )
             if logs:
                 self.report.record(trainer.current_epoch, logs)
                 self.report.define_wandb_step(trainer, logs)
@@ -248,6 +269,15 @@ class GeneralizationMonitor(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.mae_table = self.report.publish(trainer, type(self).__name__)
+        self.cost_table = self.budget.table()
+        if self.cost_table:
+            rank_zero_info(f"{type(self).__name__}: time spent measuring\n{format_costs(self.cost_table)}")
+        starved = [row for row in self.cost_table if row["runs"] < 2]
+        if starved and self.budget.fraction is not None:
+            rank_zero_info(
+                f"{type(self).__name__}: within budget={self.budget.fraction} these measures ran at most once (a "
+                "first, timing run): " + ", ".join(f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in starved)
+            )
 
     def state_dict(self) -> dict[str, Any]:
         return {

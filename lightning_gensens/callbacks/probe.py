@@ -44,7 +44,7 @@ class TrainingProbe:
     def _draw(self, trainer: Trainer) -> list[Any]:
         source = self.source if self.source is not None else trainer.train_dataloader
         if source is None:  # trainer.validate(): the training loader the datamodule or the model defines
-            for owner in (trainer.datamodule, trainer.lightning_module):
+            for owner in (getattr(trainer, "datamodule", None), getattr(trainer, "lightning_module", None)):
                 if owner is not None and is_overridden("train_dataloader", owner):
                     source = owner.train_dataloader()
                     break

@@ -3,8 +3,9 @@ computed Metrics into logged values and scored predictions."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,6 +31,19 @@ class Slot:
     settings: Settings
     metrics: dict[str, Metric]
     failed: bool = False
+    cap: int | None = None
+    """Samples per split it may use this run (None: all, 0: it does not run)."""
+    seconds: float = 0.0
+    """Time it took this run."""
+    fed: dict[str, int] = field(default_factory=dict)
+    """Samples it was fed this run, per split."""
+
+    @property
+    def runs(self) -> bool:
+        return not self.failed and self.cap != 0
+
+    def wants(self, split: str) -> bool:
+        return split in self.metrics and self.runs and (self.cap is None or self.fed.get(split, 0) < self.cap)
 
 
 class Session:
@@ -58,7 +72,8 @@ class Session:
         self.slots = [self._slot(m) for m in self._applicable(measures, explicit)]
         self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in (*SPLITS, *self.pools)}
         self.example: Captured | None = None
-        self._seen: dict[str, bool] = {}
+        self._seen: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         self._outputs_checked = False
 
     def needs(self, requirement: Requirement) -> bool:
@@ -73,11 +88,38 @@ class Session:
 
     def seen(self, split: str) -> bool:
         """Whether ``split`` was fed this run."""
-        return self._seen.get(split, False)
+        return self._seen.get(split, 0) > 0
+
+    def full_sizes(self) -> dict[str, tuple[int, int]]:
+        """Per running measure: the samples over its splits at full size (as of the last run) and its splits."""
+        sizes = {}
+        for slot in self.slots:
+            if not slot.failed:
+                if slot.measure.needs(Requirement.WEIGHT_ONLY):
+                    sizes[slot.measure.name] = (1, 1)
+                else:
+                    splits = [s for s in slot.metrics if s in self._sizes] or list(slot.metrics)
+                    sizes[slot.measure.name] = (sum(self._sizes.get(s, 0) for s in splits), len(splits))
+        return sizes
+
+    def plan(self, caps: dict[str, int | None]) -> None:
+        """Set each measure's samples per split for the coming run."""
+        for slot in self.slots:
+            slot.cap = caps.get(slot.measure.name)
+
+    def costs(self) -> tuple[dict[str, float], dict[str, int]]:
+        """This run's seconds and samples of every measure that ran."""
+        ran = [slot for slot in self.slots if slot.runs and (slot.seconds > 0 or slot.fed)]
+        seconds = {slot.measure.name: slot.seconds for slot in ran}
+        return seconds, {slot.measure.name: sum(slot.fed.values()) or 1 for slot in ran}
 
     def reset(self) -> None:
         self.example = None
+        if self._seen:
+            self._sizes = dict(self._seen)
         self._seen = {}
+        for slot in self.slots:
+            slot.seconds, slot.fed = 0.0, {}
         self.replay.clear()
         for metric in self.metrics():
             metric.reset()
@@ -94,7 +136,7 @@ class Session:
                 f"the {split} batches have inputs of shape {tuple(record.x.shape[1:])}, but the model was measured on "
                 f"inputs of shape {tuple(self.example.x.shape[1:])}."
             )
-        self._seen[split] = True
+        self._seen[split] = self._seen.get(split, 0) + record.logits.shape[0]
         if record.y is not None:
             self.split_loss[split].update(record.logits, record.y)
         if split in self.pools:
@@ -104,8 +146,9 @@ class Session:
             self.replay.remember(record.x, call)  # for the measures that compute at the end of the run
         with self.replay.replaying(call):
             for slot in self.slots:
-                if split not in slot.metrics:
+                if not slot.wants(split):
                     continue
+                slot.fed[split] = slot.fed.get(split, 0) + record.logits.shape[0]
                 if slot.measure.needs(Requirement.LABELS) and record.y is None:
                     self._guard(slot, "reading labels", _no_labels, slot.measure, split)
                 self._guard(
@@ -137,6 +180,8 @@ class Session:
             for group, ref, target in pairs:
                 ref_losses = Reference(losses[ref]["loss"], losses[ref]["error"], num_outputs=outputs)
                 for slot in self.slots:
+                    if not slot.runs:
+                        continue
                     if target in slot.metrics or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
                         logs.update(
                             self._evaluate(slot, group, ref, target, ref_losses, losses[target], prefix, report)
@@ -162,6 +207,8 @@ class Session:
             metrics = slot.metrics
         else:
             metrics = {"train": slot.metrics[ref], "val": slot.metrics[target]}
+            if not all(slot.fed.get(split) for split in (ref, target)):
+                return {}  # a split this measure was not fed (its share of samples ran out, or it has none)
         computed = self._guard(slot, "computing", measure.compute, metrics, self.net, slot.settings)
         if computed is None:
             return {}
@@ -203,6 +250,7 @@ class Session:
         """Run one step of a measure; if it raises, switch the measure off for the rest of the fit (one warning)."""
         if slot.failed:
             return None
+        start = _now(self.net)
         try:
             return fn(*args)
         except Exception as err:
@@ -214,6 +262,8 @@ class Session:
                 "switched off for the rest of this fit; training goes on."
             )
             return None
+        finally:
+            slot.seconds += _now(self.net) - start
 
     def _check_outputs(self, record: Captured) -> None:
         """At the first record: refuse a classification loss on outputs it cannot score, and skip the measures
@@ -241,6 +291,14 @@ class Session:
             raise ValueError(message)
         slot.failed = True
         (rank_zero_warn if self.explicit else rank_zero_info)(message)
+
+
+def _now(net: nn.Module) -> float:
+    """The clock, after the device's queued work (CUDA kernels run asynchronously)."""
+    device = next(net.parameters()).device
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 def _losses(metric: SplitLoss) -> dict[str, Tensor]:

@@ -25,16 +25,22 @@ def test_a_measures_own_settings_win_and_unset_ones_inherit(tmp_path, digits):
     assert own.settings(Settings(seed=0, loss_fn=torch.nn.functional.mse_loss)) == Settings(
         seed=5, loss_fn=torch.nn.functional.mse_loss
     )
-    seeded = _fit(tmp_path / "a", [GeneralizationMonitor(measures=[OutputSensitivity(seed=5)], probe_size=64)], digits)
-    same = _fit(tmp_path / "b", [GeneralizationMonitor(measures=[own], probe_size=64, seed=1)], digits)
-    other = _fit(tmp_path / "c", [GeneralizationMonitor(measures=["output_sensitivity"], probe_size=64)], digits)
+    seeded = _fit(
+        tmp_path / "a",
+        [GeneralizationMonitor(budget=None, measures=[OutputSensitivity(seed=5)], probe_size=64)],
+        digits,
+    )
+    same = _fit(tmp_path / "b", [GeneralizationMonitor(budget=None, measures=[own], probe_size=64, seed=1)], digits)
+    other = _fit(
+        tmp_path / "c", [GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=64)], digits
+    )
     key = "gensens/output_sensitivity/val"  # the validation value depends on the noise seed only
     assert float(seeded[key]) == float(same[key]) != float(other[key])
 
 
 def test_monitor_settings_on_a_measure_callback_handed_to_a_monitor_are_refused():
     with pytest.raises(ValueError, match="probe_size"):
-        GeneralizationMonitor(measures=[OutputSensitivity(probe_size=10)])
+        GeneralizationMonitor(budget=None, measures=[OutputSensitivity(probe_size=10)])
 
 
 def test_register_measure_refuses_a_taken_name():
@@ -48,31 +54,37 @@ def test_register_measure_refuses_a_taken_name():
 
 
 def test_state_key_comes_from_the_users_configuration_only():
-    default = GeneralizationMonitor().state_key
+    default = GeneralizationMonitor(budget=None).state_key
 
     @register_measure
     class Later(Measure):
         name = "added_in_a_later_release"
 
     try:
-        assert GeneralizationMonitor().state_key == default  # a release adding a measure keeps checkpoints
+        assert GeneralizationMonitor(budget=None).state_key == default  # a release adding a measure keeps checkpoints
     finally:
         del MEASURES["added_in_a_later_release"]
-    explicit = GeneralizationMonitor(measures=["linf_norm"]).state_key
+    explicit = GeneralizationMonitor(budget=None, measures=["linf_norm"]).state_key
     assert explicit != default and "linf_norm" in explicit
-    assert GeneralizationMonitor(prefix="other").state_key != default
+    assert GeneralizationMonitor(budget=None, prefix="other").state_key != default
 
 
 def test_callbacks_never_share_a_capture_a_record_or_a_key(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["output_sensitivity", "jacobian_norm"], probe_size=64)
-    after = OutputSensitivity(probe_size=64, prefix="solo")  # listed after the monitor's noisy forward passes
+    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity", "jacobian_norm"], probe_size=64)
+    after = OutputSensitivity(
+        probe_size=64, prefix="solo", budget=None
+    )  # listed after the monitor's noisy forward passes
     logged = _fit(tmp_path / "both", [monitor, after], digits)
-    alone = _fit(tmp_path / "alone", [OutputSensitivity(probe_size=64, prefix="solo")], digits)
+    alone = _fit(tmp_path / "alone", [OutputSensitivity(probe_size=64, prefix="solo", budget=None)], digits)
     for key in ("solo/output_sensitivity/test_loss", "solo/output_sensitivity/val", "solo/output_sensitivity/train"):
         assert float(logged[key]) == float(alone[key]), key
     assert float(logged["solo/output_sensitivity/test_loss"]) == float(logged["gensens/test_loss"])
     with pytest.raises(ValueError, match="another `prefix=`"):
-        _fit(tmp_path / "clash", [GeneralizationMonitor(probe_size=64), OutputSensitivity(probe_size=64)], digits)
+        _fit(
+            tmp_path / "clash",
+            [GeneralizationMonitor(budget=None, probe_size=64), OutputSensitivity(probe_size=64)],
+            digits,
+        )
 
 
 class Exploding(Measure):
@@ -93,7 +105,7 @@ class Exploding(Measure):
 
 
 def test_a_failing_measure_is_switched_off_with_one_warning_and_training_goes_on(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=[Exploding(), "output_sensitivity"], probe_size=300)
+    monitor = GeneralizationMonitor(budget=None, measures=[Exploding(), "output_sensitivity"], probe_size=300)
     with pytest.warns(UserWarning, match="exploding raised RuntimeError while updating .*boom") as caught:
         logged = _fit(tmp_path, [monitor], digits, epochs=2)
     assert sum("exploding" in str(w.message) for w in caught) == 1
@@ -101,7 +113,11 @@ def test_a_failing_measure_is_switched_off_with_one_warning_and_training_goes_on
     assert math.isfinite(float(logged["gensens/output_sensitivity/pred_test_loss"]))
     assert not any(k.startswith("gensens/exploding") for k in logged)
     with pytest.raises(RuntimeError, match="boom"):
-        _fit(tmp_path / "strict", [GeneralizationMonitor(measures=[Exploding()], probe_size=300, strict=True)], digits)
+        _fit(
+            tmp_path / "strict",
+            [GeneralizationMonitor(budget=None, measures=[Exploding()], probe_size=300, strict=True)],
+            digits,
+        )
 
 
 def test_the_math_layers_import_without_lightning_wandb_or_sklearn():

@@ -14,7 +14,7 @@ from tests.callbacks.conftest import make_model, make_trainer
 
 def test_relative_flatness_logs_every_layer_with_error_and_iterations(tmp_path, digits):
     monitor = GeneralizationMonitor(
-        measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)], probe_size=200
+        budget=None, measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)], probe_size=200
     )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
@@ -30,7 +30,9 @@ def test_relative_flatness_logs_every_layer_with_error_and_iterations(tmp_path, 
 
 def test_attack_eps_logs_predicted_and_achieved_damage(tmp_path, digits):
     measure = InputGradientNorm(attack_eps=1e-3, attack_samples=128, pgd_steps=5)
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=[measure], probe_size=200)], max_epochs=1)
+    trainer = make_trainer(
+        tmp_path, [GeneralizationMonitor(budget=None, measures=[measure], probe_size=200)], max_epochs=1
+    )
     trainer.fit(make_model(digits), digits)
     logged = trainer.callback_metrics
     for norm in ("linf", "l2"):
@@ -54,20 +56,20 @@ class _NoLabelStep(Classifier):
 
 @pytest.mark.parametrize("measure", ["input_gradient_norm", "relative_flatness"])
 def test_label_needing_measures_refuse_unlabeled_batches(tmp_path, digits, measure):
-    strict = GeneralizationMonitor(measures=[measure], probe_size=100, strict=True)
+    strict = GeneralizationMonitor(budget=None, measures=[measure], probe_size=100, strict=True)
     with pytest.raises(ValueError, match="needs labels"):
         make_trainer(tmp_path, [strict], max_epochs=1).fit(
             _NoLabelStep(make_model(digits).net), _ValWithoutLabels("digits")
         )
     # left on during a real run, the measure is switched off with one warning and training goes on
-    monitor = GeneralizationMonitor(measures=[measure], probe_size=100)
+    monitor = GeneralizationMonitor(budget=None, measures=[measure], probe_size=100)
     trainer = make_trainer(tmp_path / "lenient", [monitor], max_epochs=2)
     with pytest.warns(UserWarning, match=f"skipping {measure}: it needs labels"):
         trainer.fit(_NoLabelStep(make_model(digits).net), _ValWithoutLabels("digits"))
     assert trainer.current_epoch == 2 and monitor.active_measures == []
     # with an unlabeled pool it runs on the validation data, and does not predict for the pool (labels needed)
     pool = DataLoader(TensorDataset(torch.zeros(8, 64)), batch_size=4)
-    unlabeled = GeneralizationMonitor(measures=[measure, "jacobian_norm"], probe_size=100, unlabeled=pool)
+    unlabeled = GeneralizationMonitor(budget=None, measures=[measure, "jacobian_norm"], probe_size=100, unlabeled=pool)
     trainer = make_trainer(tmp_path / "unlabeled", [unlabeled], max_epochs=1)
     trainer.fit(make_model(digits), digits)
     logged = trainer.callback_metrics
@@ -82,7 +84,7 @@ def test_the_monitors_loss_reaches_the_label_needing_measures(tmp_path, digits):
     def smoothed(logits, y):
         return torch.nn.functional.cross_entropy(logits, y, label_smoothing=0.2)
 
-    monitor = GeneralizationMonitor(measures=["input_gradient_norm"], probe_size=100, loss_fn=smoothed)
+    monitor = GeneralizationMonitor(budget=None, measures=["input_gradient_norm"], probe_size=100, loss_fn=smoothed)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model = make_model(digits)
     trainer.fit(model, digits)

@@ -25,7 +25,7 @@ def _logged(tmp_path) -> list[dict[str, str]]:
 
 
 def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digits):
-    monitor = GeneralizationMonitor(probe_size=300)
+    monitor = GeneralizationMonitor(budget=None, probe_size=300)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
     trainer.fit(make_model(digits), digits)
     metrics = trainer.callback_metrics
@@ -54,7 +54,7 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
 
 
 def test_actual_losses_match_a_direct_evaluation(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=10_000)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=10_000)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model = make_model(digits)
     trainer.fit(model, digits)
@@ -79,7 +79,7 @@ def _final_weights(tmp_path, digits, callbacks) -> dict[str, Tensor]:
 
 def test_measuring_does_not_change_training(tmp_path, digits):
     plain = _final_weights(tmp_path / "plain", digits, [])
-    monitor = GeneralizationMonitor(probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, probe_size=200)
     measured = _final_weights(tmp_path / "measured", digits, [monitor])
     assert plain.keys() == measured.keys()
     for k in plain:
@@ -87,13 +87,13 @@ def test_measuring_does_not_change_training(tmp_path, digits):
 
 
 def test_resume_continues_time_ratio_estimators(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm", "spectral_norm"], probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm", "spectral_norm"], probe_size=200)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
     ckpt = trainer.checkpoint_callback.best_model_path
     assert monitor.mae_table[0]["epochs"] == 1
 
-    resumed = GeneralizationMonitor(measures=["linf_norm", "spectral_norm"], probe_size=200)
+    resumed = GeneralizationMonitor(budget=None, measures=["linf_norm", "spectral_norm"], probe_size=200)
     trainer = make_trainer(tmp_path / "resumed", [resumed], max_epochs=4)
     trainer.fit(make_model(digits), digits, ckpt_path=ckpt)
     rows = [r for r in _logged(tmp_path / "resumed") if r.get("gensens/test_loss")]
@@ -123,7 +123,7 @@ def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
             ratio = computed["val"] / computed["train"]
             return {"logit_norm": Estimate(ratio * reference.loss, ratio * reference.error)}
 
-    monitor = GeneralizationMonitor(measures=[LogitNorm(), "output_sensitivity"], probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, measures=[LogitNorm(), "output_sensitivity"], probe_size=200)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
     assert "logit_norm" not in MEASURES
@@ -132,7 +132,7 @@ def test_a_new_measure_plugs_in_without_touching_the_monitor(tmp_path, digits):
 
 
 def test_a_single_measure_callback_runs_alone(tmp_path, digits):
-    trainer = make_trainer(tmp_path, [OutputSensitivity(sigma=0.05, probe_size=100)], max_epochs=1)
+    trainer = make_trainer(tmp_path, [OutputSensitivity(sigma=0.05, probe_size=100, budget=None)], max_epochs=1)
     trainer.fit(make_model(digits), digits)
     assert {
         "gensens/output_sensitivity/val",
@@ -142,7 +142,7 @@ def test_a_single_measure_callback_runs_alone(tmp_path, digits):
 
 
 def test_two_instances_coexist_in_checkpoints(tmp_path, digits):
-    a, b = GeneralizationMonitor(measures=["linf_norm"], probe_size=50), OutputSensitivity(probe_size=50)
+    a, b = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=50), OutputSensitivity(probe_size=50)
     assert a.state_key != b.state_key
     trainer = make_trainer(tmp_path, [a, b], max_epochs=1)
     trainer.fit(make_model(digits), digits)
@@ -151,7 +151,9 @@ def test_two_instances_coexist_in_checkpoints(tmp_path, digits):
 
 
 def test_measures_every_n_epochs(tmp_path, digits):
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"], every_n_epochs=2)], max_epochs=4)
+    trainer = make_trainer(
+        tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"], every_n_epochs=2)], max_epochs=4
+    )
     trainer.fit(make_model(digits), digits)
     assert sum(1 for r in _logged(tmp_path) if r.get("gensens/test_loss")) == 2
 
@@ -159,9 +161,9 @@ def test_measures_every_n_epochs(tmp_path, digits):
 # -- bad input ---------------------------------------------------------------------------------------------------
 def test_arguments_are_validated():
     with pytest.raises(ValueError, match="probe_size"):
-        GeneralizationMonitor(probe_size=0)
+        GeneralizationMonitor(budget=None, probe_size=0)
     with pytest.raises(ValueError, match="unknown measure"):
-        GeneralizationMonitor(measures=["nope"])
+        GeneralizationMonitor(budget=None, measures=["nope"])
     with pytest.raises(ValueError, match="sigma"):
         OutputSensitivity(sigma=-1)
 
@@ -175,7 +177,7 @@ def test_model_without_linear_or_conv_layers(tmp_path, digits):
         def forward(self, x):
             return x[:, :10] * self.scale
 
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor()], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None)], max_epochs=1)
     with pytest.raises(ValueError, match="no nn.Linear or nn.Conv"):
         trainer.fit(NoWeights(), digits)
 
@@ -209,7 +211,7 @@ def test_empty_or_unsized_probe_source():
 
 
 def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe_size=100)
+    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=100)
     make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
     first = monitor.probe.batches[0][0]
     images = ArrayDataModule("digits", image=True)  # other data with another shape
@@ -225,7 +227,7 @@ def test_nan_weights_are_reported_not_measured(tmp_path, digits):
                 self.net[1].weight[0, 0] = float("nan")
 
     model = Diverging(make_model(digits).net)
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(probe_size=50)], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=50)], max_epochs=1)
     with pytest.warns(UserWarning, match="NaN/Inf weights"):
         trainer.fit(model, digits)
     assert not any(k.startswith("gensens/") for k in trainer.callback_metrics)
@@ -246,11 +248,11 @@ def test_unreadable_batch_layout(tmp_path, digits):
                 self.val_set, batch_size=128, collate_fn=lambda items: Batch(torch.utils.data.default_collate(items))
             )
 
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(TypeError, match="batch_to_xy"):
         trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
     monitor = GeneralizationMonitor(
-        measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if isinstance(b, Batch) else tuple(b)
+        budget=None, measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if isinstance(b, Batch) else tuple(b)
     )
     trainer = make_trainer(tmp_path / "ok", [monitor], max_epochs=1)
     trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
@@ -263,24 +265,26 @@ def test_validation_step_that_never_calls_the_model(tmp_path, digits):
             x, y = batch
             self.log("val/loss", nn.functional.cross_entropy(self.net(x), y))
 
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(RuntimeError, match="module="):
         trainer.fit(Indirect(make_model(digits).net), digits)
-    trainer = make_trainer(tmp_path / "ok", [GeneralizationMonitor(measures=["linf_norm"], module="net")], max_epochs=1)
+    trainer = make_trainer(
+        tmp_path / "ok", [GeneralizationMonitor(budget=None, measures=["linf_norm"], module="net")], max_epochs=1
+    )
     trainer.fit(Indirect(make_model(digits).net), digits)
     assert "gensens/linf_norm/val" in trainer.callback_metrics
 
 
 def test_hooks_are_removed_after_fit(tmp_path, digits):
     model = make_model(digits)
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(probe_size=50)], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=50)], max_epochs=1)
     trainer.fit(model, digits)
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
     """Under 2-process gloo DDP, the logged losses are those of the whole validation set and the whole probe."""
-    monitor = GeneralizationMonitor(probe_size=256)
+    monitor = GeneralizationMonitor(budget=None, probe_size=256)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2, strategy="ddp_fork", devices=2)
     model = make_model(digits)
     trainer.fit(model, digits)  # ddp_fork copies rank 0's final weights back into `model`
@@ -316,7 +320,7 @@ def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):
         )
         if name in MEASURES
     ]
-    monitor = GeneralizationMonitor(measures=general, probe_size=128)
+    monitor = GeneralizationMonitor(budget=None, measures=general, probe_size=128)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(model, images)
     for name in general:
@@ -332,7 +336,7 @@ def test_epoch_end_work_shows_on_the_progress_bar(tmp_path, digits, bar, capsys)
     progress = TQDMProgressBar() if bar == "tqdm" else RichProgressBar()
     trainer = make_trainer(
         tmp_path,
-        [GeneralizationMonitor(measures=["linf_norm"], probe_size=300), progress],
+        [GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=300), progress],
         max_epochs=1,
         enable_progress_bar=True,
     )

@@ -28,7 +28,7 @@ def _skips(caplog):
 def test_tiny_bert_from_a_config(tmp_path, caplog):
     pytest.importorskip("transformers")
     caplog.set_level("INFO")
-    monitor = GeneralizationMonitor(probe_size=64)
+    monitor = GeneralizationMonitor(budget=None, probe_size=64)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(TinyBert())
     logged = trainer.callback_metrics
@@ -43,7 +43,9 @@ def test_token_measures_act_on_the_embedding_output_with_the_attention_mask(tmp_
     """Output sensitivity at σ → 0 vanishes, and the replayed call keeps the mask: the probe's loss equals a direct
     evaluation with the masks."""
     pytest.importorskip("transformers")
-    monitor = GeneralizationMonitor(measures=["output_sensitivity", "jacobian_norm"], probe_size=96, strict=True)
+    monitor = GeneralizationMonitor(
+        budget=None, measures=["output_sensitivity", "jacobian_norm"], probe_size=96, strict=True
+    )
     model = TinyBert()
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     trainer.fit(model)
@@ -58,7 +60,7 @@ def test_resnet_with_a_reused_inplace_relu(tmp_path, caplog):
     caplog.set_level("INFO")
     images = ArrayDataModule("digits", image=True)
     L.seed_everything(0, verbose=False)
-    monitor = GeneralizationMonitor(probe_size=128)
+    monitor = GeneralizationMonitor(budget=None, probe_size=128)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(Classifier(ResidualNet()), images)
     logged = trainer.callback_metrics
@@ -70,7 +72,7 @@ def test_resnet_with_a_reused_inplace_relu(tmp_path, caplog):
 def test_lightnings_boring_model(tmp_path, caplog):
     """One layer, unlabeled tensor batches, its own loss: label-free measures run, the others are skipped."""
     caplog.set_level("INFO")
-    monitor = GeneralizationMonitor(probe_size=32)
+    monitor = GeneralizationMonitor(budget=None, probe_size=32)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2, limit_train_batches=4, limit_val_batches=2)
     with pytest.warns(UserWarning, match="carry no labels"):
         trainer.fit(BoringModel())
@@ -84,6 +86,7 @@ def test_a_compiled_module_is_measured_through_its_original_module(tmp_path, dig
     model = make_model(digits)
     model.net = torch.compile(model.net)
     monitor = GeneralizationMonitor(
+        budget=None,
         measures=["input_gradient_norm", "relative_flatness", "output_sensitivity"],
         probe_size=100,
         module="net",
@@ -98,9 +101,9 @@ def test_a_compiled_module_is_measured_through_its_original_module(tmp_path, dig
 def test_regression_needs_its_loss_and_skips_the_classification_measures(tmp_path, caplog):
     pytest.importorskip("sklearn")
     with pytest.raises(ValueError, match="loss_fn"):
-        make_trainer(tmp_path, [GeneralizationMonitor(probe_size=64)], max_epochs=1).fit(Regressor())
+        make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=64)], max_epochs=1).fit(Regressor())
     caplog.set_level("INFO")
-    monitor = GeneralizationMonitor(probe_size=64, loss_fn=torch.nn.functional.mse_loss)
+    monitor = GeneralizationMonitor(budget=None, probe_size=64, loss_fn=torch.nn.functional.mse_loss)
     trainer = make_trainer(tmp_path / "mse", [monitor], max_epochs=2)
     trainer.fit(Regressor())
     logged = trainer.callback_metrics
@@ -123,6 +126,6 @@ def test_a_three_tensor_batch_asks_for_batch_to_xy(tmp_path, digits):
             data = torch.utils.data.TensorDataset(x, torch.zeros_like(y), y)
             return torch.utils.data.DataLoader(data, batch_size=128)
 
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=["linf_norm"])], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(TypeError, match="batch_to_xy"):
         trainer.fit(Grouped(mlp(64)), WithGroups("digits"))

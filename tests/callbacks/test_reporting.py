@@ -189,7 +189,7 @@ def _logged(tmp_path) -> tuple[list[str], list[dict[str, str]]]:
 
 def test_fit_logs_the_baselines_and_the_skill_table(tmp_path, digits):
     backend = matplotlib.get_backend()
-    monitor = GeneralizationMonitor(probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, probe_size=200)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
     assert matplotlib.get_backend() == backend

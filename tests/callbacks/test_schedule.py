@@ -3,7 +3,6 @@
 
 import math
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping
@@ -19,7 +18,7 @@ def _measured_epochs(monitor):
 
 
 def test_several_validation_runs_per_epoch_measure_once(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=64)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3, val_check_interval=0.5)
     trainer.fit(make_model(digits), digits)
     assert _measured_epochs(monitor) == [0, 1, 2]
@@ -27,21 +26,21 @@ def test_several_validation_runs_per_epoch_measure_once(tmp_path, digits):
 
 
 def test_every_n_epochs_counts_validation_runs(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64, every_n_epochs=2)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=64, every_n_epochs=2)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=8, check_val_every_n_epoch=2)
     trainer.fit(make_model(digits), digits)
     assert _measured_epochs(monitor) == [3, 7]  # validation runs at epochs 1, 3, 5, 7; every second one measured
 
 
 def test_a_time_ratio_estimator_that_can_never_log_is_announced(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64, every_n_epochs=2)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=64, every_n_epochs=2)
     with pytest.warns(UserWarning, match="fewer than two times"):
         make_trainer(tmp_path, [monitor], max_epochs=3).fit(make_model(digits), digits)
 
 
 def test_trainer_validate_measures_a_trained_model(tmp_path, digits):
     model = make_model(digits)
-    monitor = GeneralizationMonitor(measures=["output_sensitivity", "fisher_rao_norm"], probe_size=64)
+    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity", "fisher_rao_norm"], probe_size=64)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     (results,) = trainer.validate(model, digits)
     assert math.isfinite(results["gensens/output_sensitivity/pred_test_loss"])
@@ -55,7 +54,7 @@ class _NoValidation(Classifier):
 def test_without_a_validation_loop_the_pools_are_measured_and_early_stopping_can_use_them(tmp_path, digits):
     pool = DataLoader(TensorDataset(digits.val_set.tensors[0]), batch_size=128)
     monitor = GeneralizationMonitor(
-        measures=["output_sensitivity", "average_confidence"], probe_size=128, unlabeled=pool
+        budget=None, measures=["output_sensitivity", "average_confidence"], probe_size=128, unlabeled=pool
     )
     stop = EarlyStopping("gensens/pool/unlabeled/average_confidence/pred_test_loss", patience=100)
     trainer = make_trainer(tmp_path, [monitor, stop], max_epochs=3, limit_val_batches=0)
@@ -73,7 +72,7 @@ def test_without_a_validation_loop_the_pools_are_measured_and_early_stopping_can
 
 
 def test_nothing_to_measure_is_said_at_fit_start(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["linf_norm"], probe_size=64)
+    monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=64)
     with pytest.warns(UserWarning, match="will measure nothing: .*limit_val_batches=0"):
         make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0).fit(make_model(digits), digits)
     assert monitor.history == []
@@ -105,7 +104,11 @@ def test_pools_predict_with_validation_as_reference_and_never_see_their_labels(t
     noisy = TensorDataset(x + 0.5 * torch.randn_like(x), y)  # labels held back: for scoring only
     pools = {"noisy": DataLoader(noisy, batch_size=100), "clean": DataLoader(TensorDataset(x[:50]), batch_size=50)}
     monitor = GeneralizationMonitor(
-        measures=[Spy(), "trivial", "atc", "input_gradient_norm"], probe_size=128, unlabeled=pools, strict=True
+        budget=None,
+        measures=[Spy(), "trivial", "atc", "input_gradient_norm"],
+        probe_size=128,
+        unlabeled=pools,
+        strict=True,
     )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
@@ -122,6 +125,6 @@ def test_pools_predict_with_validation_as_reference_and_never_see_their_labels(t
 
 def test_a_pool_with_another_feature_shape_is_an_error_naming_it(tmp_path, digits):
     pools = {"wrong": DataLoader(TensorDataset(torch.zeros(10, 32)), batch_size=5)}
-    monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe_size=64, unlabeled=pools)
+    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=64, unlabeled=pools)
     with pytest.raises(ValueError, match="pool/wrong"):
         make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)

@@ -24,13 +24,13 @@ def _gelu_model(digits) -> Classifier:
 
 @pytest.mark.parametrize("measure", [ActiveNodeBound, RegionSensitivity, TangentSensitivity])
 def test_relu_only_measures_refuse_a_gelu_network_naming_the_module(tmp_path, digits, measure):
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(measures=[measure()])], max_epochs=1)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=[measure()])], max_epochs=1)
     with pytest.raises(ValueError, match="GELU|net.1"):
         trainer.fit(_gelu_model(digits), digits)
 
 
 def test_default_monitor_skips_them_on_a_gelu_network(tmp_path, digits):
-    monitor = GeneralizationMonitor(probe_size=100)
+    monitor = GeneralizationMonitor(budget=None, probe_size=100)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     trainer.fit(_gelu_model(digits), digits)
     names = {m.name for m in monitor.active_measures}
@@ -39,7 +39,9 @@ def test_default_monitor_skips_them_on_a_gelu_network(tmp_path, digits):
 
 
 def test_soft_regions_and_pattern_counts(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=[RegionSensitivity(mode="soft"), "active_node_bound"], probe_size=300)
+    monitor = GeneralizationMonitor(
+        budget=None, measures=[RegionSensitivity(mode="soft"), "active_node_bound"], probe_size=300
+    )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
     logged = trainer.callback_metrics
@@ -58,7 +60,7 @@ def test_hutchinson_tangent_sensitivity_on_a_cnn(tmp_path):
     L.seed_everything(0, verbose=False)
     model = Classifier(small_cnn(1, 8, 10, width=4, batch_norm=True))
     monitor = GeneralizationMonitor(
-        measures=[TangentSensitivity(method="hutchinson"), "active_node_bound"], probe_size=64
+        budget=None, measures=[TangentSensitivity(method="hutchinson"), "active_node_bound"], probe_size=64
     )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=1)
     trainer.fit(model, images)

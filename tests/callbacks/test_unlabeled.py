@@ -45,7 +45,7 @@ class NeedsLabels(Measure):
 
 def test_label_free_measures_predict_and_label_needing_ones_are_skipped(tmp_path, digits, caplog):
     label_free = [name for name, cls in MEASURES.items() if not cls.requires & Requirement.LABELS]
-    monitor = GeneralizationMonitor(probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, probe_size=200)
     monitor.measures.append(NeedsLabels())  # a label-needing measure among the defaults
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(NoValLabels(make_model(digits).net), Unlabeled("digits"))
@@ -61,7 +61,7 @@ def test_label_free_measures_predict_and_label_needing_ones_are_skipped(tmp_path
 
 def test_unlabeled_loader_argument_keeps_the_actual_test_loss(tmp_path, digits):
     unlabeled = DataLoader(TensorDataset(digits.val_set.tensors[0][:100]), batch_size=50)
-    monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe_size=200, unlabeled=unlabeled)
+    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=200, unlabeled=unlabeled)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     model = make_model(digits)
     trainer.fit(model, digits)

@@ -19,7 +19,7 @@ EPOCHS = 3
 def wandb_run_dir(tmp_path, monkeypatch, digits):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monitor = GeneralizationMonitor(probe_size=200)
+    monitor = GeneralizationMonitor(budget=None, probe_size=200)
     trainer = L.Trainer(
         max_epochs=EPOCHS,
         callbacks=[monitor],

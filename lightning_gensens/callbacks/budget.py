@@ -1,0 +1,106 @@
+"""The monitor's compute budget: measuring stays within a fraction of the fit's training time."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIN_SAMPLES = 64
+"""Samples per split a measure gets on its first run (to time it) and at least whenever it runs on a share."""
+
+
+@dataclass
+class Cost:
+    """What one measure has cost in this fit."""
+
+    runs: int = 0
+    seconds: float = 0.0
+    per_sample: float = 0.0
+    """Seconds per sample of its last run (per run, for a measure whose cost does not depend on samples)."""
+    samples: int = 0
+    """Samples of its last run."""
+
+
+class Budget:
+    """Plans, before each measuring run, which measures run and on how many samples per split, so that the time
+    spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
+    accounts the time each measure took.
+
+    A measure first runs on :data:`MIN_SAMPLES` samples per split, which times it. Then, cheapest first, a
+    measure runs on every sample if its cost at the last run's rate fits the time left, on as many samples as fit
+    (at least :data:`MIN_SAMPLES`) otherwise, or waits: the allowance grows with training time, so an expensive
+    measure runs less often rather than never. ``fraction=None`` runs every measure on everything, every time.
+    """
+
+    def __init__(self, fraction: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
+        if fraction is not None and not fraction > 0:
+            raise ValueError(f"budget must be a positive fraction of the training time or None, got {fraction!r}.")
+        self.fraction, self.clock = fraction, clock
+        self.costs: dict[str, Cost] = {}
+        self.measuring = 0.0
+        self.base = 0.0
+        self._start: float | None = None
+
+    def fit_start(self) -> None:
+        self._start, self.measuring, self.base = self.clock(), 0.0, 0.0
+        self.costs = {}
+
+    def training_time(self) -> float:
+        return 0.0 if self._start is None else max(self.clock() - self._start - self.measuring, 0.0)
+
+    def overhead(self) -> float:
+        """Measuring time over training time so far."""
+        training = self.training_time()
+        return self.measuring / training if training > 0 else math.inf
+
+    def plan(self, full: Mapping[str, tuple[int, int]]) -> dict[str, int | None]:
+        """Per measure the samples per split it may use this run: ``None`` for all, 0 to skip. ``full`` gives each
+        measure's samples over all its splits at full size (as of the last run; 1 for a weight-only measure) and
+        its number of splits."""
+        if self.fraction is None:
+            return {name: None for name in full}
+        left = self.fraction * self.training_time() - self.measuring - self.base
+        plan: dict[str, int | None] = {}
+        known = []
+        for name, (samples, splits) in full.items():
+            cost = self.costs.get(name)
+            if cost is None:
+                plan[name] = MIN_SAMPLES  # a first, small run times it
+            else:
+                known.append((cost.per_sample * max(samples, 1), name, samples, splits))
+        for estimate, name, samples, splits in sorted(known):
+            per_split = int(left / (self.costs[name].per_sample * splits)) if left > 0 else 0
+            if estimate <= left:
+                plan[name], left = None, left - estimate
+            elif samples > splits and per_split >= MIN_SAMPLES:  # a data measure on a share of its samples
+                plan[name], left = per_split, left - self.costs[name].per_sample * per_split * splits
+            else:
+                plan[name] = 0
+        return plan
+
+    def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
+        """Account a run: each measure's seconds and samples, and the run's total wall time."""
+        self.measuring += total
+        self.base = max(total - sum(seconds.values()), 0.0)
+        for name, spent in seconds.items():
+            cost = self.costs.setdefault(name, Cost())
+            cost.runs += 1
+            cost.seconds += spent
+            cost.samples = samples.get(name, 1)
+            cost.per_sample = spent / max(cost.samples, 1)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per measure: runs, total seconds, seconds per run."""
+        return [
+            {"measure": name, "runs": c.runs, "seconds": c.seconds, "seconds_per_run": c.seconds / max(c.runs, 1)}
+            for name, c in sorted(self.costs.items(), key=lambda item: -item[1].seconds)
+        ]
+
+
+def format_costs(table: list[dict[str, Any]]) -> str:
+    header = f"{'measure':<30}{'runs':>6}{'seconds':>12}{'s per run':>12}"
+    rows = [f"{r['measure']:<30}{r['runs']:>6}{r['seconds']:>12.3f}{r['seconds_per_run']:>12.4f}" for r in table]
+    return "\n".join([header, "-" * len(header), *rows])
