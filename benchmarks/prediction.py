@@ -130,7 +130,7 @@ def shifted_pools(raw: np.ndarray, image: bool, seed: int) -> dict[str, Tensor]:
         amount = torch.randint(1, 3, (n,), generator=g) * (2 * torch.randint(0, 2, (n,), generator=g) - 1)
         vertical = torch.rand(n, generator=g) < 0.5
         rolled = torch.stack(
-            [torch.roll(im, int(a), dims=1 + int(v)) for im, a, v in zip(img[:, 0], amount, vertical)]
+            [torch.roll(im, int(a), dims=int(v)) for im, a, v in zip(img[:, 0], amount, vertical)]
         )
         out["translate"] = rolled.reshape(n, -1)
         patch, side = 4, 8
@@ -378,7 +378,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 6 epochs, 2 setups")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per setup (default 3; 1 with --quick)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 24; 6 with --quick)")
-    parser.add_argument("--probe-size", type=int, default=1024, help="training samples in the monitor's probe")
+    parser.add_argument("--probe-size", type=int, default=512, help="training samples in the monitor's probe")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prediction.md"))
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)

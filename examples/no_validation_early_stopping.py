@@ -37,9 +37,10 @@ def main(epochs: int = 40, patience: int = 3) -> dict[str, float]:
     pool = DataLoader(TensorDataset(x[pooled]), batch_size=256)  # inputs only: no labels reach the monitor
 
     model = Classifier(mlp(digits.num_features, digits.num_classes), lr=1e-3, weight_decay=5e-4, optimizer="adam")
-    # budget=None: measure every epoch (within a time budget a measure may skip epochs, and EarlyStopping would
-    # then compare a stale value)
-    monitor = GeneralizationMonitor(unlabeled=pool, budget=None)
+    # label-free measures only (the others are skipped on a pool anyway); budget=None measures them every epoch,
+    # where within a time budget a measure may skip epochs and EarlyStopping would compare a stale value
+    measures = ["trivial", "average_confidence", "difference_of_confidences", "atc", "output_sensitivity"]
+    monitor = GeneralizationMonitor(measures, unlabeled=pool, budget=None)
     stop = EarlyStopping(KEY, patience=patience, mode="min")  # after the monitor, which logs KEY first
     trainer = L.Trainer(
         max_epochs=epochs,
@@ -57,13 +58,14 @@ def main(epochs: int = 40, patience: int = 3) -> dict[str, float]:
     last = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gensens/pool/")}
     stopped = f"stopped early at epoch {stop.stopped_epoch}" if stop.stopped_epoch else "ran every epoch"
     print(f"\n{stopped} (of {epochs}); best {KEY} = {float(stop.best_score):.4f}")
-    print("last label-free predictions on the unlabeled pool:")
+    print("  ".join(f"{int(row['epoch'])}: {row[KEY]:.4f}" for row in monitor.history if KEY in row))
+    print("last label-free predictions of the test loss on the unlabeled pool:")
     for key in sorted(k for k in last if k.endswith("pred_test_loss")):
-        print(f"  {key:<60}{last[key]:.4f}")
+        print(f"  {key:<70}{last[key]:.4f}")
     model.eval()
     with torch.no_grad():  # the held-back labels, for this comparison only
         actual = float(F.cross_entropy(model(x[pooled]), y[pooled]))
-    print(f"  {'actual loss on the pool (its labels held back until now)':<60}{actual:.4f}")
+    print(f"  {'actual loss on the pool (its labels held back until now)':<70}{actual:.4f}")
     return last
 
 

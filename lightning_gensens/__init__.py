@@ -24,6 +24,10 @@ _EXPORTS = {
     "RelativeFlatness": "lightning_gensens.callbacks",
     "SpectralNorm": "lightning_gensens.callbacks",
     "TangentSensitivity": "lightning_gensens.callbacks",
+    "AverageConfidence": "lightning_gensens.callbacks",
+    "AverageThresholdedConfidence": "lightning_gensens.callbacks",
+    "DifferenceOfConfidences": "lightning_gensens.callbacks",
+    "Trivial": "lightning_gensens.callbacks",
     "Measure": "lightning_gensens.measures",
     "register_measure": "lightning_gensens.measures",
     "RankedModel": "lightning_gensens.ranking",
@@ -33,6 +37,9 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from lightning_gensens.callbacks import (
         ActiveNodeBound,
+        AverageConfidence,
+        AverageThresholdedConfidence,
+        DifferenceOfConfidences,
         FisherRaoNorm,
         GeneralizationMonitor,
         InputGradientNorm,
@@ -44,6 +51,7 @@ if TYPE_CHECKING:
         RelativeFlatness,
         SpectralNorm,
         TangentSensitivity,
+        Trivial,
     )
     from lightning_gensens.measures import Measure, register_measure
     from lightning_gensens.ranking import RankedModel, rank_architectures
@@ -61,6 +69,9 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ActiveNodeBound",
+    "AverageConfidence",
+    "AverageThresholdedConfidence",
+    "DifferenceOfConfidences",
     "FisherRaoNorm",
     "GeneralizationMonitor",
     "InputGradientNorm",
@@ -74,6 +85,7 @@ __all__ = [
     "RelativeFlatness",
     "SpectralNorm",
     "TangentSensitivity",
+    "Trivial",
     "__version__",
     "rank_architectures",
     "register_measure",

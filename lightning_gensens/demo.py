@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     L.seed_everything(args.seed, verbose=False)
     data = ArrayDataModule(args.dataset, batch_size=args.batch_size, seed=args.seed)
     model = Classifier(mlp(data.num_features, data.num_classes), lr=args.lr, weight_decay=args.weight_decay)
-    monitor = GeneralizationMonitor(measures=args.measures, probe_size=args.probe_size, seed=args.seed)
+    # budget=None: every measure on everything every epoch, to show full curves
+    monitor = GeneralizationMonitor(measures=args.measures, probe_size=args.probe_size, seed=args.seed, budget=None)
     os.makedirs(args.out, exist_ok=True)
     csv_logger = CSVLogger(args.out, name="csv")
     loggers: list[Logger] = [csv_logger] + ([_wandb_logger(args.out, f"demo-{args.dataset}")] if args.wandb else [])

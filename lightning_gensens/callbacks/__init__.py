@@ -2,6 +2,9 @@
 
 from lightning_gensens.callbacks.measure_callbacks import (
     ActiveNodeBound,
+    AverageConfidence,
+    AverageThresholdedConfidence,
+    DifferenceOfConfidences,
     FisherRaoNorm,
     InputGradientNorm,
     JacobianNorm,
@@ -12,11 +15,15 @@ from lightning_gensens.callbacks.measure_callbacks import (
     RelativeFlatness,
     SpectralNorm,
     TangentSensitivity,
+    Trivial,
 )
 from lightning_gensens.callbacks.monitor import GeneralizationMonitor
 
 __all__ = [
     "ActiveNodeBound",
+    "AverageConfidence",
+    "AverageThresholdedConfidence",
+    "DifferenceOfConfidences",
     "FisherRaoNorm",
     "GeneralizationMonitor",
     "InputGradientNorm",
@@ -28,4 +35,5 @@ __all__ = [
     "RelativeFlatness",
     "SpectralNorm",
     "TangentSensitivity",
+    "Trivial",
 ]

@@ -101,3 +101,27 @@ class SpectralNorm(MeasureCallback):
     """Callback of :class:`lightning_gensens.measures.SpectralNorm` (the follow-up paper's l⁶)."""
 
     measure_class = measures.SpectralNorm
+
+
+class Trivial(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.Trivial` (test = train: the yardstick of skill)."""
+
+    measure_class = measures.Trivial
+
+
+class AverageConfidence(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.AverageConfidence` (AC; Hendrycks and Gimpel)."""
+
+    measure_class = measures.AverageConfidence
+
+
+class DifferenceOfConfidences(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.DifferenceOfConfidences` (DoC; Guillory et al., 2021)."""
+
+    measure_class = measures.DifferenceOfConfidences
+
+
+class AverageThresholdedConfidence(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.AverageThresholdedConfidence` (ATC; Garg et al., 2022)."""
+
+    measure_class = measures.AverageThresholdedConfidence

@@ -7,6 +7,14 @@ from lightning_gensens.functional.active_node_bound import (
     log_psi_star,
 )
 from lightning_gensens.functional.attacks import adversarial_loss_increase, fgsm, pgd
+from lightning_gensens.functional.confidence import (
+    atc_threshold,
+    average_confidence,
+    average_thresholded_confidence,
+    difference_of_confidences,
+    predictive_entropy,
+    softmax_confidence,
+)
 from lightning_gensens.functional.fisher_rao_norm import fisher_rao_norm, fisher_rao_norm_per_sample
 from lightning_gensens.functional.input_gradient_norm import input_gradient_norm
 from lightning_gensens.functional.jacobian_norm import jacobian_norm
@@ -33,7 +41,11 @@ __all__ = [
     "active_node_bound",
     "active_node_counts",
     "adversarial_loss_increase",
+    "atc_threshold",
+    "average_confidence",
+    "average_thresholded_confidence",
     "count_activation_patterns",
+    "difference_of_confidences",
     "fgsm",
     "fisher_rao_norm",
     "fisher_rao_norm_per_sample",
@@ -48,8 +60,10 @@ __all__ = [
     "log_spectral_norm_product",
     "output_sensitivity",
     "pgd",
+    "predictive_entropy",
     "region_sensitivity",
     "relative_flatness",
+    "softmax_confidence",
     "spectral_norm_product",
     "tangent_sample_sensitivity",
     "tangent_sensitivity_from_masks",

@@ -10,15 +10,15 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import SumMetric
 
 from lightning_gensens.capture import Captured
-from lightning_gensens.measures.base import Estimate, Measure, Reference, Requirement, Settings
+from lightning_gensens.measures.base import Estimate, Measure, Reference, Settings
 
 
 class Trivial(Measure[SumMetric]):
     """Predicts that the test loss and error equal the probe's (l_te ≈ l_tr, e_te ≈ e_tr): the yardstick of every
-    estimator's skill, 1 − MAE/MAE(trivial). Logs ``train``/``val``, the number of samples of each split."""
+    estimator's skill, 1 − MAE/MAE(trivial). Any output (regression too). Logs ``train``/``val``, the number of
+    samples of each split."""
 
     name = "trivial"
-    requires = Requirement.CLASS_LOGITS
 
     def make_metric(self, net: nn.Module, settings: Settings) -> SumMetric:
         metric = SumMetric(nan_strategy="disable")

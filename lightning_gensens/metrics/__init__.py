@@ -1,6 +1,8 @@
-"""torchmetrics Metrics: one per measure, with DDP-reducible states."""
+"""torchmetrics Metrics: one per measure, the confidence statistics of the baselines, and a split's loss; every
+state reducible across DDP ranks."""
 
 from lightning_gensens.metrics.active_node_bound import ActiveNodeBound
+from lightning_gensens.metrics.confidence import ConfidenceStatistics
 from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.metrics.input_gradient_norm import InputGradientNorm
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm
@@ -9,10 +11,12 @@ from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity
 from lightning_gensens.metrics.relative_flatness import RelativeFlatness
 from lightning_gensens.metrics.spectral_norm import SpectralNorm
+from lightning_gensens.metrics.split_loss import SplitLoss
 from lightning_gensens.metrics.tangent_sensitivity import TangentSensitivity
 
 __all__ = [
     "ActiveNodeBound",
+    "ConfidenceStatistics",
     "FisherRaoNorm",
     "InputGradientNorm",
     "JacobianNorm",
@@ -21,5 +25,6 @@ __all__ = [
     "RegionSensitivity",
     "RelativeFlatness",
     "SpectralNorm",
+    "SplitLoss",
     "TangentSensitivity",
 ]

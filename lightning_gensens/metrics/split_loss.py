@@ -14,7 +14,7 @@ from lightning_gensens.functional.input_gradient_norm import LossFn
 
 class SplitLoss(Metric):
     """Mean of a mean-reduced ``loss_fn(logits, y)`` over samples, and the error rate of class logits ``[B, K]``
-    with integer labels, summed across batches and DDP ranks (NaN where nothing was counted)."""
+    with integer labels (NaN for other outputs), summed across batches and DDP ranks."""
 
     is_differentiable = False
     higher_is_better = False
@@ -39,8 +39,10 @@ class SplitLoss(Metric):
             self.classified += n
 
     def compute(self) -> dict[str, Tensor]:
+        if float(self.count) == 0:
+            raise ValueError("SplitLoss was computed before any update: the split had no labelled batch.")
         nan = torch.full_like(self.count, math.nan)
         return {
-            "loss": self.loss_sum / self.count if self.count > 0 else nan,
+            "loss": self.loss_sum / self.count,
             "error": self.errors / self.classified if self.classified > 0 else nan,
         }

@@ -118,6 +118,12 @@ CASES: dict[str, Case] = {
             lambda m, b: (relu_preactivations(m, b[0]),),
         ),
         Case(
+            "ConfidenceStatistics",
+            lambda r, **kw: metrics.ConfidenceStatistics(**kw),
+            _relu_net,
+            lambda m, b: (_no_grad_logits(m, b[0]),),
+        ),
+        Case(
             "FisherRaoNorm",
             lambda r, **kw: metrics.FisherRaoNorm(**kw),
             _relu_net,
@@ -157,6 +163,12 @@ CASES: dict[str, Case] = {
             lambda m, b: (m, b[0], b[1]),
             keeps_model=True,
             rtol=1e-6,
+        ),
+        Case(
+            "SplitLoss",
+            lambda r, **kw: metrics.SplitLoss(torch.nn.functional.cross_entropy, **kw),
+            _relu_net,
+            lambda m, b: (_no_grad_logits(m, b[0]), b[1]),
         ),
         Case(
             "SpectralNorm",
