@@ -4,7 +4,7 @@ Run: ``python benchmarks/curvature.py [--width 50] [--probe 0] [--epochs 30] [--
 
 Model and data: the papers' MLP with 4 hidden ReLU layers (``--width`` units each; 100 in the papers, whose
 dense 10,000 × 10,000 layer Hessians take minutes each to form and diagonalise on a laptop CPU, hence the
-default 50) trained with SGD on scikit-learn's digits (z-scored with training statistics, DESIGN §6). The
+default 50) trained with SGD on scikit-learn's digits (z-scored with training statistics). The
 probe is the first ``--probe`` training samples (0: all 1,347) as ONE batch, so every method reuses one
 gradient graph.
 

@@ -36,7 +36,7 @@ def main(epochs: int = 40, patience: int = 3) -> dict[str, float]:
     train = DataLoader(TensorDataset(x[labelled], y[labelled]), batch_size=64, shuffle=True)
     pool = DataLoader(TensorDataset(x[pooled]), batch_size=256)  # inputs only: no labels reach the monitor
 
-    model = Classifier(mlp(digits.num_features, digits.num_classes), lr=1e-3, weight_decay=5e-4, optimizer="adam")
+    model = Classifier(mlp(digits.num_features, digits.num_classes), lr=3e-3, weight_decay=5e-4, optimizer="adam")
     # label-free measures only (the others are skipped on a pool anyway); budget=None measures them every epoch,
     # where within a time budget a measure may skip epochs and EarlyStopping would compare a stale value
     measures = ["trivial", "average_confidence", "difference_of_confidences", "atc", "output_sensitivity"]

@@ -1,4 +1,4 @@
-"""Built-in datasets that need no download: scikit-learn's digits and MNIST-1D (DESIGN §6)."""
+"""Built-in datasets that need no download: scikit-learn's digits and MNIST-1D."""
 
 from __future__ import annotations
 

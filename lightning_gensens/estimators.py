@@ -1,4 +1,4 @@
-"""Predicted test loss (or error) of each measure, DESIGN §4: pure formulas, one function each.
+"""Predicted test loss (or error) of each measure (the papers' estimators): pure formulas, one function each.
 
 Every estimator maps a measure's values and a training-probe quantity ``train_value`` (loss or error at the same
 epoch) to a prediction of the same quantity on unseen data. Ratios of quantities that overflow are taken in log

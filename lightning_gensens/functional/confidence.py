@@ -4,7 +4,7 @@ p = softmax(f), conf(x) = max_k p_k (maximum softmax probability, Hendrycks & Gi
 H(x) = −Σ_k p_k log p_k (predictive entropy, from ``log_softmax``). A *reference* split is labelled (mean loss l_ref,
 error e_ref); the *target* split is the one whose loss and error are predicted, and its labels are never used.
 
-- AC, average confidence: error ≈ 1 − E_tgt conf; loss ≈ E_tgt H (the loss analogue, DESIGN §8).
+- AC, average confidence: error ≈ 1 − E_tgt conf; loss ≈ E_tgt H (the loss analogue).
 - DoC, difference of confidences (Guillory et al., "Predicting with Confidence on Unseen Distributions", ICCV 2021):
   error ≈ e_ref + E_ref conf − E_tgt conf; loss ≈ l_ref + E_tgt H − E_ref H. Not clipped to [0, 1].
 - ATC, average thresholded confidence (Garg et al., "Leveraging Unlabeled Data to Predict Out-of-Distribution
@@ -156,8 +156,8 @@ def atc_threshold(ref_scores: Tensor, ref_error: float | Tensor) -> Tensor | Non
     scores are never split, so the fraction is the closest one they allow. t = +inf only when every reference
     sample is counted an error (e_ref · n > n − ½ without ties); then every target sample is predicted wrong.
 
-    e_ref = 0 gives ``None``: the threshold degenerates (the official code then uses the minimum reference score,
-    DESIGN §8) and the ATC loss scale rule is undefined, so the caller should skip ATC rather than get NaN.
+    e_ref = 0 gives ``None``: the threshold degenerates (the official code then uses the minimum reference score)
+    and the ATC loss scale rule is undefined, so the caller should skip ATC rather than get NaN.
     """
     scores = _check_scores(ref_scores, "ref_scores")
     error = _check_scalar(ref_error, "ref_error", unit_interval=True)

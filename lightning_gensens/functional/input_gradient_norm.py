@@ -34,7 +34,7 @@ def _input_gradients(
     """Return every ∂ₓℓ(x_n, y_n) (shape of ``x``) and the summed loss Σ_n ℓ_n, from ONE backward pass.
 
     The gradient of the summed loss w.r.t. x_n is Σ_m ∂ℓ_m/∂x_n = ∂ℓ_n/∂x_n because ℓ_m does not depend on
-    x_n for m ≠ n — true in eval mode, false with batch-statistics BatchNorm (checked; DESIGN §7 measured
+    x_n for m ≠ n — true in eval mode, false with batch-statistics BatchNorm (checked; measured
     12.6% error). Works under ``torch.inference_mode()``: inputs are cloned with inference mode off.
     """
     y = check_labels(y, measure)

@@ -9,7 +9,7 @@ respect to W_l alone:
 - network-wise κ_max, κ_Σ (and κ_τ, ρ analogues) over the layers measured.
 
 H_l is never formed. The gradient graph of each probe batch is built once and reused for every Hessian-vector
-product (double backward, DESIGN §7). λ_max: Lanczos with full reorthogonalisation. Tr(H_l) and ρ: for a
+product (double backward). λ_max: Lanczos with full reorthogonalisation. Tr(H_l) and ρ: for a
 Linear layer whose Hessian block equals its Gauss–Newton block Σ_n J_nᵀ Λ_n J_n (ReLU/max-pool networks, and
 the last layer of any network; checked numerically with one HVP) in closed form from one forward and K
 vector–Jacobian products; otherwise Tr by Hutch++ (exact on the unit basis for layers of at most
