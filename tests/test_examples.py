@@ -44,3 +44,22 @@ def test_plain_pytorch_example():
     rows = _load("plain_pytorch").main(epochs=2)
     assert len(rows) == 2 and "linf_norm" in rows[1]
     assert all(math.isfinite(v) for row in rows for v in row.values())
+
+
+def test_transformer_example(tmp_path, capsys):
+    pytest.importorskip("transformers")
+    table = _load("transformer_text").main(epochs=2, out=str(tmp_path))
+    assert table and all(math.isfinite(row["mae_test_loss"]) for row in table if row["epochs"] > 0)
+    printed = capsys.readouterr().out
+    ran = printed.split("measures that ran: ")[1].splitlines()[0].split(", ")
+    assert {"trivial", "output_sensitivity", "jacobian_norm"} <= set(ran)
+    assert not {"active_node_bound", "tangent_sensitivity", "region_sensitivity"} & set(ran)  # ReLU only
+    assert (tmp_path / "metrics.csv").exists() and (tmp_path / "gensens_mae.csv").exists()
+
+
+def test_no_validation_early_stopping_example(capsys):
+    module = _load("no_validation_early_stopping")
+    last = module.main(epochs=3)
+    assert math.isfinite(last[module.KEY])
+    best = capsys.readouterr().out.split(f"best {module.KEY} = ")[1].split()[0]
+    assert math.isfinite(float(best))

@@ -29,10 +29,12 @@ class Budget:
     spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
     accounts the time each measure took.
 
-    A measure first runs on :data:`MIN_SAMPLES` samples per split, which times it. Then, cheapest first, a
-    measure runs on every sample if its cost at the last run's rate fits the time left, on as many samples as fit
-    (at least :data:`MIN_SAMPLES`) otherwise, or waits: the allowance grows with training time, so an expensive
-    measure runs less often rather than never. ``fraction=None`` runs every measure on everything, every time.
+    Each measure earns an equal share of the allowance (after the monitor's own work: the probe's forward passes
+    and the captures), so an expensive measure's cost delays only itself; what cheap measures leave unused goes to
+    the others, cheapest first. A measure first runs on :data:`MIN_SAMPLES` samples per split, which times it; then
+    it runs on every sample if its cost at the last run's rate fits, on as many samples as fit (at least
+    :data:`MIN_SAMPLES` per split) otherwise, or waits: its share grows with training time, so an expensive measure
+    runs less often rather than never. ``fraction=None`` runs every measure on everything, every time.
     """
 
     def __init__(self, fraction: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -41,11 +43,10 @@ class Budget:
         self.fraction, self.clock = fraction, clock
         self.costs: dict[str, Cost] = {}
         self.measuring = 0.0
-        self.base = 0.0
         self._start: float | None = None
 
     def fit_start(self) -> None:
-        self._start, self.measuring, self.base = self.clock(), 0.0, 0.0
+        self._start, self.measuring = self.clock(), 0.0
         self.costs = {}
 
     def training_time(self) -> float:
@@ -62,21 +63,32 @@ class Budget:
         its number of splits."""
         if self.fraction is None:
             return {name: None for name in full}
-        left = self.fraction * self.training_time() - self.measuring - self.base
+        spent = sum(c.seconds for c in self.costs.values())
+        base = self.measuring - spent  # the monitor's own work, shared by all
+        share = (self.fraction * self.training_time() - base) / max(len(full), 1)
         plan: dict[str, int | None] = {}
-        known = []
+        wanting: list[tuple[float, str, float, int]] = []
+        surplus = 0.0
         for name, (samples, splits) in full.items():
             cost = self.costs.get(name)
             if cost is None:
                 plan[name] = MIN_SAMPLES  # a first, small run times it
+                continue
+            own = share - cost.seconds
+            estimate = cost.per_sample * max(samples, 1)
+            if estimate <= own:
+                plan[name] = None
+                surplus += own - estimate
             else:
-                known.append((cost.per_sample * max(samples, 1), name, samples, splits))
-        for estimate, name, samples, splits in sorted(known):
-            per_split = int(left / (self.costs[name].per_sample * splits)) if left > 0 else 0
-            if estimate <= left:
-                plan[name], left = None, left - estimate
-            elif samples > splits and per_split >= MIN_SAMPLES:  # a data measure on a share of its samples
-                plan[name], left = per_split, left - self.costs[name].per_sample * per_split * splits
+                wanting.append((estimate, name, own, splits if samples > splits else 0))
+        for estimate, name, own, splits in sorted(wanting):
+            available = own + surplus  # what it saved, or owes, plus what the cheaper ones left
+            per_sample = self.costs[name].per_sample
+            per_split = int(available / (per_sample * splits)) if splits and per_sample > 0 and available > 0 else 0
+            if estimate <= available:
+                plan[name], surplus = None, available - estimate
+            elif per_split >= MIN_SAMPLES:  # a data measure on a share of its samples
+                plan[name], surplus = per_split, available - per_sample * per_split * splits
             else:
                 plan[name] = 0
         return plan
@@ -84,7 +96,6 @@ class Budget:
     def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
         """Account a run: each measure's seconds and samples, and the run's total wall time."""
         self.measuring += total
-        self.base = max(total - sum(seconds.values()), 0.0)
         for name, spent in seconds.items():
             cost = self.costs.setdefault(name, Cost())
             cost.runs += 1

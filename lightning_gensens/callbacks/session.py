@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import Metric
 
 from lightning_gensens.callbacks.reporting import Report
@@ -144,7 +145,8 @@ class Session:
         call = record.call
         if call is not None and not (call.plain and call.input.is_floating_point()):
             self.replay.remember(record.x, call)  # for the measures that compute at the end of the run
-        with self.replay.replaying(call):
+        # the math kernel of attention: the double backward curvature needs exists for it (on CPU, not the others)
+        with self.replay.replaying(call), sdpa_kernel(SDPBackend.MATH):
             for slot in self.slots:
                 if not slot.wants(split):
                     continue

@@ -26,6 +26,10 @@ PER_LAYER = (
 )
 
 
+ALL_LAYERS_UP_TO = 6
+"""Networks with at most this many weight layers are measured on all of them by default."""
+
+
 class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     """κ_Σ of the chosen layers on the probe and on validation (Hessian of each split's mean loss, computed at
     the end of the run by Lanczos and exact/Hutch++ traces on cached Hessian-vector products); predicts
@@ -36,8 +40,11 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     iteration count.
 
     Args:
-        layers: Linear/Conv layer names of the measured module (default: all).
-        max_samples: validation samples per rank kept for the Hessian (the probe is used whole).
+        layers: Linear/Conv layer names of the measured module. By default all of them in a network of at most
+            :data:`ALL_LAYERS_UP_TO` weight layers (the papers' MLPs); in a larger one only the last, whose input is
+            the feature representation φ(x) — the layer Petzka et al. measure, and the one whose Hessian stays cheap.
+        max_samples: samples per split and rank kept for the Hessian; by default 2,048, or 256 in a network of more
+            than :data:`ALL_LAYERS_UP_TO` weight layers.
         lanczos_tol, lanczos_max_iter, trace_budget, trace_rtol: tolerances and probe budgets of the estimators.
             The trace is exact for ReLU Linear layers; elsewhere Hutch++ stops at ``trace_rtol`` relative standard
             error or after ``trace_budget`` Hessian-vector products (30 → about 5%). κ_Σ, the estimator, needs
@@ -51,7 +58,7 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     def __init__(
         self,
         layers: list[str] | None = None,
-        max_samples: int = 2048,
+        max_samples: int | None = None,
         lanczos_tol: float = 1e-3,
         lanczos_max_iter: int = 100,
         trace_budget: int = 30,
@@ -59,7 +66,7 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if max_samples < 1 or trace_budget < 6 or not lanczos_tol > 0:
+        if (max_samples is not None and max_samples < 1) or trace_budget < 6 or not lanczos_tol > 0:
             raise ValueError("max_samples must be positive, trace_budget at least 6 and lanczos_tol positive.")
         self.layers, self.max_samples = layers, max_samples
         self.options = dict(
@@ -76,7 +83,11 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
         return None
 
     def make_metric(self, net: nn.Module, settings: Settings) -> RelativeFlatnessMetric:
-        return RelativeFlatnessMetric(self.layers, settings.loss_fn, self.max_samples, settings.seed, self.options)
+        names = [name for name, _ in weight_layers(net)]
+        small = len(names) <= ALL_LAYERS_UP_TO
+        layers = self.layers or (None if small else names[-1:])
+        max_samples = self.max_samples or (2048 if small else 256)
+        return RelativeFlatnessMetric(layers, settings.loss_fn, max_samples, settings.seed, self.options)
 
     def update(self, metric: RelativeFlatnessMetric, record: Captured, net: nn.Module) -> None:
         assert record.y is not None
