@@ -130,3 +130,18 @@ def test_a_three_tensor_batch_asks_for_batch_to_xy(tmp_path, digits):
     trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
     with pytest.raises(TypeError, match="batch_to_xy"):
         trainer.fit(Grouped(mlp(64)), WithGroups("digits"))
+
+
+def test_an_iterable_training_dataset_gives_the_probe_its_first_batches(tmp_path, digits):
+    class Stream(torch.utils.data.IterableDataset):
+        def __iter__(self):
+            order = torch.randperm(len(digits.train_set))  # a new order every epoch
+            for i in order:
+                yield digits.train_set[i]
+
+    monitor = GeneralizationMonitor(measures=["output_sensitivity", "trivial"], probe_size=100, budget=None)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
+    loader = torch.utils.data.DataLoader(Stream(), batch_size=64)
+    trainer.fit(Classifier(mlp(64, hidden=(32,))), loader, digits.val_dataloader())
+    assert [int(row["epoch"]) for row in monitor.history] == [0, 1, 2]
+    assert sum(x.shape[0] for x, _ in monitor.probe.batches) == 128  # whole batches up to probe_size
