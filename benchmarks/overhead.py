@@ -428,7 +428,8 @@ def report(
             lines.append(
                 f"| {LABELS[str(row['config'])]} | {int(row['train']):,} | {row['imports_mib']:.0f} MiB | "
                 f"{row['before_mib']:.0f} MiB | {row['peak_mib']:.0f} MiB | "
-                f"{row['peak_mib'] - row['before_mib']:.1f} MiB | {fmt_s(row['seconds'])} | {int(row['full_runs'])} | {int(row['estimators_twice'])} |"
+                f"{row['peak_mib'] - row['before_mib']:.1f} MiB | {fmt_s(row['seconds'])} | "
+                f"{int(row['full_runs'])} | {int(row['estimators_twice'])} |"
             )
         by = {(str(r["config"]), int(r["scale"])): r for r in memory}
         if ("default", 1) in by and ("default", 10) in by:

@@ -164,3 +164,20 @@ class Measure(Generic[M]):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+class TimeRatioMeasure(Measure[M]):
+    """A weight-only measure whose estimators compare this run's weights θ^{(t)} with the previous run's θ^{(t−1)};
+    what it remembers of the previous run is checkpointed."""
+
+    requires = Requirement.WEIGHT_ONLY
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.previous = PreviousValues()
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.previous.state_dict()
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.previous.load_state_dict(state)

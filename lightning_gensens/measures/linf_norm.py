@@ -9,11 +9,11 @@ from torch import Tensor, nn
 
 from lightning_gensens import estimators
 from lightning_gensens.capture import Captured
-from lightning_gensens.measures.base import WEIGHTS, Estimate, Measure, PreviousValues, Reference, Requirement, Settings
+from lightning_gensens.measures.base import WEIGHTS, Estimate, Reference, Settings, TimeRatioMeasure
 from lightning_gensens.metrics.linf_norm import LinfNorm as LinfNormMetric
 
 
-class LinfNorm(Measure[LinfNormMetric]):
+class LinfNorm(TimeRatioMeasure[LinfNormMetric]):
     """Sens¹ from the weights; predicts the test loss from its change between runs (eq. 5 and log-norm).
 
     Logs log Sens¹ as ``linf_norm/train`` and ``linf_norm/val`` (equal: the bound depends on the weights only) and
@@ -21,11 +21,6 @@ class LinfNorm(Measure[LinfNormMetric]):
     """
 
     name = "linf_norm"
-    requires = Requirement.WEIGHT_ONLY
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._previous = PreviousValues()
 
     def make_metric(self, net: nn.Module, settings: Settings) -> LinfNormMetric:
         return LinfNormMetric()
@@ -39,7 +34,7 @@ class LinfNorm(Measure[LinfNormMetric]):
 
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
         current = computed[WEIGHTS]
-        previous = self._previous.advance(current)
+        previous = self.previous.advance(current)
         if previous is None:
             return {}
         log_prod, log_bound = (previous["log_prod"], current["log_prod"]), (previous["log_bound"], current["log_bound"])
@@ -52,9 +47,3 @@ class LinfNorm(Measure[LinfNormMetric]):
                 estimators.linf_lognorm(*log_bound, reference.error),
             ),
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._previous.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._previous.load_state_dict(state)

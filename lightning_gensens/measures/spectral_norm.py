@@ -9,21 +9,16 @@ from torch import Tensor, nn
 
 from lightning_gensens import estimators
 from lightning_gensens.capture import Captured
-from lightning_gensens.measures.base import WEIGHTS, Estimate, Measure, PreviousValues, Reference, Requirement, Settings
+from lightning_gensens.measures.base import WEIGHTS, Estimate, Reference, Settings, TimeRatioMeasure
 from lightning_gensens.metrics.spectral_norm import SpectralNorm as SpectralNormMetric
 
 
-class SpectralNorm(Measure[SpectralNormMetric]):
+class SpectralNorm(TimeRatioMeasure[SpectralNormMetric]):
     """∏‖W_i‖_σ (conv layers by their operator norm at the captured input size); logs its logarithm as
     ``spectral_norm/train`` and ``spectral_norm/val`` (equal: it depends on the weights only) and predicts
     ∏‖W^{(t−1)}‖_σ/∏‖W^{(t)}‖_σ·l_tr from the second run on."""
 
     name = "spectral_norm"
-    requires = Requirement.WEIGHT_ONLY
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._previous = PreviousValues()
 
     def make_metric(self, net: nn.Module, settings: Settings) -> SpectralNormMetric:
         return SpectralNormMetric()
@@ -36,7 +31,7 @@ class SpectralNorm(Measure[SpectralNormMetric]):
 
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
         current = computed[WEIGHTS]
-        previous = self._previous.advance({"log_prod": current})
+        previous = self.previous.advance({"log_prod": current})
         if previous is None:
             return {}
         log_prod = (previous["log_prod"], current)
@@ -46,9 +41,3 @@ class SpectralNorm(Measure[SpectralNormMetric]):
                 estimators.spectral_norm(*log_prod, reference.error),
             )
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        return self._previous.state_dict()
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self._previous.load_state_dict(state)
