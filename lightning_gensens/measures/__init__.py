@@ -14,10 +14,10 @@ from lightning_gensens.measures.base import (
     LossFn,
     Measure,
     PreviousValues,
-    TimeRatioMeasure,
     Reference,
     Requirement,
     Settings,
+    TimeRatioMeasure,
 )
 from lightning_gensens.measures.difference_of_confidences import DifferenceOfConfidences
 from lightning_gensens.measures.fisher_rao_norm import FisherRaoNorm
