@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         monitor.history,
         os.path.join(args.out, "predicted_vs_actual.png"),
         title=f"Predicted versus actual test loss — 4×100 MLP on {args.dataset}",
+        table=monitor.mae_table,
     )
     table = format_table(monitor.mae_table)
     print(f"\nGeneralizationMonitor: mean absolute error of the predicted test loss and error\n{table}")
