@@ -18,8 +18,9 @@ none, plain, default, none, ...) after one warm-up fit per workload, and the med
 reported with its ratio to plain training. For the default monitor it also reports how many epochs each estimator
 logged a ``pred_test_loss``, each measure's runs and seconds (``monitor.cost_table``), and where the added time
 went: measures, the monitor's own work inside its measuring runs (the probe's forward passes, the captures), and
-what lies outside them (hooks during training/validation, logging). Peak memory (max RSS) is taken in a fresh
-subprocess per configuration, on the demo workload with its training set as is and replicated 10x with small noise.
+what lies outside them (hooks during training/validation, logging). Peak memory (the RSS high-water mark of the
+fit) is taken in a fresh subprocess per configuration (default monitor, ``budget=None``, plain training) on the demo
+workload with its training set as is and replicated 10x with small noise.
 
 ``--quick`` is a smoke test: 1 repeat, 3 epochs. Torch runs ``--threads`` intra-op threads (1 by default: on a
 shared machine, OpenMP threads spinning on a descheduled sibling made 2-thread runs up to 40x slower).
@@ -260,13 +261,25 @@ def memory_child(scale: int, config: str, epochs: int, threads: int) -> dict[str
     }
 
 
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
+
+
 def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS: VmHWM where there is /proc (``ru_maxrss`` of a child started from a big parent
+    reports at least the parent's RSS at fork, which survives exec)."""
+    try:
+        return _status_mib("VmHWM")
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _rss_mib() -> float:
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+    try:
+        return _status_mib("VmRSS")
+    except OSError:
+        return math.nan
 
 
 def _reset_peak() -> bool:
@@ -281,7 +294,7 @@ def _reset_peak() -> bool:
 
 def measure_memory(epochs: int, threads: int) -> list[dict[str, float]]:
     rows = []
-    for config in ("default", "plain"):
+    for config in ("default", "none", "plain"):
         for scale in (1, 10):
             command = [sys.executable, __file__, "--memory-child", f"{scale},{config}"]
             command += ["--epochs", str(epochs), "--threads", str(threads)]

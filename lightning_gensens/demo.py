@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="output folder for CSV logs, the MAE table and the plot (default: gensens_output)",
     )
     parser.add_argument(
-        "--wandb", action="store_true", help="also log to Weights & Biases (offline unless you are logged in)"
+        "--wandb", action="store_true", help="also log to Weights & Biases (offline unless WANDB_MODE=online)"
     )
     parser.add_argument("--no-progress", action="store_true", help="hide Lightning's progress bar")
 
