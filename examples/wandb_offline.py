@@ -1,7 +1,7 @@
 """(d) Weights & Biases: per-epoch curves against `epoch`, one chart of actual versus predicted test loss, the
 MAE table as a wandb.Table and each estimator's final MAE in the run summary.
 
-Runs offline unless you are logged in (`wandb login`); `wandb sync <run dir>` uploads an offline run later.
+Runs offline unless `WANDB_MODE=online`; `wandb sync <run dir>` uploads an offline run later.
 
     python examples/wandb_offline.py [--epochs 10] [--dir wandb_example]
 """
