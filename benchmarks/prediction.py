@@ -1,7 +1,7 @@
 """What the predictions are worth: every estimator's error against the actual test loss and error, in distribution
 and under shift, over several setups and seeds.
 
-    python benchmarks/prediction.py [--quick] [--seeds 3] [--epochs 24] [--out benchmarks/results/prediction.md]
+    python benchmarks/prediction.py [--quick] [--seeds 3] [--epochs 30] [--out benchmarks/results/prediction.md]
 
 Each run trains one setup with a `GeneralizationMonitor` measuring every epoch, with five shifted copies of the
 test split (gaussian noise, blur, translation, contrast reduction, occlusion) handed to it as `unlabeled` pools:
@@ -22,8 +22,10 @@ import argparse
 import copy
 import inspect
 import math
+import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -35,19 +37,18 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.measures import MEASURES, RelativeFlatness
 from lightning_gensens.models import Classifier, mlp, small_cnn
 
 PREFIX = "gensens"
 TRIVIAL = "trivial"
 WIN = 0.2
 SHIFTS = ("noise", "blur", "translate", "contrast", "occlude")
-CNN_WIDTH = 8
+CNN_WIDTH = 16
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,7 @@ class Setup:
 
 SETUPS = (
     Setup("digits-mlp", "digits", "digits, MLP 4×100, SGD lr 0.05 wd 5e-4"),
-    Setup("digits-cnn", "digits", "digits 1×8×8, small CNN (width 8, BatchNorm), SGD lr 0.05 wd 5e-4", True, None),
+    Setup("digits-cnn", "digits", "digits 1×8×8, small CNN (width 16, BatchNorm), SGD lr 0.05 wd 5e-4", True, None),
     Setup("mnist1d-mlp", "mnist1d", "MNIST-1D, MLP 4×100, SGD lr 0.05 wd 5e-4"),
     Setup("mnist1d-noisy", "mnist1d", "MNIST-1D, 20% of training labels random, MLP 4×100, SGD", label_noise=0.2),
     Setup("digits-300", "digits", "digits, 300 training samples, MLP 4×100, SGD", train_size=300),
@@ -132,9 +133,9 @@ class Data:
         self.module = ArrayDataModule(name, image=image)
         self.image = image
 
-    def for_run(self, setup: Setup, seed: int, pool_size: int) -> tuple[ArrayDataModule, dict[str, DataLoader]]:
-        """The run's training set (subset, label noise) and its shifted pools: ``pool_size`` test samples (one
-        draw per seed, the same for every shift), each corrupted."""
+    def for_run(self, setup: Setup, seed: int, pool_size: int | None) -> tuple[ArrayDataModule, dict[str, DataLoader]]:
+        """The run's training set (subset, label noise) and its shifted pools: the test split (or ``pool_size``
+        samples of it, one draw per seed, the same for every shift), corrupted."""
         g = torch.Generator().manual_seed(seed)
         x, y = self.module.train_set.tensors
         if setup.train_size is not None:
@@ -156,17 +157,6 @@ class Data:
         return data, pools
 
 
-def measures_for(model: Classifier, setup: Setup) -> list[Any] | None:
-    """Every measure with its defaults, except on the CNN: there relative flatness over all layers costs about a
-    minute per epoch (Hutch++ traces and Lanczos on conv layers), so it is measured on the last layer only, the
-    layer of Petzka et al.'s original definition."""
-    if setup.hidden is not None:
-        return None
-    names: list[Any] = [n for n, cls in MEASURES.items() if n != "relative_flatness" and cls().check(model) is None]
-    last = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)][-1]
-    return [*names, RelativeFlatness(layers=[last])]
-
-
 # -- one run --------------------------------------------------------------------------------------------------------
 @dataclass
 class Run:
@@ -178,7 +168,7 @@ class Run:
     warnings: list[str]
 
 
-def fit(setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_size: int) -> Run:
+def fit(setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_size: int | None) -> Run:
     datamodule, pools = data.for_run(setup, seed, pool_size)
     L.seed_everything(seed, verbose=False)
     if setup.hidden is None:
@@ -187,9 +177,6 @@ def fit(setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_
         net = mlp(datamodule.num_features, datamodule.num_classes, hidden=setup.hidden)
     model = Classifier(net, lr=setup.lr, weight_decay=setup.weight_decay, optimizer=setup.optimizer)
     kwargs: dict[str, Any] = {"probe_size": probe_size, "seed": seed, "unlabeled": pools}
-    measures = measures_for(model, setup)
-    if measures is not None:
-        kwargs["measures"] = measures
     if "budget" in inspect.signature(GeneralizationMonitor).parameters:
         kwargs["budget"] = None  # every measure, every epoch
     monitor = GeneralizationMonitor(**kwargs)
@@ -265,6 +252,24 @@ def under_shift(run: Run, names: Sequence[str]) -> dict[str, dict[str, dict[str,
     }
 
 
+def gaps(run: Run, names: Sequence[str]) -> dict[str, int]:
+    """Per estimator, the measured epochs (after the first, which time-ratio estimators skip) with an actual test
+    loss but no finite predicted one: a NaN/Inf prediction (not logged) or a measure switched off."""
+    rows = [r for r in run.history[1:] if math.isfinite(r.get(f"{PREFIX}/test_loss", math.nan))]
+    return {e: sum(not math.isfinite(r.get(f"{PREFIX}/{e}/pred_test_loss", math.nan)) for r in rows) for e in names}
+
+
+def out_of_range(run: Run, names: Sequence[str]) -> dict[str, int]:
+    """Per estimator, logged predicted test errors outside [0, 1] (main group and pools)."""
+    counts = dict.fromkeys(names, 0)
+    for row in run.history:
+        for key, value in row.items():
+            if key.endswith("/pred_test_error") and not 0.0 <= value <= 1.0:
+                name = key.rpartition("/")[0].rpartition("/")[2]
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
 def _skill(mae: float, trivial: float) -> float:
     if not (math.isfinite(mae) and math.isfinite(trivial)) or trivial <= 0:
         return math.nan
@@ -304,7 +309,31 @@ def aggregate(
             row[f"wins_{kind}"] = f"{wins}/{scored}" if scored else "—"
         row["runs"] = sum(math.isfinite(m[e]["loss"]) for _, m in per_run)
         rows.append(row)
-    return sorted(rows, key=lambda r: (math.isnan(r["skill_loss"]), -(r["skill_loss"] if r["runs"] else -math.inf)))
+    return sorted(
+        rows, key=lambda r: (math.isnan(r["skill_loss"]), 0.0 if math.isnan(r["skill_loss"]) else -r["skill_loss"])
+    )
+
+
+def package_origin() -> str:
+    """Where ``lightning_gensens`` was imported from, with the repository's commit and whether it was modified."""
+    import subprocess
+
+    import lightning_gensens
+
+    root = Path(lightning_gensens.__file__).resolve().parent
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "lightning_gensens"], capture_output=True, text=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"`{root}`"
+    if root == repo / "lightning_gensens":
+        return f"this checkout at {commit}" + (" with uncommitted changes to `lightning_gensens/`" if dirty else "")
+    return f"`{root}` (the checkout is at {commit})"
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
@@ -357,19 +386,25 @@ def by_column(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 6 epochs, 2 setups")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 10 epochs, 2 setups")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per setup (default 3; 1 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 24; 6 with --quick)")
-    parser.add_argument("--probe-size", type=int, default=512, help="training samples in the monitor's probe")
-    parser.add_argument("--pool-size", type=int, default=400, help="test samples in each shifted pool")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30; 10 with --quick)")
+    parser.add_argument("--probe-size", type=int, default=1024, help="training samples in the monitor's probe")
+    parser.add_argument("--pool-size", type=int, default=None, help="test samples per shifted pool (default all)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prediction.md"))
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
-    epochs = args.epochs or (6 if args.quick else 24)
+    epochs = args.epochs or (10 if args.quick else 30)
     setups = [s for s in SETUPS if not args.quick or s.name in QUICK_SETUPS]
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
+    load = os.getloadavg()
+    origin = package_origin()
+    has_budget = "budget" in inspect.signature(GeneralizationMonitor).parameters
+    budget = "`budget=None`" if has_budget else "the monitor has no `budget`"
     start = time.perf_counter()
     datasets: dict[tuple[str, bool], Data] = {}
     runs: list[Run] = []
@@ -449,16 +484,35 @@ def main() -> None:
         f"{_fmt(_finite_mean([b for _, b in final_errors[s.name]]), '.3f')} |"
         for s in setups
     ]
+    seconds = defaultdict(list)
+    for run in runs:
+        for row in run.history:
+            for key, value in row.items():
+                if key.endswith("/seconds"):
+                    seconds[key.split("/")[1]].append(value)
+    ranked = sorted(((statistics.fmean(v), name) for name, v in seconds.items()), reverse=True)
+    costs = ", ".join(f"{name} {mean:.2f} s" for mean, name in ranked) or "not logged"
+    missing, outside = defaultdict(int), defaultdict(int)
+    for run in runs:
+        for name, count in gaps(run, main_names).items():
+            missing[name] += count
+        for name, count in out_of_range(run, main_names).items():
+            outside[name] += count
+    oddities = [
+        f"`{e}` has no finite prediction in {n} measured epochs (after the first)" for e, n in missing.items() if n
+    ]
+    oddities += [f"`{e}` predicted a test error outside [0, 1] {n} times" for e, n in outside.items() if n]
     messages = sorted({m.splitlines()[0][:300] for run in runs for m in run.warnings})
 
     text = "\n\n".join(
         [
             "# What the predictions are worth",
-            f"`python benchmarks/prediction.py{' --quick' if args.quick else ''}"
-            f"{f' --seeds {args.seeds}' if args.seeds else ''}{f' --epochs {args.epochs}' if args.epochs else ''}`: "
-            f"{len(setups)} setups × {seeds} seed(s), {epochs} epochs, every epoch measured, probe of "
-            f"{args.probe_size} training samples, torch {torch.__version__} on {torch.get_num_threads()} CPU "
-            f"thread(s) ({platform.machine()}). Total wall time **{wall:.0f} s** ({wall / 60:.1f} min).",
+            f"`{' '.join(['python benchmarks/prediction.py', *sys.argv[1:]])}`: {len(setups)} setups × {seeds} "
+            f"seed(s), {epochs} epochs, every measure every epoch ({budget}), probe of {args.probe_size} training "
+            f"samples, pools of {args.pool_size or 'all'} test samples, torch {torch.__version__} with "
+            f"{torch.get_num_threads()} thread(s) on {os.cpu_count()} CPU cores ({platform.machine()}). Total wall "
+            f"time **{wall:.0f} s** ({wall / 60:.1f} min); load average {load[0]:.1f} at the start, "
+            f"{os.getloadavg()[0]:.1f} at the end (the cores were shared). Package: {origin}.",
             "Skill = 1 − MAE/MAE(trivial), higher is better, 0 = as good as trivial, negative = worse. Mean skill is "
             "the mean of per-run skills (setups × seeds), which a few blow-ups can drag far down, so the median is "
             f"shown too; wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}, out of the setups in "
@@ -479,15 +533,19 @@ def main() -> None:
             "\n".join(severity_lines),
             "## Configuration",
             "\n".join(setup_lines),
-            "Shifts (in raw input space, then z-scored with the training statistics): noise = gaussian, σ = 0.6 × "
-            "the raw inputs' std; blur = 3×3 binomial kernel (digits) / 5-tap triangle (MNIST-1D); translate = roll "
-            "by ±1–2 pixels along a random axis (digits) / shift by ±3–6 samples, edge repeated (MNIST-1D); contrast "
-            "= each sample pulled to 40% around its own mean; occlude = a random 4×4 patch (digits) / 10-sample "
-            "window (MNIST-1D) set to 0. The data split is fixed; the seed sets initialisation, batch order, the "
+            "Shifts, applied to the z-scored inputs the network sees (a raw-pixel corruption of digits' "
+            "near-constant border pixels is blown up 10–100× by the z-scoring): noise = gaussian, σ = 0.75; blur = "
+            "3×3 binomial kernel (digits) / 5-tap triangle (MNIST-1D), edges repeated; translate = roll by ±1 pixel "
+            "along a random axis (digits) / shift by ±2–5 samples, edge repeated (MNIST-1D); contrast = each sample "
+            "pulled to 40% around its own mean; occlude = a random 4×4 patch (digits) / 10-sample window (MNIST-1D) "
+            "set to 0, the training mean. The data split is fixed; the seed sets initialisation, batch order, the "
             "label noise or training subset, the probe draw, the measures' noise and the corruptions.",
+            "Measuring time per epoch (mean over runs, `gensens/<measure>/seconds`): " + costs + ".",
             "Per-run wall time: "
             + ", ".join(f"{s} {statistics.fmean([r.seconds for r in runs if r.setup == s]):.0f} s" for s in setup_names)
             + ".",
+            "Gaps and out-of-range predictions over all runs:\n\n"
+            + ("\n".join(f"- {line}" for line in oddities) if oddities else "- none"),
             "Warnings raised during the runs (first line, deduplicated):\n\n"
             + ("\n".join(f"- {m}" for m in messages) if messages else "- none"),
         ]

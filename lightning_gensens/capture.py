@@ -30,6 +30,17 @@ class Captured:
     cache: dict[str, Tensor] = field(default_factory=dict)
     """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
 
+    def head(self, n: int) -> Captured:
+        """The record of the first ``n`` samples."""
+        return Captured(
+            x=self.x[:n],
+            logits=self.logits[:n],
+            preacts=[h[:n] for h in self.preacts],
+            y=None if self.y is None else self.y[:n],
+            cache={k: v[:n] for k, v in self.cache.items()},
+            call=None if self.call is None else self.call.head(n),
+        )
+
 
 def default_output_fn(output: Any) -> Tensor:
     """The logits of a forward output: a tensor, the first element of a tuple/list, or the ``logits`` entry of a

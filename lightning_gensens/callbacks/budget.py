@@ -11,6 +11,9 @@ from typing import Any
 MIN_SAMPLES = 64
 """Samples per split a measure gets on its first run (to time it) and at least whenever it runs on a share."""
 
+MIN_PROBE = 256
+"""Probe samples a run evaluates at least (the train loss every estimator scales)."""
+
 
 @dataclass
 class Cost:
@@ -43,10 +46,12 @@ class Budget:
         self.fraction, self.clock = fraction, clock
         self.costs: dict[str, Cost] = {}
         self.measuring = 0.0
+        self.runs = 0
+        self.probe_per_sample: float | None = None
         self._start: float | None = None
 
     def fit_start(self) -> None:
-        self._start, self.measuring = self.clock(), 0.0
+        self._start, self.measuring, self.runs, self.probe_per_sample = self.clock(), 0.0, 0, None
         self.costs = {}
 
     def training_time(self) -> float:
@@ -93,9 +98,28 @@ class Budget:
                 plan[name] = 0
         return plan
 
+    def probe_batches(self, sizes: list[int]) -> int:
+        """How many of the probe's batches (of ``sizes`` samples) a run evaluates: all without a budget or before
+        the probe is timed; otherwise as many as half of one run's share of the allowance pays for, and at least
+        :data:`MIN_PROBE` samples."""
+        if self.fraction is None or self.probe_per_sample is None or self.probe_per_sample <= 0:
+            return len(sizes)
+        affordable = 0.5 * self.fraction * self.training_time() / max(self.runs, 1) / self.probe_per_sample
+        kept, total = 0, 0
+        for size in sizes:
+            if total >= max(affordable, MIN_PROBE):
+                break
+            kept, total = kept + 1, total + size
+        return kept
+
+    def probe_timed(self, seconds: float, samples: int) -> None:
+        """Note what the probe's forward passes cost per sample this run."""
+        self.probe_per_sample = seconds / max(samples, 1)
+
     def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
         """Account a run: each measure's seconds and samples, and the run's total wall time."""
         self.measuring += total
+        self.runs += 1
         for name, spent in seconds.items():
             cost = self.costs.setdefault(name, Cost())
             cost.runs += 1

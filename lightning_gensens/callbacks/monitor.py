@@ -97,8 +97,8 @@ class GeneralizationMonitor(Callback):
         self.schedule = Schedule(every_n_epochs)
         self.budget = Budget(budget)
         self.cost_table: list[dict[str, Any]] = []
-        self._run_start = 0.0
         self._run_seconds = 0.0
+        self._fitting = True
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
@@ -232,13 +232,15 @@ class GeneralizationMonitor(Callback):
     def _start(self, trainer: Trainer) -> None:
         if not self._active or self._capture is None or self._session is None:
             return
+        start = time.perf_counter()
         for metric in self._session.metrics():
             metric.to(self._net_device())
         self._session.reset()
         sizes = self._session.full_sizes()
         fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
         self._session.plan(self.budget.plan(sizes) if fitting else dict.fromkeys(sizes))
-        self._run_seconds = 0.0
+        self._fitting = fitting
+        self._run_seconds = time.perf_counter() - start
         self._capture.clear()
         self._capture.enabled = True
 
@@ -253,15 +255,19 @@ class GeneralizationMonitor(Callback):
             with preserved_rng(), evaluation_mode(self._net), sdpa_kernel(SDPBackend.MATH):
                 logs = self._measure(trainer, pl_module)
             seconds, samples = self._session.costs()
-            self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
-            logs[f"{self.shared_prefix}/overhead"] = torch.tensor(self.budget.overhead(), dtype=torch.float64)
+            spent = self._run_seconds + time.perf_counter() - start
+            overhead = (self.budget.measuring + spent) / max(self.budget.training_time() - spent, 1e-12)
+            logs[f"{self.shared_prefix}/overhead"] = torch.tensor(overhead, dtype=torch.float64)
             logs.update(
                 {f"{self.prefix}/{name}/seconds": torch.tensor(t, dtype=torch.float64) for name, t in seconds.items()}
             )
-            if logs:
-                self.report.record(trainer.current_epoch, logs)
-                self.report.define_wandb_step(trainer, logs)
-                pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
+            self.report.record(trainer.current_epoch, logs)
+            self.report.define_wandb_step(trainer, logs)
+            pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
+            self._session.reset()
+            # logging and resetting are the monitor's cost too
+            self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
+            return
         self._session.reset()
 
     def _net_device(self) -> torch.device:
@@ -296,13 +302,20 @@ class GeneralizationMonitor(Callback):
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
         assert self._capture is not None and self._session is not None
         batches = self.probe.get(trainer)
+        sizes = [self.batch_to_xy(b)[0].shape[0] for b in batches]
+        if self._fitting:  # under a budget, the probe's forward passes are planned too
+            keep = self.budget.probe_batches(sizes)
+            batches, sizes = batches[:keep], sizes[:keep]
         progress = EpochEndProgress(trainer, len(batches))
         try:
             with exclusive(self._capture):
                 self._capture.enabled = True
+                start, measures = time.perf_counter(), self._session.measure_seconds()
                 for batch in batches:
                     self._feed_batch(move_data_to_device(batch, pl_module.device), "train")
                     progress.advance()
+                forward = time.perf_counter() - start - (self._session.measure_seconds() - measures)
+                self.budget.probe_timed(forward, sum(sizes))
                 for name, loader in self._pools.items():
                     for i, batch in enumerate(loader):
                         if i % trainer.world_size == trainer.global_rank:  # labels only score the pool's loss

@@ -108,6 +108,10 @@ class Session:
         for slot in self.slots:
             slot.cap = caps.get(slot.measure.name)
 
+    def measure_seconds(self) -> float:
+        """The time the measures took so far this run."""
+        return sum(slot.seconds for slot in self.slots)
+
     def costs(self) -> tuple[dict[str, float], dict[str, int]]:
         """This run's seconds and samples of every measure that ran."""
         ran = [slot for slot in self.slots if slot.runs and (slot.seconds > 0 or slot.fed)]
@@ -146,16 +150,18 @@ class Session:
         if call is not None and not (call.plain and call.input.is_floating_point()):
             self.replay.remember(record.x, call)  # for the measures that compute at the end of the run
         # the math kernel of attention: the double backward curvature needs exists for it (on CPU, not the others)
-        with self.replay.replaying(call), sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH):
             for slot in self.slots:
                 if not slot.wants(split):
                     continue
-                slot.fed[split] = slot.fed.get(split, 0) + record.logits.shape[0]
+                fed, size = slot.fed.get(split, 0), record.logits.shape[0]
+                part = record if slot.cap is None or fed + size <= slot.cap else record.head(slot.cap - fed)
+                slot.fed[split] = fed + part.logits.shape[0]
                 if slot.measure.needs(Requirement.LABELS) and record.y is None:
                     self._guard(slot, "reading labels", _no_labels, slot.measure, split)
-                self._guard(
-                    slot, f"updating on {split} data", slot.measure.update, slot.metrics[split], record, self.net
-                )
+                with self.replay.replaying(part.call):
+                    metric = slot.metrics[split]
+                    self._guard(slot, f"updating on {split} data", slot.measure.update, metric, part, self.net)
 
     def evaluate(self, prefix: str, shared_prefix: str, report: Report) -> dict[str, Tensor]:
         """Compute every measure, log its values, and score its predictions against the actual test loss; for each

@@ -35,9 +35,9 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     the end of the run by Lanczos and exact/Hutch++ traces on cached Hessian-vector products); predicts
     κ_Σ(X_te)/κ_Σ(X_tr)·l_tr. Any differentiable network, evaluated in eval mode; needs labels.
 
-    Logs ``relative_flatness/{train,val}`` (κ_Σ), ``…/{train,val}_kappa_max``, and per layer
+    Logs ``relative_flatness/{train,val}`` (κ_Σ), ``…/{train,val}_kappa_max``, and with ``per_layer=True``
     ``…/{split}/{layer}/{stat}`` for each stat of :data:`PER_LAYER`: every estimate beside its error and
-    iteration count.
+    iteration count (ten keys per layer and split, off by default: logging a key costs time too).
 
     Args:
         layers: Linear/Conv layer names of the measured module. By default all of them in a network of at most
@@ -49,6 +49,7 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
             The trace is exact for ReLU Linear layers; elsewhere Hutch++ stops at ``trace_rtol`` relative standard
             error or after ``trace_budget`` Hessian-vector products (30 → about 5%). κ_Σ, the estimator, needs
             only λ_max.
+        per_layer: also log every layer's statistics.
         **kwargs: ``seed`` and ``loss_fn`` of :class:`~lightning_gensens.measures.Measure`.
     """
 
@@ -63,12 +64,13 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
         lanczos_max_iter: int = 100,
         trace_budget: int = 30,
         trace_rtol: float = 0.05,
+        per_layer: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if (max_samples is not None and max_samples < 1) or trace_budget < 6 or not lanczos_tol > 0:
             raise ValueError("max_samples must be positive, trace_budget at least 6 and lanczos_tol positive.")
-        self.layers, self.max_samples = layers, max_samples
+        self.layers, self.max_samples, self.per_layer = layers, max_samples, per_layer
         self.options = dict(
             lanczos_tol=lanczos_tol, lanczos_max_iter=lanczos_max_iter, trace_budget=trace_budget, trace_rtol=trace_rtol
         )
@@ -98,9 +100,9 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
         for split, result in computed.items():
             out[split] = result["kappa_sum"]
             out[f"{split}_kappa_max"] = result["kappa_max"]
-            out.update(
-                {f"{split}/{key}": value for key, value in result.items() if key.rpartition("/")[2] in PER_LAYER}
-            )
+            if self.per_layer:
+                stats = {f"{split}/{k}": v for k, v in result.items() if k.rpartition("/")[2] in PER_LAYER}
+                out.update(stats)
         return out
 
     def ratio_values(self, computed: Mapping[str, Any]) -> tuple[Tensor, Tensor]:

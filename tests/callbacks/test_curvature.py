@@ -14,7 +14,9 @@ from tests.callbacks.conftest import make_model, make_trainer
 
 def test_relative_flatness_logs_every_layer_with_error_and_iterations(tmp_path, digits):
     monitor = GeneralizationMonitor(
-        budget=None, measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200)], probe_size=200
+        budget=None,
+        measures=[RelativeFlatness(layers=["net.3", "net.5"], max_samples=200, per_layer=True)],
+        probe_size=200,
     )
     trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
     trainer.fit(make_model(digits), digits)
