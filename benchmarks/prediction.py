@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import inspect
+import json
 import math
 import os
 import platform
@@ -30,7 +31,7 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -253,9 +254,11 @@ def under_shift(run: Run, names: Sequence[str]) -> dict[str, dict[str, dict[str,
 
 
 def gaps(run: Run, names: Sequence[str]) -> dict[str, int]:
-    """Per estimator, the measured epochs (after the first, which time-ratio estimators skip) with an actual test
-    loss but no finite predicted one: a NaN/Inf prediction (not logged) or a measure switched off."""
+    """Per estimator that predicted in this run, the measured epochs (after the first, which time-ratio estimators
+    skip) with an actual test loss but no finite predicted one: a NaN/Inf prediction (not logged) or a measure
+    switched off."""
     rows = [r for r in run.history[1:] if math.isfinite(r.get(f"{PREFIX}/test_loss", math.nan))]
+    names = [e for e in names if any(f"{PREFIX}/{e}/pred_test_loss" in r for r in run.history)]  # defined here
     return {e: sum(not math.isfinite(r.get(f"{PREFIX}/{e}/pred_test_loss", math.nan)) for r in rows) for e in names}
 
 
@@ -276,6 +279,14 @@ def _skill(mae: float, trivial: float) -> float:
     return 1.0 - mae / trivial
 
 
+def _paired_skill(own: Sequence[float], trivial: Sequence[float]) -> float:
+    """Skill of the mean of ``own`` against the mean of ``trivial`` over the same items (where ``own`` is finite)."""
+    pairs = [(o, t) for o, t in zip(own, trivial, strict=True) if math.isfinite(o) and math.isfinite(t)]
+    if not pairs:
+        return math.nan
+    return _skill(statistics.fmean(o for o, _ in pairs), statistics.fmean(t for _, t in pairs))
+
+
 def _finite_mean(values: Sequence[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return statistics.fmean(finite) if finite else math.nan
@@ -294,11 +305,11 @@ def aggregate(
             skills = [_skill(m[e][kind], m[TRIVIAL][kind]) for _, m in per_run]
             wins, scored = 0, 0
             for setup in setups:
-                own = _finite_mean([m[e][kind] for s, m in per_run if s == setup])
-                base = _finite_mean([m[TRIVIAL][kind] for s, m in per_run if s == setup])
-                if math.isfinite(own):
+                own = [m[e][kind] for s, m in per_run if s == setup]
+                skill = _paired_skill(own, [m[TRIVIAL][kind] for s, m in per_run if s == setup])
+                if any(map(math.isfinite, own)):
                     scored += 1
-                    wins += _skill(own, base) >= WIN
+                    wins += skill >= WIN
             row[f"mae_{kind}"] = _finite_mean(maes)
             row[f"skill_{kind}"] = _finite_mean(skills) if e != TRIVIAL else 0.0
             row[f"median_skill_{kind}"] = (
@@ -391,7 +402,14 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30; 10 with --quick)")
     parser.add_argument("--probe-size", type=int, default=1024, help="training samples in the monitor's probe")
     parser.add_argument("--pool-size", type=int, default=None, help="test samples per shifted pool (default all)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default torch's)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: on cores shared with other work, 2 threads ran 5x slower than 1)",
+    )
+    parser.add_argument("--save-runs", help="also write every run's history to this JSON file")
+    parser.add_argument("--load-runs", help="score the runs of a --save-runs file instead of training")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prediction.md"))
     args = parser.parse_args()
     seeds = args.seeds or (1 if args.quick else 3)
@@ -409,7 +427,13 @@ def main() -> None:
     datasets: dict[tuple[str, bool], Data] = {}
     runs: list[Run] = []
     total = len(setups) * seeds
-    for setup in setups:
+    if args.load_runs:
+        saved = json.loads(Path(args.load_runs).read_text())
+        runs = [Run(**r) for r in saved["runs"]]
+        meta = saved["meta"]
+        setups = [s for s in SETUPS if any(r.setup == s.name for r in runs)]
+        seeds, epochs = len({r.seed for r in runs}), max(int(r.history[-1]["epoch"]) + 1 for r in runs)
+    for setup in setups if not runs else ():
         key = (setup.dataset, setup.image)
         if key not in datasets:
             datasets[key] = Data(*key)
@@ -424,7 +448,20 @@ def main() -> None:
                 f"{final.get(f'{PREFIX}/train_error', math.nan):.3f}); shifted: {pools}",
                 flush=True,
             )
-    wall = time.perf_counter() - start
+    if not args.load_runs:
+        meta = {
+            "command": " ".join(["python benchmarks/prediction.py", *sys.argv[1:]]),
+            "wall": time.perf_counter() - start,
+            "load": [load[0], os.getloadavg()[0]],
+            "origin": origin,
+            "threads": torch.get_num_threads(),
+            "probe_size": args.probe_size,
+            "pool_size": args.pool_size,
+            "budget": budget,
+        }
+    if args.save_runs:
+        Path(args.save_runs).write_text(json.dumps({"runs": [asdict(r) for r in runs], "meta": meta}))
+    wall = meta["wall"]
 
     needs: dict[str, bool] = {}
     for run in runs:
@@ -452,12 +489,12 @@ def main() -> None:
     setup_names = [s.name for s in setups]
 
     def setup_skill(e: str, setup: str) -> float:
-        own = _finite_mean([m[e]["loss"] for s, m in indist if s == setup])
-        return _skill(own, _finite_mean([m[TRIVIAL]["loss"] for s, m in indist if s == setup]))
+        own = [m[e]["loss"] for s, m in indist if s == setup]
+        return _paired_skill(own, [m[TRIVIAL]["loss"] for s, m in indist if s == setup])
 
     def shift_skill(e: str, pool: str) -> float:
-        own = _finite_mean([pools[pool][e]["loss"] for _, pools in shifted])
-        return _skill(own, _finite_mean([pools[pool][TRIVIAL]["loss"] for _, pools in shifted]))
+        own = [pools[pool][e]["loss"] for _, pools in shifted]
+        return _paired_skill(own, [pools[pool][TRIVIAL]["loss"] for _, pools in shifted])
 
     def severity(pool: str, key: str) -> float:
         values = [
@@ -507,11 +544,11 @@ def main() -> None:
     text = "\n\n".join(
         [
             "# What the predictions are worth",
-            f"`{' '.join(['python benchmarks/prediction.py', *sys.argv[1:]])}`: {len(setups)} setups × {seeds} "
-            f"seed(s), {epochs} epochs, every measure every epoch ({budget}), probe of {args.probe_size} training "
-            f"samples, pools of {args.pool_size or 'all'} test samples, torch {torch.__version__} with "
-            f"{torch.get_num_threads()} thread(s) on {os.cpu_count()} CPU cores ({platform.machine()}). Total wall "
-            f"time **{wall:.0f} s** ({wall / 60:.1f} min); load average {load[0]:.1f} at the start, "
+            f"`{meta['command']}`: {len(setups)} setups × {seeds} seed(s), {epochs} epochs, every measure every "
+            f"epoch ({meta['budget']}), probe of {meta['probe_size']} training samples, pools of "
+            f"{meta['pool_size'] or 'all'} test samples, torch {torch.__version__} with {meta['threads']} thread(s) "
+            f"on {os.cpu_count()} CPU cores ({platform.machine()}). Total wall time **{wall:.0f} s** "
+            f"({wall / 60:.1f} min); load average {meta['load'][0]:.1f} at the start, "
             f"{os.getloadavg()[0]:.1f} at the end (the cores were shared). Package: {origin}.",
             "Skill = 1 − MAE/MAE(trivial), higher is better, 0 = as good as trivial, negative = worse. Mean skill is "
             "the mean of per-run skills (setups × seeds), which a few blow-ups can drag far down, so the median is "

@@ -172,19 +172,24 @@ def run_rank(args: argparse.Namespace) -> dict[str, Any]:
         ranked += rank_architectures({name: model}, x, sigma=args.sigma, seed=args.seed)
     ranked.sort(key=lambda r: r.sensitivity)
     losses = {}
-    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # one line per candidate, not eight
-    for r in ranked:
-        trainer = L.Trainer(
-            max_epochs=args.epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            accelerator="cpu",
-            devices=1,
-        )
-        trainer.fit(Classifier(r.model, optimizer="adam", lr=1e-3, weight_decay=0.0), data_for[r.name])
-        losses[r.name] = float(trainer.callback_metrics["val/loss"])
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # one line per candidate, not eight; restored below
+    try:
+        for r in ranked:
+            trainer = L.Trainer(
+                max_epochs=args.epochs,
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                accelerator="cpu",
+                devices=1,
+            )
+            trainer.fit(Classifier(r.model, optimizer="adam", lr=1e-3, weight_decay=0.0), data_for[r.name])
+            losses[r.name] = float(trainer.callback_metrics["val/loss"])
+    finally:
+        quiet.setLevel(level)
     print(f"\n{'rank':>4}  {'candidate':<16}{'S_before':>12}{'test loss':>12}")
     for i, r in enumerate(ranked, 1):
         print(f"{i:>4}  {r.name:<16}{r.sensitivity:>12.4g}{losses[r.name]:>12.4f}")

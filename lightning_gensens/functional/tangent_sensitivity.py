@@ -22,9 +22,16 @@ _CLOSED_FORM_LEAVES: tuple[type[nn.Module], ...] = (nn.Linear, nn.ReLU, nn.Flatt
 _CHUNK_ELEMENTS = 1 << 24  # per-sample factors held at once by the closed form (128 MiB in float64)
 
 
+def _never_in_forward(module: nn.Module) -> bool:
+    """Modules a model holds that do not compute its output: loss modules and torchmetrics Metrics (recognised
+    without importing torchmetrics, which this layer does not need)."""
+    metric = any(c.__name__ == "Metric" and c.__module__.startswith("torchmetrics") for c in type(module).__mro__)
+    return metric or isinstance(module, nn.modules.loss._Loss)
+
+
 def _leaves(module: nn.Module, prefix: str) -> Iterator[tuple[str, nn.Module, bool]]:
     """Yield ``(name, leaf, in_sequential_only)`` in registration order; a reused child is yielded each time."""
-    children = [(k, m) for k, m in module._modules.items() if m is not None]
+    children = [(k, m) for k, m in module._modules.items() if m is not None and not _never_in_forward(m)]
     if not children:
         yield prefix or type(module).__name__, module, True
         return

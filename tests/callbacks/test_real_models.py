@@ -145,3 +145,27 @@ def test_an_iterable_training_dataset_gives_the_probe_its_first_batches(tmp_path
     trainer.fit(Classifier(mlp(64, hidden=(32,))), loader, digits.val_dataloader())
     assert [int(row["epoch"]) for row in monitor.history] == [0, 1, 2]
     assert sum(x.shape[0] for x, _ in monitor.probe.batches) == 128  # whole batches up to probe_size
+
+
+def test_dropout_a_held_loss_module_and_a_metric_attribute_never_disable_a_measure(tmp_path, digits, caplog):
+    """Applicability is checked in eval mode, the state measuring runs in."""
+    import torchmetrics
+
+    class Usual(Classifier):
+        def __init__(self):
+            super().__init__(
+                torch.nn.Sequential(
+                    torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.3), torch.nn.Linear(32, 10)
+                )
+            )
+            self.criterion = torch.nn.CrossEntropyLoss()
+            self.accuracy = torchmetrics.Accuracy(task="multiclass", num_classes=10)
+
+    caplog.set_level("INFO")
+    L.seed_everything(0, verbose=False)
+    monitor = GeneralizationMonitor(probe_size=64, budget=None)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(Usual(), digits)
+    assert not _skips(caplog)
+    for name in ("tangent_sensitivity", "region_sensitivity", "active_node_bound"):
+        assert _finite(trainer.callback_metrics, f"gensens/{name}/pred_test_loss"), name
