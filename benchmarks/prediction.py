@@ -3,9 +3,11 @@ and under shift, over several setups and seeds.
 
     python benchmarks/prediction.py [--quick] [--seeds 3] [--epochs 30] [--out benchmarks/results/prediction.md]
 
-Each run trains one setup with a `GeneralizationMonitor` measuring every epoch, with five shifted copies of the
-test split (gaussian noise, blur, translation, contrast reduction, occlusion) handed to it as `unlabeled` pools:
-their labels only score, no estimator sees them. From `monitor.history`:
+Six setups (digits MLP and CNN, MNIST-1D MLP, MNIST-1D with 20% label noise, digits with 300 training samples,
+MNIST-1D 6×256 Adam MLP) × --seeds. Each run trains one setup with a `GeneralizationMonitor` measuring every
+measure every epoch (`budget=None`), with five shifted copies of the test split (gaussian noise, blur,
+translation, contrast reduction, occlusion of the z-scored inputs) handed to it as `unlabeled` pools: their labels
+only score, no estimator sees them. From `monitor.history`:
 
 - in distribution, each estimator's MAE of the predicted versus actual test loss (and error) over the last third
   of the measured epochs, and its skill 1 − MAE/MAE(trivial), trivial predicting test = train (probe);
@@ -14,6 +16,8 @@ their labels only score, no estimator sees them. From `monitor.history`:
 
 Per run skills are averaged over setups × seeds; "wins" counts the setups in which the skill of the seed-averaged
 MAE is at least 0.2. Prints the tables and writes them, with the configuration and wall time, to --out.
+`--quick` (1 seed, 10 epochs, 2 setups) is a smoke test of about a minute; `--save-runs`/`--load-runs` keep the
+histories to re-score without training. Runs on one torch thread by default (`--threads`).
 """
 
 from __future__ import annotations
@@ -344,7 +348,7 @@ def package_origin() -> str:
         return f"`{root}`"
     if root == repo / "lightning_gensens":
         return f"this checkout at {commit}" + (" with uncommitted changes to `lightning_gensens/`" if dirty else "")
-    return f"`{root}` (the checkout is at {commit})"
+    return f"`{root}`, not this checkout's (which is at {commit})"
 
 
 # -- output ---------------------------------------------------------------------------------------------------------
@@ -549,7 +553,7 @@ def main() -> None:
             f"{meta['pool_size'] or 'all'} test samples, torch {torch.__version__} with {meta['threads']} thread(s) "
             f"on {os.cpu_count()} CPU cores ({platform.machine()}). Total wall time **{wall:.0f} s** "
             f"({wall / 60:.1f} min); load average {meta['load'][0]:.1f} at the start, "
-            f"{os.getloadavg()[0]:.1f} at the end (the cores were shared). Package: {origin}.",
+            f"{meta['load'][1]:.1f} at the end (the cores were shared). Package: {meta['origin']}.",
             "Skill = 1 − MAE/MAE(trivial), higher is better, 0 = as good as trivial, negative = worse. Mean skill is "
             "the mean of per-run skills (setups × seeds), which a few blow-ups can drag far down, so the median is "
             f"shown too; wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}, out of the setups in "

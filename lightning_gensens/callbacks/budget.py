@@ -11,6 +11,9 @@ from typing import Any
 MIN_SAMPLES = 64
 """Samples per split a measure gets on its first run (to time it) and at least whenever it runs on a share."""
 
+TRIALS_PER_RUN = 3
+"""Measures timed (on their first, small run) per measuring run, in the order given: cheap ones come first."""
+
 MIN_PROBE = 256
 """Probe samples a run evaluates at least (the train loss every estimator scales)."""
 
@@ -47,11 +50,13 @@ class Budget:
         self.costs: dict[str, Cost] = {}
         self.measuring = 0.0
         self.runs = 0
+        self.base = 0.0
+        """What the last run cost besides its measures: the probe's forward passes, bookkeeping, logging."""
         self.probe_per_sample: float | None = None
         self._start: float | None = None
 
     def fit_start(self) -> None:
-        self._start, self.measuring, self.runs, self.probe_per_sample = self.clock(), 0.0, 0, None
+        self._start, self.measuring, self.runs, self.base, self.probe_per_sample = self.clock(), 0.0, 0, 0.0, None
         self.costs = {}
 
     def training_time(self) -> float:
@@ -62,6 +67,13 @@ class Budget:
         training = self.training_time()
         return self.measuring / training if training > 0 else math.inf
 
+    def affords_a_run(self) -> bool:
+        """Whether the allowance left covers what a run costs besides its measures (the first run always runs):
+        the cadence of measuring itself, so that the probe and the logging are not paid for every epoch."""
+        if self.fraction is None or self.runs == 0:
+            return True
+        return self.fraction * self.training_time() - self.measuring >= self.base
+
     def plan(self, full: Mapping[str, tuple[int, int]]) -> dict[str, int | None]:
         """Per measure the samples per split it may use this run: ``None`` for all, 0 to skip. ``full`` gives each
         measure's samples over all its splits at full size (as of the last run; 1 for a weight-only measure) and
@@ -69,15 +81,16 @@ class Budget:
         if self.fraction is None:
             return {name: None for name in full}
         spent = sum(c.seconds for c in self.costs.values())
-        base = self.measuring - spent  # the monitor's own work, shared by all
+        base = self.measuring - spent + self.base  # the monitor's own work so far and in this run, shared by all
         share = (self.fraction * self.training_time() - base) / max(len(full), 1)
         plan: dict[str, int | None] = {}
         wanting: list[tuple[float, str, float, int]] = []
         surplus = 0.0
+        trials = TRIALS_PER_RUN
         for name, (samples, splits) in full.items():
             cost = self.costs.get(name)
-            if cost is None:
-                plan[name] = MIN_SAMPLES  # a first, small run times it
+            if cost is None:  # a first, small run times it; a few per run, so no run pays for every first one
+                plan[name], trials = (MIN_SAMPLES, trials - 1) if trials > 0 else (0, trials)
                 continue
             own = share - cost.seconds
             estimate = cost.per_sample * max(samples, 1)
@@ -120,6 +133,7 @@ class Budget:
         """Account a run: each measure's seconds and samples, and the run's total wall time."""
         self.measuring += total
         self.runs += 1
+        self.base = max(total - sum(seconds.values()), 0.0)
         for name, spent in seconds.items():
             cost = self.costs.setdefault(name, Cost())
             cost.runs += 1

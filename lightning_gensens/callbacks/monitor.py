@@ -227,17 +227,21 @@ class GeneralizationMonitor(Callback):
         if self._pools and not self._validated and self.schedule.at_train_epoch_end(trainer):
             self._active = True
             self._start(trainer)
-            self._finish(trainer, pl_module)
+            if self._active:
+                self._finish(trainer, pl_module)
 
     def _start(self, trainer: Trainer) -> None:
         if not self._active or self._capture is None or self._session is None:
+            return
+        fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
+        if fitting and not self.budget.affords_a_run():  # a run costs the probe and the logging at least
+            self._active = False
             return
         start = time.perf_counter()
         for metric in self._session.metrics():
             metric.to(self._net_device())
         self._session.reset()
         sizes = self._session.full_sizes()
-        fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
         self._session.plan(self.budget.plan(sizes) if fitting else dict.fromkeys(sizes))
         self._fitting = fitting
         self._run_seconds = time.perf_counter() - start

@@ -79,13 +79,14 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
     monkeypatch.setattr(session, "_now", fake_now)
     monkeypatch.setattr(Slow, "update", slow_update)
     monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "fisher_rao_norm"], probe_size=300, budget=0.1)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=6)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=8)
     trainer.fit(make_model(digits), digits)
     runs = {row["measure"]: row["runs"] for row in monitor.cost_table}
-    assert runs["trivial"] >= 5 and runs["fisher_rao_norm"] >= 5  # cheap: nearly every run
-    assert runs["slow"] < runs["trivial"]
-    logged = [row for row in monitor.history if "gensens/overhead" in row]
-    assert len(logged) == 6 and all(math.isfinite(row["gensens/overhead"]) for row in logged)
+    measured = len(monitor.history)  # the runs the budget afforded: their cadence is throttled too
+    assert 2 <= measured < 8
+    assert runs["trivial"] == runs["fisher_rao_norm"] == measured  # cheap: in every run
+    assert runs["slow"] < measured
+    assert all(math.isfinite(row["gensens/overhead"]) for row in monitor.history)
 
 
 def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digits):
