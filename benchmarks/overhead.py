@@ -50,13 +50,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.models import Classifier, mlp
+from lightning_gensens.models import Classifier, ResidualNet, mlp
 
 PREFIX = "gensens"
 CONFIGS = ("plain", "default", "none")
@@ -65,25 +64,6 @@ GOAL_RATIO, GOAL_ESTIMATORS = 1.10, 5
 
 
 # -- workloads ----------------------------------------------------------------------------------------------------
-class ResidualNet(nn.Module):
-    """A ResNet-style network: one ``nn.ReLU(inplace=True)`` module applied three times, BatchNorm, a skip (as in
-    ``tests/callbacks/real_models.py``)."""
-
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.head = nn.Linear(width * 16, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.stem(x))
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)) + x)
-        return self.head(F.max_pool2d(out, 2).flatten(1))
-
-
 class TokenData(Dataset):
     """Synthetic token classification: the label is whether token 7 occurs in the sequence; the last 3 positions
     of each sequence are randomly masked (as in ``tests/callbacks/real_models.py``)."""

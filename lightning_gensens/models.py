@@ -48,6 +48,24 @@ def small_cnn(
     )
 
 
+class ResidualNet(nn.Module):
+    """A ResNet-style network: one ``nn.ReLU(inplace=True)`` module applied three times, BatchNorm, a skip."""
+
+    def __init__(self, width: int = 4) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(width * 16, 10)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.stem(x))
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)) + x)
+        return self.head(F.max_pool2d(out, 2).flatten(1))
+
+
 class Classifier(L.LightningModule):
     """Cross-entropy classifier around ``net``; SGD as in the papers (lr 0.05, weight decay 5e-4) or Adam."""
 

@@ -1,5 +1,5 @@
-"""Models the library was not designed around, built tiny from configs (no download): a Hugging Face BERT, a
-ResNet block with a reused in-place ReLU, Lightning's BoringModel, a regression MLP."""
+"""Models the library was not designed around, built tiny from configs (no download): a Hugging Face BERT and a
+regression MLP (the ResNet block with a reused in-place ReLU is ``lightning_gensens.models.ResidualNet``)."""
 
 from __future__ import annotations
 
@@ -63,24 +63,6 @@ class TinyBert(L.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
-class ResidualNet(nn.Module):
-    """A ResNet-style network: one ``nn.ReLU(inplace=True)`` module applied three times, BatchNorm, a skip."""
-
-    def __init__(self, width: int = 4) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.conv1, self.bn1 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
-        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, padding=1), nn.BatchNorm2d(width)
-        self.relu = nn.ReLU(inplace=True)
-        self.head = nn.Linear(width * 16, 10)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.stem(x))
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)) + x)
-        return self.head(F.max_pool2d(out, 2).flatten(1))
 
 
 class Regressor(L.LightningModule):

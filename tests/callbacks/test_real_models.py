@@ -10,9 +10,9 @@ from lightning.pytorch.demos.boring_classes import BoringModel
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.models import Classifier, mlp
+from lightning_gensens.models import Classifier, ResidualNet, mlp
 from tests.callbacks.conftest import make_model, make_trainer
-from tests.callbacks.real_models import Regressor, ResidualNet, TinyBert
+from tests.callbacks.real_models import Regressor, TinyBert
 
 LABEL_FREE_GENERAL = ("output_sensitivity", "jacobian_norm", "fisher_rao_norm", "linf_norm", "spectral_norm")
 
