@@ -68,6 +68,7 @@ class Setup:
     weight_decay: float = 5e-4
     label_noise: float = 0.0
     train_size: int | None = None
+    batch_size: int = 64
 
 
 SETUPS = (
@@ -75,7 +76,9 @@ SETUPS = (
     Setup("digits-cnn", "digits", "digits 1×8×8, small CNN (width 16, BatchNorm), SGD lr 0.05 wd 5e-4", True, None),
     Setup("mnist1d-mlp", "mnist1d", "MNIST-1D, MLP 4×100, SGD lr 0.05 wd 5e-4"),
     Setup("mnist1d-noisy", "mnist1d", "MNIST-1D, 20% of training labels random, MLP 4×100, SGD", label_noise=0.2),
-    Setup("digits-300", "digits", "digits, 300 training samples, MLP 4×100, SGD", train_size=300),
+    Setup(  # batch 16: about as many steps per epoch (19) as the full training set at batch 64 (20)
+        "digits-300", "digits", "digits, 300 training samples, MLP 4×100, SGD, batch 16", train_size=300, batch_size=16
+    ),
     Setup(
         "mnist1d-adam",
         "mnist1d",
@@ -151,7 +154,7 @@ class Data:
             flip = torch.rand(len(y), generator=g) < setup.label_noise
             y = torch.where(flip, (y + torch.randint(1, k, y.shape, generator=g)) % k, y)
         data = copy.copy(self.module)
-        data.train_set = TensorDataset(x, y)
+        data.train_set, data.batch_size = TensorDataset(x, y), setup.batch_size
         x_test, y_test = self.module.val_set.tensors
         keep = torch.randperm(len(y_test), generator=g)[:pool_size]
         x_test, y_test = x_test[keep], y_test[keep]
@@ -492,13 +495,19 @@ def main() -> None:
     # per-setup skill (loss, seed-averaged MAE) and per-shift skill (loss, MAE over setups × seeds)
     setup_names = [s.name for s in setups]
 
-    def setup_skill(e: str, setup: str) -> float:
-        own = [m[e]["loss"] for s, m in indist if s == setup]
-        return _paired_skill(own, [m[TRIVIAL]["loss"] for s, m in indist if s == setup])
+    def setup_skill(kind: str) -> Callable[[str, str], float]:
+        def cell(e: str, setup: str) -> float:
+            own = [m[e][kind] for s, m in indist if s == setup]
+            return _paired_skill(own, [m[TRIVIAL][kind] for s, m in indist if s == setup])
 
-    def shift_skill(e: str, pool: str) -> float:
-        own = [pools[pool][e]["loss"] for _, pools in shifted]
-        return _paired_skill(own, [pools[pool][TRIVIAL]["loss"] for _, pools in shifted])
+        return cell
+
+    def shift_skill(kind: str) -> Callable[[str, str], float]:
+        def cell(e: str, pool: str) -> float:
+            own = [pools[pool][e][kind] for _, pools in shifted]
+            return _paired_skill(own, [pools[pool][TRIVIAL][kind] for _, pools in shifted])
+
+        return cell
 
     def severity(pool: str, key: str) -> float:
         values = [
@@ -562,14 +571,18 @@ def main() -> None:
             "Trivial predicts test loss/error = the training probe's.",
             markdown(table_in, SUMMARY_COLUMNS),
             "Skill (loss) per setup, seed-averaged MAE:",
-            by_column([r["estimator"] for r in table_in], setup_names, setup_skill),
+            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("loss")),
+            "Skill (error) per setup, seed-averaged MAE:",
+            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("error")),
             "## Under shift, at the end of training (five pools from the test split, labels only score)",
             "Trivial predicts each shifted pool's test loss/error = the validation data's; |predicted − actual| is "
             "averaged over the five pools of a run. Label-needing and weight-only estimators make no pool "
             "prediction.",
             markdown(table_shift, SUMMARY_COLUMNS),
             "Skill (loss) per shift, MAE over setups × seeds:",
-            by_column([r["estimator"] for r in table_shift], list(SHIFTS), shift_skill),
+            by_column([r["estimator"] for r in table_shift], list(SHIFTS), shift_skill("loss")),
+            "Skill (error) per shift, MAE over setups × seeds:",
+            by_column([r["estimator"] for r in table_shift], list(SHIFTS), shift_skill("error")),
             "How strong the shifts are (means over runs at the end of training):",
             "\n".join(severity_lines),
             "## Configuration",
@@ -585,8 +598,9 @@ def main() -> None:
             "Per-run wall time: "
             + ", ".join(f"{s} {statistics.fmean([r.seconds for r in runs if r.setup == s]):.0f} s" for s in setup_names)
             + ".",
-            "Gaps and out-of-range predictions over all runs:\n\n"
-            + ("\n".join(f"- {line}" for line in oddities) if oddities else "- none"),
+            "Gaps and out-of-range predictions over all runs (a NaN/Inf prediction is not logged; ATC predicts "
+            "nothing while the probe's error is 0; the ratio rule applied to the error is not clipped to [0, 1]):"
+            "\n\n" + ("\n".join(f"- {line}" for line in oddities) if oddities else "- none"),
             "Warnings raised during the runs (first line, deduplicated):\n\n"
             + ("\n".join(f"- {m}" for m in messages) if messages else "- none"),
         ]
