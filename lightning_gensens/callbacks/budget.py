@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_info
+
 MIN_SAMPLES = 64
 """Samples per split a measure gets on its first run (to time it) and at least whenever it runs on a share."""
 
@@ -140,6 +142,20 @@ class Budget:
             cost.seconds += spent
             cost.samples = samples.get(name, 1)
             cost.per_sample = spent / max(cost.samples, 1)
+
+    def report(self, owner: str) -> list[dict[str, Any]]:
+        """The cost table, printed through Lightning's rank-zero log, with one line naming the measures the budget
+        afforded at most once (their timing run)."""
+        table = self.table()
+        if table:
+            rank_zero_info(f"{owner}: time spent measuring\n{format_costs(table)}")
+        starved = [row for row in table if row["runs"] < 2]
+        if starved and self.fraction is not None:
+            rank_zero_info(
+                f"{owner}: within budget={self.fraction} these measures ran at most once (a first, timing run): "
+                + ", ".join(f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in starved)
+            )
+        return table
 
     def table(self) -> list[dict[str, Any]]:
         """One row per measure: runs, total seconds, seconds per run."""

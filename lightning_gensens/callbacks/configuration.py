@@ -38,6 +38,18 @@ def resolve_measures(measures: Sequence[Any] | None) -> list[Measure[Any]]:
     return resolved
 
 
+def check_namespaces(callback: Any, callbacks: Sequence[Any]) -> None:
+    """Refuse two gensens callbacks that would log under the same keys."""
+    for other in callbacks:
+        if other is not callback and hasattr(other, "namespaces") and hasattr(other, "measures"):
+            shared = callback.namespaces() & other.namespaces()
+            if shared:
+                raise ValueError(
+                    f"{type(callback).__name__} and {type(other).__name__} would both log under {sorted(shared)}: "
+                    "give one of them another `prefix=`."
+                )
+
+
 def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict[str, Iterable[Any]]:
     """Named unlabeled pools from a loader (named ``unlabeled``) or a ``{name: loader}`` mapping."""
     if unlabeled is None:

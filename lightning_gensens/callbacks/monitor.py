@@ -11,13 +11,13 @@ import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
-from lightning_gensens.callbacks.budget import Budget, format_costs
-from lightning_gensens.callbacks.configuration import Schedule, pools, resolve_measures
+from lightning_gensens.callbacks.budget import Budget
+from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, resolve_measures
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
 from lightning_gensens.callbacks.reporting import Report
@@ -41,7 +41,7 @@ class GeneralizationMonitor(Callback):
         probe_size: training samples in the probe (drawn once per fit with ``seed``, sharded over ranks).
         probe_batch_size: batch size of the probe's forward passes.
         probe: a Dataset or DataLoader to draw the probe from instead of the training loader.
-        every_n_epochs: measure every n-th epoch.
+        every_n_epochs: measure every n-th validation run (once per epoch, at its last validation run).
         seed: seed of the probe and of each measure's noise (a measure's own ``seed`` wins).
         batch_to_xy: maps a batch to ``(x, y)`` (``y`` may be None); the default reads tensors, tuples, lists and
             mappings with common key names.
@@ -49,9 +49,11 @@ class GeneralizationMonitor(Callback):
         output_fn: maps the model's output to its logits (default: a tensor, a tuple's first element, ``logits``).
         module: name of the submodule to measure (``pl_module.get_submodule``); the LightningModule by default.
         prefix: prefix of every logged key.
-        unlabeled: batches without labels (or the datamodule's ``unlabeled_dataloader()``) on which the
-            label-free measures are evaluated in place of the validation data; label-needing measures are then
-            skipped. The actual test loss still comes from the validation labels where present.
+        unlabeled: a loader or ``{name: loader}`` of pools (or the datamodule's ``unlabeled_dataloader()``) whose
+            loss the label-free estimators predict (``<prefix>/pool/<name>/…``); labels in a pool's batches only
+            score the pool. Without a validation loop the pools are measured at the end of each training epoch.
+        budget: the monitor's wall time stays within ``budget`` × the training time; ``None`` runs every measure
+            on everything every time.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
     """
 
@@ -123,21 +125,15 @@ class GeneralizationMonitor(Callback):
         """The measures running in the current fit (defined for the model and not switched off)."""
         return [] if self._session is None else self._session.active
 
-    def _namespaces(self) -> set[str]:
+    def namespaces(self) -> set[str]:
+        """The key prefixes this callback logs under."""
         return {self.shared_prefix} | {f"{self.prefix}/{m.name}" for m in self.measures}
 
     # -- Lightning hooks --------------------------------------------------------------------------------------
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate"):
             return
-        for other in trainer.callbacks:  # type: ignore[attr-defined]
-            if other is not self and isinstance(other, GeneralizationMonitor):
-                shared = self._namespaces() & other._namespaces()
-                if shared:
-                    raise ValueError(
-                        f"{type(self).__name__} and {type(other).__name__} would both log under {sorted(shared)}: "
-                        "give one of them another `prefix=`."
-                    )
+        check_namespaces(self, trainer.callbacks)  # type: ignore[attr-defined]
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         self._net: nn.Module = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
         weight_layers(self._net)
@@ -279,15 +275,7 @@ class GeneralizationMonitor(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.mae_table = self.report.publish(trainer, type(self).__name__)
-        self.cost_table = self.budget.table()
-        if self.cost_table:
-            rank_zero_info(f"{type(self).__name__}: time spent measuring\n{format_costs(self.cost_table)}")
-        starved = [row for row in self.cost_table if row["runs"] < 2]
-        if starved and self.budget.fraction is not None:
-            rank_zero_info(
-                f"{type(self).__name__}: within budget={self.budget.fraction} these measures ran at most once (a "
-                "first, timing run): " + ", ".join(f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in starved)
-            )
+        self.cost_table = self.budget.report(type(self).__name__)
 
     def state_dict(self) -> dict[str, Any]:
         return {
