@@ -51,10 +51,10 @@ from typing import Any
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
-from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.data import ArrayDataModule, TokenData
 from lightning_gensens.models import Classifier, ResidualNet, mlp
 
 PREFIX = "gensens"
@@ -64,24 +64,6 @@ GOAL_RATIO, GOAL_ESTIMATORS = 1.10, 5
 
 
 # -- workloads ----------------------------------------------------------------------------------------------------
-class TokenData(Dataset):
-    """Synthetic token classification: the label is whether token 7 occurs in the sequence; the last 3 positions
-    of each sequence are randomly masked (as in ``tests/callbacks/real_models.py``)."""
-
-    def __init__(self, n: int, length: int, vocab: int, seed: int) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1, vocab, (n, length), generator=g)
-        self.mask = torch.ones(n, length, dtype=torch.long)
-        self.mask[:, length - 3 :] = torch.randint(0, 2, (n, 3), generator=g)
-        self.labels = (self.ids == 7).any(1).long()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
-
-
 BERT = dict(vocab=50, length=32, hidden=64, layers=2, heads=4, intermediate=128, train=2048, val=512, batch=32)
 
 

@@ -1,11 +1,12 @@
-"""Built-in datasets that need no download: scikit-learn's digits and MNIST-1D."""
+"""Built-in datasets that need no download: scikit-learn's digits, MNIST-1D, and synthetic token data."""
 
 from __future__ import annotations
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 DATASETS = ("digits", "mnist1d")
 
@@ -54,3 +55,21 @@ class ArrayDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=256)
+
+
+class TokenData(Dataset):
+    """Synthetic token classification for tiny transformers (no download): random token ids, the last three positions
+    randomly masked, and the label whether token 7 occurs."""
+
+    def __init__(self, n: int = 96, length: int = 12, vocab: int = 50, seed: int = 0) -> None:
+        g = torch.Generator().manual_seed(seed)
+        self.ids = torch.randint(1, vocab, (n, length), generator=g)
+        self.mask = torch.ones(n, length, dtype=torch.long)
+        self.mask[:, length - 3 :] = torch.randint(0, 2, (n, 3), generator=g)
+        self.labels = (self.ids == 7).any(1).long()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}

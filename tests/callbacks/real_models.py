@@ -7,24 +7,9 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-
-class TokenData(Dataset):
-    """Synthetic token classification: the label is whether token 7 occurs in the sequence."""
-
-    def __init__(self, n: int = 96, length: int = 12, vocab: int = 50, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        self.ids = torch.randint(1, vocab, (n, length), generator=g)
-        self.mask = torch.ones(n, length, dtype=torch.long)
-        self.mask[:, length - 3 :] = torch.randint(0, 2, (n, 3), generator=g)
-        self.labels = (self.ids == 7).any(1).long()
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> dict[str, Tensor]:
-        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i]}
+from lightning_gensens.data import TokenData
 
 
 class TinyBert(L.LightningModule):
