@@ -278,7 +278,10 @@ class Session:
         that need class logits on other outputs."""
         self._outputs_checked = True
         logits, y = record.logits, record.y
-        regression = logits.ndim != 2 or logits.shape[1] < 2 or (y is not None and y.is_floating_point())
+        soft_labels = y is not None and y.is_floating_point() and y.shape == logits.shape  # class probabilities
+        regression = (
+            logits.ndim != 2 or logits.shape[1] < 2 or (y is not None and y.is_floating_point() and not soft_labels)
+        )
         if regression and self.defaults.loss_fn is F.cross_entropy and y is not None:
             raise ValueError(
                 f"the model outputs shape {tuple(logits.shape)} with {y.dtype} targets, which the default "
