@@ -64,10 +64,10 @@ class Budget:
     def training_time(self) -> float:
         return 0.0 if self._start is None else max(self.clock() - self._start - self.measuring, 0.0)
 
-    def overhead(self) -> float:
-        """Measuring time over training time so far."""
-        training = self.training_time()
-        return self.measuring / training if training > 0 else math.inf
+    def overhead(self, pending: float = 0.0) -> float:
+        """Measuring time over training time so far, counting ``pending`` seconds of a run not yet recorded."""
+        training = self.training_time() - pending
+        return (self.measuring + pending) / training if training > 0 else math.inf
 
     def affords_a_run(self) -> bool:
         """Whether the allowance left covers what a run costs besides its measures (the first run always runs):

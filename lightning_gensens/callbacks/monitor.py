@@ -256,7 +256,7 @@ class GeneralizationMonitor(Callback):
                 logs = self._measure(trainer, pl_module)
             seconds, samples = self._session.costs()
             spent = self._run_seconds + time.perf_counter() - start
-            overhead = (self.budget.measuring + spent) / max(self.budget.training_time() - spent, 1e-12)
+            overhead = self.budget.overhead(pending=spent)
             logs[f"{self.shared_prefix}/overhead"] = torch.tensor(overhead, dtype=torch.float64)
             logs.update(
                 {f"{self.prefix}/{name}/seconds": torch.tensor(t, dtype=torch.float64) for name, t in seconds.items()}
