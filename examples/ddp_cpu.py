@@ -19,7 +19,7 @@ def main(epochs: int = 5) -> dict[str, float]:
     model = Classifier(mlp(data.num_features, data.num_classes))
     trainer = L.Trainer(
         max_epochs=epochs,
-        callbacks=[GeneralizationMonitor(probe_size=1024)],
+        callbacks=[GeneralizationMonitor(probe_size=1024, budget=None)],  # every measure, every epoch
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -81,7 +81,8 @@ class ForwardCapture:
     every handle; the context-manager form attaches, enables and detaches. Positional and keyword calls are seen.
 
     ReLU pre-activations are read by forward *pre*-hooks on the ``nn.ReLU`` modules, which see the input even
-    with ``inplace=True``; a ReLU module applied several times in one forward pass is recorded at each call.
+    with ``inplace=True``; a ReLU module applied several times in one forward pass is recorded at each call. They
+    are recorded while :attr:`record_preactivations` is set (by default whenever ``preactivations`` is).
     """
 
     def __init__(
@@ -102,6 +103,7 @@ class ForwardCapture:
         self._embedded: Tensor | None = None
         self.records: list[Captured] = []
         self.enabled = False
+        self.record_preactivations = preactivations
 
     def attach(self) -> ForwardCapture:
         if self._handles:
@@ -135,7 +137,7 @@ class ForwardCapture:
         return self.enabled and (not _exclusive or _exclusive[-1] is self)
 
     def _on_relu_input(self, module: nn.Module, args: tuple[Any, ...]) -> None:
-        if self._recording():
+        if self.record_preactivations and self._recording():
             self._preacts.append(args[0].detach().clone())
 
     def _on_embedding(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:

@@ -5,31 +5,64 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-MIN_SAMPLES = 64
-"""Samples per split a measure gets on its first run (to time it) and at least whenever it runs on a share."""
+TRIAL_SAMPLES = 16
+"""Samples per split of a measure's first run, which times it."""
 
-TRIALS_PER_RUN = 3
-"""Measures timed (on their first, small run) per measuring run, in the order given: cheap ones come first."""
+MIN_SAMPLES = 64
+"""Samples per split a data measure gets at least whenever it runs on a share of them."""
 
 MIN_PROBE = 256
 """Probe samples a run evaluates at least (the train loss every estimator scales)."""
 
 
+@dataclass(frozen=True)
+class Need:
+    """What one measure would use this run: its samples over all its splits at full size (as of the last run; 1
+    for a weight-only measure), its number of splits, and its ``relative_cost`` (a guess of its first run's cost
+    in forward calls of the model on a probe batch)."""
+
+    samples: int
+    splits: int
+    relative_cost: float
+
+
 @dataclass
 class Cost:
-    """What one measure has cost in this fit."""
+    """What one measure has cost in this fit, and a model of what a run on ``n`` samples costs: affine in ``n``
+    through the smallest and the largest run timed (proportional above the one size seen, before a second)."""
 
     runs: int = 0
     seconds: float = 0.0
-    per_sample: float = 0.0
-    """Seconds per sample of its last run (per run, for a measure whose cost does not depend on samples)."""
-    samples: int = 0
-    """Samples of its last run."""
+    timed: dict[int, float] = field(default_factory=dict)
+    """Seconds of the last run at the smallest and at the largest sample count timed."""
+
+    def add(self, seconds: float, samples: int) -> None:
+        self.runs += 1
+        self.seconds += seconds
+        self.timed[samples] = seconds
+        self.timed = {n: self.timed[n] for n in {min(self.timed), max(self.timed)}}
+
+    def _line(self) -> tuple[int, float, float]:
+        """The smallest size timed, its seconds, and seconds per extra sample."""
+        (n0, c0), (n1, c1) = min(self.timed.items()), max(self.timed.items())
+        slope = max((c1 - c0) / (n1 - n0), 0.0) if n1 > n0 else c0 / max(n0, 1)
+        return n0, c0, slope
+
+    def estimate(self, samples: int) -> float:
+        n0, c0, slope = self._line()
+        return max(c0 + slope * (samples - n0), 0.0)
+
+    def samples_for(self, seconds: float) -> int:
+        """The most samples a run may use within ``seconds`` (0 if not even the smallest timed run fits)."""
+        n0, c0, slope = self._line()
+        if seconds < c0:
+            return 0
+        return n0 + int((seconds - c0) / slope) if slope > 0 else 2**62
 
 
 class Budget:
@@ -37,12 +70,14 @@ class Budget:
     spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
     accounts the time each measure took.
 
-    Each measure earns an equal share of the allowance (after the monitor's own work: the probe's forward passes
-    and the captures), so an expensive measure's cost delays only itself; what cheap measures leave unused goes to
-    the others, cheapest first. A measure first runs on :data:`MIN_SAMPLES` samples per split, which times it; then
-    it runs on every sample if its cost at the last run's rate fits, on as many samples as fit (at least
-    :data:`MIN_SAMPLES` per split) otherwise, or waits: its share grows with training time, so an expensive measure
-    runs less often rather than never. ``fraction=None`` runs every measure on everything, every time.
+    Each measure earns an equal share of the allowance (after the monitor's own work: setting up, the probe's
+    forward passes, logging), so an expensive measure's cost delays only itself; what cheap measures leave unused
+    goes to the others, cheapest first. A measure first runs on :data:`TRIAL_SAMPLES` samples per split, which
+    times it, once its share covers a guess of that run (its ``relative_cost`` × the probe's seconds per forward
+    call; before the probe is timed only measures guessed at one call or less start). Then it runs on every
+    sample if that fits, on as many samples as fit (at least :data:`MIN_SAMPLES` per split) otherwise, or waits:
+    its share grows with training time, so an expensive measure runs less often rather than never.
+    ``fraction=None`` runs every measure on everything, every time.
     """
 
     def __init__(self, fraction: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -50,16 +85,25 @@ class Budget:
             raise ValueError(f"budget must be a positive fraction of the training time or None, got {fraction!r}.")
         self.fraction, self.clock = fraction, clock
         self.costs: dict[str, Cost] = {}
+        self.guesses: dict[str, float] = {}
+        """The guessed cost of each measure's first run, while it waits for it."""
         self.measuring = 0.0
         self.runs = 0
         self.base = 0.0
         """What the last run cost besides its measures: the probe's forward passes, bookkeeping, logging."""
         self.probe_per_sample: float | None = None
+        self.probe_per_call: float | None = None
         self._start: float | None = None
+        self._first = 1.0
+        self._last_base = 0.0
+        self._spare = 0.0
+        """What the planned run leaves of its pool, for more of the probe."""
 
-    def fit_start(self) -> None:
-        self._start, self.measuring, self.runs, self.base, self.probe_per_sample = self.clock(), 0.0, 0, 0.0, None
-        self.costs = {}
+    def fit_start(self, setup: float = 0.0) -> None:
+        """Start the clock of a fit, counting ``setup`` seconds the monitor already spent on it."""
+        self._start, self.measuring, self.runs, self.base = self.clock(), setup, 0, 0.0
+        self.probe_per_sample = self.probe_per_call = None
+        self.costs, self.guesses = {}, {}
 
     def training_time(self) -> float:
         return 0.0 if self._start is None else max(self.clock() - self._start - self.measuring, 0.0)
@@ -69,91 +113,113 @@ class Budget:
         training = self.training_time() - pending
         return (self.measuring + pending) / training if training > 0 else math.inf
 
-    def affords_a_run(self) -> bool:
-        """Whether the allowance left covers what a run costs besides its measures (the first run always runs):
-        the cadence of measuring itself, so that the probe and the logging are not paid for every epoch."""
-        if self.fraction is None or self.runs == 0:
-            return True
-        return self.fraction * self.training_time() - self.measuring >= self.base
-
-    def plan(self, full: Mapping[str, tuple[int, int]]) -> dict[str, int | None]:
-        """Per measure the samples per split it may use this run: ``None`` for all, 0 to skip. ``full`` gives each
-        measure's samples over all its splits at full size (as of the last run; 1 for a weight-only measure) and
-        its number of splits."""
+    def plan(self, needs: Mapping[str, Need]) -> dict[str, int | None]:
+        """Per measure the samples per split it may use this run: ``None`` for all, 0 to skip (all 0: no run)."""
         if self.fraction is None:
-            return {name: None for name in full}
-        spent = sum(c.seconds for c in self.costs.values())
-        base = self.measuring - spent + self.base  # the monitor's own work so far and in this run, shared by all
-        share = (self.fraction * self.training_time() - base) / max(len(full), 1)
-        plan: dict[str, int | None] = {}
-        wanting: list[tuple[float, str, float, int]] = []
+            return {name: None for name in needs}
+        guessed = {name for name in needs if name not in self.costs}
+        # before the probe is timed there is no unit for the guesses: only the cheapest measures start
+        self._first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
+        estimates = {name: self._estimate(name, need) for name, need in needs.items()}
+        # the run rides with the cheapest measures, as many as together cost no more than its own work
+        bundle: list[str] = []
+        ride = 0.0
+        for name in sorted(needs, key=lambda n: estimates[n]):
+            if ride + estimates[name] > self.base:
+                break
+            if name not in guessed or needs[name].relative_cost <= 1:  # others are first timed on a few samples
+                bundle.append(name)
+                ride += estimates[name]
+        # every measure earns an equal share of the allowance; the bundled ones pool theirs, paying the run's own
+        # work (setup, probe, logging) from it, so measuring happens only as often as that pool affords
+        allowance = self.fraction * self.training_time()
+        share = allowance / max(len(needs), 1)
+        others = [name for name in needs if name not in bundle]
+        spent = {name: self.costs[name].seconds if name in self.costs else 0.0 for name in others}
+        plan: dict[str, int | None] = {name: 0 for name in needs}
+        self._spare = 0.0
+        base_due = self.base  # paid by the pool, or else by the first other measure that runs
+        if bundle:
+            pool = share * len(bundle) - (self.measuring - sum(spent.values()))
+            if pool < self.base + ride:
+                return plan
+            plan.update(dict.fromkeys(bundle))
+            base_due = 0.0
+            self._spare = pool - self.base - ride
+        # the others: on everything while their share covers it, cheapest first, with what cheaper ones left over
         surplus = 0.0
-        trials = TRIALS_PER_RUN
-        for name, (samples, splits) in full.items():
-            cost = self.costs.get(name)
-            if cost is None:  # a first, small run times it; a few per run, so no run pays for every first one
-                plan[name], trials = (MIN_SAMPLES, trials - 1) if trials > 0 else (0, trials)
+        for name in sorted(others, key=lambda n: estimates[n]):
+            available = share - spent[name] + surplus
+            trial = TRIAL_SAMPLES if name in guessed else None
+            if estimates[name] + base_due <= available:
+                plan[name], surplus, base_due = trial, available - estimates[name] - base_due, 0.0
                 continue
-            own = share - cost.seconds
-            estimate = cost.per_sample * max(samples, 1)
-            if estimate <= own:
-                plan[name] = None
-                surplus += own - estimate
-            else:
-                wanting.append((estimate, name, own, splits if samples > splits else 0))
-        for estimate, name, own, splits in sorted(wanting):
-            available = own + surplus  # what it saved, or owes, plus what the cheaper ones left
-            per_sample = self.costs[name].per_sample
-            per_split = int(available / (per_sample * splits)) if splits and per_sample > 0 and available > 0 else 0
-            if estimate <= available:
-                plan[name], surplus = None, available - estimate
-            elif per_split >= MIN_SAMPLES:  # a data measure on a share of its samples
-                plan[name], surplus = per_split, available - per_sample * per_split * splits
-            else:
-                plan[name] = 0
+            need, cost = needs[name], self.costs.get(name)
+            if cost is not None and need.samples > need.splits:  # a data measure, on a share of its samples
+                per_split = cost.samples_for(available - base_due) // need.splits
+                if per_split >= MIN_SAMPLES:
+                    plan[name] = per_split
+                    surplus, base_due = available - base_due - cost.estimate(per_split * need.splits), 0.0
+                    continue
         return plan
 
+    def _estimate(self, name: str, need: Need) -> float:
+        cost = self.costs.get(name)
+        if cost is not None:
+            return cost.estimate(need.samples)
+        self.guesses[name] = guess = self._guess(need)
+        return guess
+
+    def _guess(self, need: Need) -> float:
+        """What a measure's first run might cost, before it is timed."""
+        if self.probe_per_call is None:
+            return 0.0 if need.relative_cost <= self._first else math.inf
+        return need.relative_cost * self.probe_per_call
+
     def probe_batches(self, sizes: list[int]) -> int:
-        """How many of the probe's batches (of ``sizes`` samples) a run evaluates: all without a budget or before
-        the probe is timed; otherwise as many as half of one run's share of the allowance pays for, and at least
-        :data:`MIN_PROBE` samples."""
-        if self.fraction is None or self.probe_per_sample is None or self.probe_per_sample <= 0:
+        """How many of the probe's batches (of ``sizes`` samples) the planned run evaluates: all without a budget;
+        otherwise :data:`MIN_PROBE` samples and as many more as what the planned run leaves of its pool pays for
+        (in a long fit, the whole probe)."""
+        if self.fraction is None:
             return len(sizes)
-        affordable = 0.5 * self.fraction * self.training_time() / max(self.runs, 1) / self.probe_per_sample
+        wanted = MIN_PROBE + (self._spare / self.probe_per_sample if self.probe_per_sample else 0.0)
         kept, total = 0, 0
         for size in sizes:
-            if total >= max(affordable, MIN_PROBE):
+            if total >= wanted:
                 break
             kept, total = kept + 1, total + size
         return kept
 
-    def probe_timed(self, seconds: float, samples: int) -> None:
-        """Note what the probe's forward passes cost per sample this run."""
+    def probe_timed(self, seconds: float, samples: int, calls: int) -> None:
+        """Note what the probe's forward passes cost this run, per sample and per call."""
         self.probe_per_sample = seconds / max(samples, 1)
+        self.probe_per_call = seconds / max(calls, 1)
 
     def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
         """Account a run: each measure's seconds and samples, and the run's total wall time."""
         self.measuring += total
+        base = max(total - sum(seconds.values()), 0.0)
+        # the cheaper of the last two runs' own work: the first also paid one-time costs (drawing the probe)
+        self.base = base if self.runs == 0 else min(base, self._last_base)
+        self._last_base = base
         self.runs += 1
-        self.base = max(total - sum(seconds.values()), 0.0)
         for name, spent in seconds.items():
-            cost = self.costs.setdefault(name, Cost())
-            cost.runs += 1
-            cost.seconds += spent
-            cost.samples = samples.get(name, 1)
-            cost.per_sample = spent / max(cost.samples, 1)
+            self.costs.setdefault(name, Cost()).add(spent, samples.get(name, 1))
 
     def report(self, owner: str) -> list[dict[str, Any]]:
         """The cost table, printed through Lightning's rank-zero log, with one line naming the measures the budget
-        afforded at most once (their timing run)."""
+        afforded at most once (their timing run) with their cost, and those it never afforded with the guess."""
         table = self.table()
         if table:
             rank_zero_info(f"{owner}: time spent measuring\n{format_costs(table)}")
-        starved = [row for row in table if row["runs"] < 2]
-        if starved and self.fraction is not None:
+        if self.fraction is None:
+            return table
+        starved = [f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in table if r["runs"] < 2]
+        never = [f"{name} (guessed {_seconds(g)})" for name, g in self.guesses.items() if name not in self.costs]
+        if starved or never:
             rank_zero_info(
-                f"{owner}: within budget={self.fraction} these measures ran at most once (a first, timing run): "
-                + ", ".join(f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in starved)
+                f"{owner}: within budget={self.fraction} these measures ran at most once (a first, timing run) or "
+                "never; a longer fit or a larger budget runs them: " + ", ".join(starved + never)
             )
         return table
 
@@ -163,6 +229,10 @@ class Budget:
             {"measure": name, "runs": c.runs, "seconds": c.seconds, "seconds_per_run": c.seconds / max(c.runs, 1)}
             for name, c in sorted(self.costs.items(), key=lambda item: -item[1].seconds)
         ]
+
+
+def _seconds(guess: float) -> str:
+    return f"{guess:.3g} s" if math.isfinite(guess) else "not yet: the probe was never timed"
 
 
 def format_costs(table: list[dict[str, Any]]) -> str:

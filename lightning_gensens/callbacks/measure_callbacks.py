@@ -34,9 +34,8 @@ class MeasureCallback(GeneralizationMonitor):
         self.monitor_settings = monitor
         self.measure = measure
 
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(prefix=self.prefix, measure=self.measure.name)
+    def _state_key_parts(self) -> dict[str, Any]:
+        return {"prefix": self.prefix, "measure": self.measure.name}
 
     @property
     def shared_prefix(self) -> str:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
-from lightning_gensens.callbacks.budget import Budget
+from lightning_gensens.callbacks.budget import Budget, Need
 from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, resolve_measures
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
@@ -101,14 +101,21 @@ class GeneralizationMonitor(Callback):
         self.cost_table: list[dict[str, Any]] = []
         self._run_seconds = 0.0
         self._fitting = True
+        self._state_key: str | None = None
 
     # -- configuration ----------------------------------------------------------------------------------------
     @property
     def state_key(self) -> str:
+        # Lightning reads it at every hook call; the configuration it names is fixed at construction
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(**self._state_key_parts())
+        return self._state_key
+
+    def _state_key_parts(self) -> dict[str, Any]:
         # the user's configuration only: a release adding a default measure must not orphan checkpoints
         if self.explicit:
-            return self._generate_state_key(prefix=self.prefix, measures=tuple(m.name for m in self.measures))
-        return self._generate_state_key(prefix=self.prefix)
+            return {"prefix": self.prefix, "measures": tuple(m.name for m in self.measures)}
+        return {"prefix": self.prefix}
 
     @property
     def shared_prefix(self) -> str:
@@ -133,6 +140,7 @@ class GeneralizationMonitor(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage not in ("fit", "validate"):
             return
+        start = time.perf_counter()
         check_namespaces(self, trainer.callbacks)  # type: ignore[attr-defined]
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         self._net: nn.Module = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
@@ -141,7 +149,7 @@ class GeneralizationMonitor(Callback):
         if unlabeled is None:
             unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
         self._pools = pools(unlabeled)
-        self._replay = Replay(self._net, self.output_fn or default_output_fn).attach()
+        self._replay = Replay(self._net, self.output_fn or default_output_fn)
         self._template: CallTemplate | None = None
         self._session = Session(
             type(self).__name__,
@@ -158,8 +166,12 @@ class GeneralizationMonitor(Callback):
             preactivations=self._session.needs(Requirement.PREACTIVATIONS),
             measure=self.prefix,
             output_fn=self.output_fn,
-        ).attach()
+        )
+        self._hooked_always = False
+        self._hook_if_compiled()
         self.probe.reset()
+        self._probe_batches: int | None = None
+        self._setup_seconds = time.perf_counter() - start
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._capture is not None:
@@ -168,7 +180,8 @@ class GeneralizationMonitor(Callback):
             self._capture = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.budget.fit_start()
+        self._hook_if_compiled()  # `configure_model` may have compiled a submodule after `setup`
+        self.budget.fit_start(setup=self._setup_seconds)
         self.schedule.check(trainer, pl_module, bool(self._pools), self.active_measures, type(self).__name__)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -229,20 +242,34 @@ class GeneralizationMonitor(Callback):
     def _start(self, trainer: Trainer) -> None:
         if not self._active or self._capture is None or self._session is None:
             return
-        fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
-        if fitting and not self.budget.affords_a_run():  # a run costs the probe and the logging at least
+        start = time.perf_counter()
+        self._fitting = trainer.state.fn == "fit"  # trainer.validate() measures everything
+        needs = self._session.budget_needs()
+        if self._fitting:
+            decision = self._decide(trainer, needs)
+            if trainer.world_size > 1:  # every rank must run the same measures on as many batches, or syncs hang
+                decision = trainer.strategy.broadcast(decision, src=0)
+        else:
+            decision = (dict.fromkeys(needs), None)
+        caps, self._probe_batches = decision
+        if caps is None:  # a run costs the probe and the logging at least: it waits for the allowance
             self._active = False
             return
-        start = time.perf_counter()
-        for metric in self._session.metrics():
-            metric.to(self._net_device())
+        self._session.to(self._net_device())
         self._session.reset()
-        sizes = self._session.full_sizes()
-        self._session.plan(self.budget.plan(sizes) if fitting else dict.fromkeys(sizes))
-        self._fitting = fitting
+        self._session.plan(caps)
+        self._capture.record_preactivations = self._session.running(Requirement.PREACTIVATIONS)
+        self._hook()
         self._run_seconds = time.perf_counter() - start
         self._capture.clear()
         self._capture.enabled = True
+
+    def _decide(self, trainer: Trainer, needs: Mapping[str, Need]) -> tuple[dict[str, int | None] | None, int | None]:
+        """This run's samples per split of each measure and the probe's batches, or None for no run."""
+        caps = self.budget.plan(needs)
+        if not any(cap != 0 for cap in caps.values()):
+            return None, None
+        return caps, self.budget.probe_batches(self.probe.sizes(trainer))
 
     def _finish(self, trainer: Trainer, pl_module: LightningModule) -> None:
         assert self._session is not None and self._capture is not None
@@ -262,13 +289,31 @@ class GeneralizationMonitor(Callback):
                 {f"{self.prefix}/{name}/seconds": torch.tensor(t, dtype=torch.float64) for name, t in seconds.items()}
             )
             self.report.record(trainer.current_epoch, logs)
-            self.report.define_wandb_step(trainer, logs)
-            pl_module.log_dict(logs, sync_dist=trainer.world_size > 1)
+            self.report.log(trainer, pl_module, logs)
             self._session.reset()
-            # logging and resetting are the monitor's cost too
+            self._unhook()
+            # logging, resetting and unhooking are the monitor's cost too
             self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
             return
         self._session.reset()
+        self._unhook()
+
+    def _hook_if_compiled(self) -> None:
+        """Hooks cost every training forward a little, so they are attached for measuring runs only; but dynamo
+        bakes in the hooks a compiled submodule had when it was compiled, so there they stay for the whole fit."""
+        if not self._hooked_always and any(hasattr(m, "_orig_mod") for m in self._net.modules()):
+            self._hooked_always = True
+            self._hook()
+
+    def _hook(self) -> None:
+        assert self._capture is not None
+        self._capture.attach()
+        self._replay.attach()
+
+    def _unhook(self) -> None:
+        if self._capture is not None and not self._hooked_always:
+            self._capture.detach()
+            self._replay.detach()
 
     def _net_device(self) -> torch.device:
         return next(self._net.parameters()).device
@@ -293,11 +338,8 @@ class GeneralizationMonitor(Callback):
     # -- internals --------------------------------------------------------------------------------------------
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
         assert self._capture is not None and self._session is not None
-        batches = self.probe.get(trainer)
-        sizes = [self.batch_to_xy(b)[0].shape[0] for b in batches]
-        if self._fitting:  # under a budget, the probe's forward passes are planned too
-            keep = self.budget.probe_batches(sizes)
-            batches, sizes = batches[:keep], sizes[:keep]
+        batches = self.probe.get(trainer, self._probe_batches)  # under a budget, planned like the measures
+        sizes = self.probe.sizes(trainer)[: len(batches)]
         progress = EpochEndProgress(trainer, len(batches))
         try:
             with exclusive(self._capture):
@@ -307,7 +349,7 @@ class GeneralizationMonitor(Callback):
                     self._feed_batch(move_data_to_device(batch, pl_module.device), "train")
                     progress.advance()
                 forward = time.perf_counter() - start - (self._session.measure_seconds() - measures)
-                self.budget.probe_timed(forward, sum(sizes))
+                self.budget.probe_timed(forward, sum(sizes), len(batches))
                 for name, loader in self._pools.items():
                     for i, batch in enumerate(loader):
                         if i % trainer.world_size == trainer.global_rank:  # labels only score the pool's loss

@@ -18,30 +18,45 @@ class TrainingProbe:
     """``size`` training samples, drawn once per fit and sharded over DDP ranks, kept as the loader's batches.
 
     From a map-style dataset (the training loader's, or ``source`` when given as a Dataset) the samples are drawn
-    uniformly with ``seed`` and collated like the training loader's; from anything else (an iterable dataset, a
-    ``CombinedLoader``, a loader given as ``source``) the probe is the first batches the loader yields, up to
-    ``size`` samples, read once and kept. Drawing never touches the global RNG.
+    uniformly with ``seed`` and collated like the training loader's, a batch when it is first used (a run under a
+    budget may use only the first); from anything else (an iterable dataset, a ``CombinedLoader``, a loader given
+    as ``source``) the probe is the first batches the loader yields, up to ``size`` samples, read once and kept.
+    Drawing never touches the global RNG.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, batch_to_xy: BatchToXY, source: Any = None) -> None:
         self.size, self.batch_size, self.seed, self.batch_to_xy = size, batch_size, seed, batch_to_xy
         self.source = source
-        self.batches: list[Any] | None = None
+        self._batches: list[Any] = []
+        self._sizes: list[int] | None = None
+        self._pending: list[Subset[Any]] = []
+        self._collate: Any = None
 
     def reset(self) -> None:
         """Forget the drawn samples (a new fit may train on other data)."""
-        self.batches = None
+        self._batches, self._sizes, self._pending = [], None, []
 
-    def get(self, trainer: Trainer) -> list[Any]:
-        """The probe's batches on this rank, drawn at the first call after :meth:`reset`."""
-        if self.batches is None:
+    def sizes(self, trainer: Trainer) -> list[int]:
+        """The sizes of the probe's batches on this rank, drawn at the first call after :meth:`reset`."""
+        if self._sizes is None:
             with preserved_rng():  # iterating a DataLoader draws from the global RNG
-                self.batches = self._draw(trainer)
-            if not self.batches and trainer.world_size == 1:
+                self._draw(trainer)
+            assert self._sizes is not None
+            if not self._sizes and trainer.world_size == 1:
                 raise ValueError("the training probe is empty: the training data yielded no samples.")
-        return self.batches
+        return self._sizes
 
-    def _draw(self, trainer: Trainer) -> list[Any]:
+    def get(self, trainer: Trainer, n: int | None = None) -> list[Any]:
+        """The first ``n`` (default: all) of the probe's batches on this rank."""
+        sizes = self.sizes(trainer)  # drawn here at the latest
+        n = len(sizes) if n is None else n
+        while len(self._batches) < n and self._pending:
+            with preserved_rng():
+                loader = DataLoader(self._pending.pop(0), batch_size=self.batch_size, collate_fn=self._collate)
+                self._batches.extend(loader)
+        return self._batches[:n]
+
+    def _draw(self, trainer: Trainer) -> None:
         source = self.source if self.source is not None else trainer.train_dataloader
         if source is None:  # trainer.validate(): the training loader the datamodule or the model defines
             for owner in (getattr(trainer, "datamodule", None), getattr(trainer, "lightning_module", None)):
@@ -55,17 +70,20 @@ class TrainingProbe:
             )
         dataset = source if isinstance(source, Dataset) else getattr(source, "dataset", None)
         if isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
-            return self._draw_map_style(trainer, dataset, getattr(source, "collate_fn", None))
-        return self._first_samples(trainer, source)
+            self._draw_map_style(trainer, dataset, getattr(source, "collate_fn", None))
+        else:
+            self._batches = self._first_samples(trainer, source)
+            self._sizes = [self.batch_to_xy(b)[0].shape[0] for b in self._batches]
 
-    def _draw_map_style(self, trainer: Trainer, dataset: Dataset, collate_fn: Any) -> list[Any]:
+    def _draw_map_style(self, trainer: Trainer, dataset: Dataset[Any], collate_fn: Any) -> None:
         n = len(dataset)  # type: ignore[arg-type]
         if n == 0:
             raise ValueError("the training dataset is empty, so the probe would be empty.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        shard = order[: self.size][trainer.global_rank :: trainer.world_size]
-        loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=self.batch_size, collate_fn=collate_fn)
-        return list(loader)
+        shard = order[: self.size][trainer.global_rank :: trainer.world_size].tolist()
+        groups = [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+        self._pending = [Subset(dataset, group) for group in groups]
+        self._sizes, self._collate = [len(group) for group in groups], collate_fn
 
     def _first_samples(self, trainer: Trainer, loader: Iterable[Any]) -> list[Any]:
         """The first batches ``loader`` yields, up to ``size`` samples (whole batches), sharded over ranks."""

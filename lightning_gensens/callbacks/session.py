@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import Metric
 
+from lightning_gensens.callbacks.budget import Need
 from lightning_gensens.callbacks.reporting import Report
 from lightning_gensens.capture import Captured
 from lightning_gensens.measures import Measure, Reference, Requirement, Settings
@@ -30,7 +31,10 @@ class Slot:
 
     measure: Measure[Any]
     settings: Settings
-    metrics: dict[str, Metric]
+    keys: Sequence[str]
+    """Its Metrics' keys: splits, or the weights."""
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    """Created before its first run (a measure a budget never runs costs nothing)."""
     failed: bool = False
     cap: int | None = None
     """Samples per split it may use this run (None: all, 0: it does not run)."""
@@ -44,7 +48,7 @@ class Slot:
         return not self.failed and self.cap != 0
 
     def wants(self, split: str) -> bool:
-        return split in self.metrics and self.runs and (self.cap is None or self.fed.get(split, 0) < self.cap)
+        return split in self.keys and self.runs and (self.cap is None or self.fed.get(split, 0) < self.cap)
 
 
 class Session:
@@ -76,6 +80,7 @@ class Session:
         self._seen: dict[str, int] = {}
         self._sizes: dict[str, int] = {}
         self._outputs_checked = False
+        self._device: torch.device | None = None
 
     def needs(self, requirement: Requirement) -> bool:
         return any(slot.measure.needs(requirement) for slot in self.slots)
@@ -87,26 +92,44 @@ class Session:
     def metrics(self) -> list[Metric]:
         return [*self.split_loss.values(), *(m for s in self.slots for m in s.metrics.values())]
 
+    def to(self, device: torch.device) -> None:
+        """Keep every Metric's state on ``device`` (the model's, which Lightning may move between runs)."""
+        if device != self._device:
+            for metric in self.metrics():
+                metric.to(device)
+            self._device = device
+
     def seen(self, split: str) -> bool:
         """Whether ``split`` was fed this run."""
         return self._seen.get(split, 0) > 0
 
-    def full_sizes(self) -> dict[str, tuple[int, int]]:
-        """Per running measure: the samples over its splits at full size (as of the last run) and its splits."""
-        sizes = {}
+    def budget_needs(self) -> dict[str, Need]:
+        """Per running measure, what it would use this run (see :class:`~lightning_gensens.callbacks.budget.Need`)."""
+        needs = {}
         for slot in self.slots:
             if not slot.failed:
+                cost = slot.measure.relative_cost
                 if slot.measure.needs(Requirement.WEIGHT_ONLY):
-                    sizes[slot.measure.name] = (1, 1)
+                    needs[slot.measure.name] = Need(1, 1, cost)
                 else:
-                    splits = [s for s in slot.metrics if s in self._sizes] or list(slot.metrics)
-                    sizes[slot.measure.name] = (sum(self._sizes.get(s, 0) for s in splits), len(splits))
-        return sizes
+                    splits = [s for s in slot.keys if s in self._sizes] or list(slot.keys)
+                    needs[slot.measure.name] = Need(sum(self._sizes.get(s, 0) for s in splits), len(splits), cost)
+        return needs
 
     def plan(self, caps: dict[str, int | None]) -> None:
         """Set each measure's samples per split for the coming run."""
         for slot in self.slots:
             slot.cap = caps.get(slot.measure.name)
+            if slot.runs and not slot.metrics:
+                self._guard(slot, "creating its metrics", self._create_metrics, slot)
+
+    def _create_metrics(self, slot: Slot) -> None:
+        metrics = {key: slot.measure.make_metric(self.net, slot.settings) for key in slot.keys}
+        slot.metrics = {key: m if self._device is None else m.to(self._device) for key, m in metrics.items()}
+
+    def running(self, requirement: Requirement) -> bool:
+        """Whether a measure that runs this run needs ``requirement``."""
+        return any(slot.runs and slot.measure.needs(requirement) for slot in self.slots)
 
     def measure_seconds(self) -> float:
         """The time the measures took so far this run."""
@@ -127,7 +150,8 @@ class Session:
             slot.seconds, slot.fed = 0.0, {}
         self.replay.clear()
         for metric in self.metrics():
-            metric.reset()
+            if metric.update_count:  # a Metric never updated holds its defaults already
+                metric.reset()
 
     def feed(self, split: str, record: Captured) -> None:
         """Update the split's loss and every data measure with one forward pass. A pool's labels only score its
@@ -190,7 +214,7 @@ class Session:
                 for slot in self.slots:
                     if not slot.runs:
                         continue
-                    if target in slot.metrics or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
+                    if target in slot.keys or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
                         logs.update(
                             self._evaluate(slot, group, ref, target, ref_losses, losses[target], prefix, report)
                         )
@@ -252,13 +276,13 @@ class Session:
             keys: Sequence[str] = (WEIGHTS,)
         else:  # a pool's labels never reach a measure, so label-needing measures do not predict for pools
             keys = SPLITS if measure.needs(Requirement.LABELS) else (*SPLITS, *self.pools)
-        return Slot(measure, settings, {key: measure.make_metric(self.net, settings) for key in keys})
+        return Slot(measure, settings, keys)
 
     def _guard(self, slot: Slot, action: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one step of a measure; if it raises, switch the measure off for the rest of the fit (one warning)."""
         if slot.failed:
             return None
-        start = _now(self.net)
+        start = _now(self._device)
         try:
             return fn(*args)
         except Exception as err:
@@ -271,7 +295,7 @@ class Session:
             )
             return None
         finally:
-            slot.seconds += _now(self.net) - start
+            slot.seconds += _now(self._device) - start
 
     def _check_outputs(self, record: Captured) -> None:
         """At the first record: refuse a classification loss on outputs it cannot score, and skip the measures
@@ -304,10 +328,9 @@ class Session:
         (rank_zero_warn if self.explicit else rank_zero_info)(message)
 
 
-def _now(net: nn.Module) -> float:
+def _now(device: torch.device | None) -> float:
     """The clock, after the device's queued work (CUDA kernels run asynchronously)."""
-    device = next(net.parameters()).device
-    if device.type == "cuda":
+    if device is not None and device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()
 

@@ -22,6 +22,7 @@ class ActiveNodeBound(Measure[ActiveNodeBoundMetric]):
     """
 
     name = "active_node_bound"
+    relative_cost = 2.0
     requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
     def check(self, net: nn.Module) -> str | None:

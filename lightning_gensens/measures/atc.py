@@ -37,6 +37,7 @@ class AverageThresholdedConfidence(ConfidenceMeasure):
     """
 
     name = "atc"
+    relative_cost = 1.0
 
     def __init__(self, score: str = "max_softmax", max_samples: int | None = 100_000, **kwargs: Any) -> None:
         super().__init__(**kwargs)

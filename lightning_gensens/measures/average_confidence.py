@@ -16,6 +16,7 @@ class AverageConfidence(ConfidenceMeasure):
     loss analogue. Calibrated models make it exact in expectation; it ignores the probe."""
 
     name = "average_confidence"
+    relative_cost = 1.0
 
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
         val = computed["val"]

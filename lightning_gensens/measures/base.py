@@ -103,6 +103,10 @@ class Measure(Generic[M]):
 
     name: ClassVar[str]
     requires: ClassVar[Requirement] = Requirement.NONE
+    relative_cost: ClassVar[float] = 10.0
+    """A conservative guess of the cost of a first run (a few samples per split), in forward calls of the model on
+    a probe batch. A compute budget orders first runs by it and starts a measure only once its share covers the
+    guess; 1 or less marks a measure that only reads captured outputs or a few weights, which may start at once."""
 
     def __init__(self, *, seed: int | None = None, loss_fn: LossFn | None = None) -> None:
         if seed is not None and not isinstance(seed, int):

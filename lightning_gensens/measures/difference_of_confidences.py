@@ -16,6 +16,7 @@ class DifferenceOfConfidences(ConfidenceMeasure):
     H̄. Neither is clipped. Predicts nothing (``{}``) while the probe's loss or error is not finite."""
 
     name = "difference_of_confidences"
+    relative_cost = 1.0
 
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
         if not finite(reference):

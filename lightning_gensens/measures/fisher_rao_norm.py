@@ -14,6 +14,7 @@ class FisherRaoNorm(Measure[FisherRaoNormMetric]):
     Classification logits only."""
 
     name = "fisher_rao_norm"
+    relative_cost = 1.0
     requires = Requirement.CLASS_LOGITS
 
     def make_metric(self, net: nn.Module, settings: Settings) -> FisherRaoNormMetric:

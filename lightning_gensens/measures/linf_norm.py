@@ -21,6 +21,7 @@ class LinfNorm(TimeRatioMeasure[LinfNormMetric]):
     """
 
     name = "linf_norm"
+    relative_cost = 1.0
 
     def make_metric(self, net: nn.Module, settings: Settings) -> LinfNormMetric:
         return LinfNormMetric()

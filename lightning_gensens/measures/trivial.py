@@ -19,6 +19,7 @@ class Trivial(Measure[SumMetric]):
     samples of each split."""
 
     name = "trivial"
+    relative_cost = 1.0
 
     def make_metric(self, net: nn.Module, settings: Settings) -> SumMetric:
         metric = SumMetric(nan_strategy="disable")

@@ -8,7 +8,7 @@ import pytest
 from torchmetrics import MeanMetric
 
 from lightning_gensens import GeneralizationMonitor
-from lightning_gensens.callbacks.budget import MIN_SAMPLES, Budget
+from lightning_gensens.callbacks.budget import MIN_SAMPLES, TRIAL_SAMPLES, Budget, Cost, Need
 from lightning_gensens.measures import Estimate, Measure
 from tests.callbacks.conftest import make_model, make_trainer
 
@@ -21,24 +21,74 @@ class FakeClock:
         return self.now
 
 
-def test_plan_times_new_measures_then_keeps_to_the_allowance():
+def _needs(**relative_costs: float) -> dict[str, Need]:
+    """Data measures of 1,000 samples over 2 splits, or (names starting with "weights") weight-only ones."""
+    return {
+        name: Need(1, 1, cost) if name.startswith("weights") else Need(1000, 2, cost)
+        for name, cost in relative_costs.items()
+    }
+
+
+def test_cost_model_is_proportional_from_one_size_then_affine_through_the_smallest_and_largest():
+    cost = Cost()
+    cost.add(0.32, 32)
+    assert cost.estimate(64) == pytest.approx(0.64)  # one size seen: proportional
+    assert cost.samples_for(0.64) == 64 and cost.samples_for(0.1) == 0
+    cost.add(0.5, 128)  # affine: 0.32 s at 32 samples, 0.18 s more for 96 more
+    assert cost.estimate(1000) == pytest.approx(0.32 + 0.18 / 96 * (1000 - 32))
+    assert cost.samples_for(cost.estimate(300)) == 300
+    cost.add(0.4, 64)  # only the smallest and the largest sizes are kept
+    assert sorted(cost.timed) == [32, 128] and cost.runs == 3 and cost.seconds == pytest.approx(1.22)
+
+
+def test_first_runs_start_with_the_cheapest_and_time_an_expensive_one_when_its_share_covers_a_guess():
+    clock = FakeClock()
+    budget = Budget(0.1, clock=clock)
+    budget.fit_start(setup=0.01)
+    needs = _needs(cheap=1, weights=1, slow=10)
+    clock.now = 1.0  # before the probe is timed only those guessed at one forward call start, on everything
+    assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": 0}
+    assert budget.probe_batches([256] * 8) == 1  # the probe's first MIN_PROBE samples
+    budget.probe_timed(0.01, 256, 1)
+    budget.record({"cheap": 0.01, "weights": 0.005}, {"cheap": 2000, "weights": 1}, 0.05)
+    assert budget.base == pytest.approx(0.035)
+    clock.now += 0.05 + 29.0  # 30 s of training: 3 s allowed, 1 s each
+    plan = budget.plan(needs)
+    assert plan == {"cheap": None, "weights": None, "slow": TRIAL_SAMPLES}  # slow's guess 10 x 10 ms fits its share
+    assert budget.guesses["slow"] == pytest.approx(0.1)
+    budget.record({"cheap": 0.01, "weights": 0.005, "slow": 0.16}, {"cheap": 2000, "weights": 1, "slow": 32}, 0.2)
+    clock.now += 0.2 + 10.0  # 40 s: slow has 4/3 - 0.16 s left, a full run would take 5 s: a share of its samples
+    per_split = budget.plan(needs)["slow"]
+    assert per_split is not None and MIN_SAMPLES <= per_split < 500
+
+
+def test_runs_wait_until_the_pool_of_the_cheap_measures_pays_the_monitors_own_work():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
     budget.fit_start()
-    full = {"cheap": (1000, 2), "slow": (1000, 2), "weights": (1, 1)}
-    assert budget.plan(full) == {"cheap": MIN_SAMPLES, "slow": MIN_SAMPLES, "weights": MIN_SAMPLES}
-    clock.now = 10.0  # 10 s of training, then a first run that timed every measure
-    budget.record({"cheap": 0.0128, "slow": 1.28, "weights": 0.01}, {"cheap": 128, "slow": 128, "weights": 1}, 1.4)
-    assert budget.measuring == pytest.approx(1.4)
-    clock.now += 1.4 + 20.0  # 30 s of training: 3 s allowed, a third each after the monitor's own 0.097 s
-    plan = budget.plan(full)
-    assert plan["cheap"] is None and plan["weights"] is None  # cheap: on everything
-    assert 0 < plan["slow"] < 500  # 10 ms per sample: on what it saved plus what the cheap ones left
-    budget.record({"slow": 1.0}, {"slow": 100}, 1.0)
-    assert budget.plan(full)["slow"] == 0  # nothing left: it waits until training has earned the time
-    clock.now += 100.0
-    assert budget.plan(full)["slow"] is None
-    assert Budget(None).plan(full) == dict.fromkeys(full)
+    needs = _needs(cheap=1, weights=1)
+    clock.now = 1.0
+    budget.probe_timed(0.01, 256, 1)
+    budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
+    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms; 100 ms spent: 50 ms < 80 + 20 ms
+    assert set(budget.plan(needs).values()) == {0}
+    clock.now += 0.5  # 2 s allow 200 ms: 100 ms left pays for a run
+    assert budget.plan(needs) == {"cheap": None, "weights": None}
+
+
+def test_without_cheap_measures_the_first_that_runs_pays_the_monitors_own_work():
+    clock = FakeClock()
+    budget = Budget(0.1, clock=clock)
+    budget.fit_start()
+    needs = _needs(slow=50, slower=100)
+    clock.now = 1.0  # no unit for the guesses yet: the cheapest starts, so that the probe gets timed
+    assert budget.plan(needs) == {"slow": TRIAL_SAMPLES, "slower": 0}
+    budget.probe_timed(0.01, 256, 1)
+    budget.record({"slow": 0.1}, {"slow": 32}, 0.2)  # 100 ms of own work
+    clock.now += 0.2 + 19.0  # 2 s allowed, 1 s each: slower's guess (1 s) and the run's own work do not fit
+    assert budget.plan(needs)["slower"] == 0
+    assert Budget(None).plan(needs) == dict.fromkeys(needs)
+    assert Budget(None).probe_batches([256] * 8) == 8
     with pytest.raises(ValueError, match="budget"):
         Budget(0.0)
 
@@ -67,7 +117,7 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
     real = time.perf_counter
     slow_time = {"extra": 0.0}
 
-    def fake_now(net):
+    def fake_now(device):
         return real() + slow_time["extra"]
 
     original_update = Slow.update

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor, OutputSensitivity
+from lightning_gensens.callbacks.budget import Budget
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.measures import MEASURES, Estimate, Measure
@@ -220,12 +221,14 @@ def test_empty_or_unsized_probe_source():
 
 def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=100)
-    make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
-    first = monitor.probe.batches[0][0]
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer.fit(make_model(digits), digits)
+    first = monitor.probe.get(trainer)[0][0]
     images = ArrayDataModule("digits", image=True)  # other data with another shape
     L.seed_everything(0, verbose=False)
-    make_trainer(tmp_path / "2", [monitor], max_epochs=1).fit(Classifier(small_cnn(1, 8, 10, width=4)), images)
-    assert monitor.probe.batches[0][0].shape[1:] == (1, 8, 8) != first.shape[1:]
+    trainer = make_trainer(tmp_path / "2", [monitor], max_epochs=1)
+    trainer.fit(Classifier(small_cnn(1, 8, 10, width=4)), images)
+    assert monitor.probe.get(trainer)[0][0].shape[1:] == (1, 8, 8) != first.shape[1:]
 
 
 def test_nan_weights_are_reported_not_measured(tmp_path, digits):
@@ -310,6 +313,23 @@ def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
         for key, (x, y) in (("test", digits.val_set.tensors), ("train", digits.train_set[probe])):
             loss = nn.functional.cross_entropy(model(x), y)
             assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
+
+
+def test_ddp_ranks_run_what_rank_zero_planned(tmp_path, digits, monkeypatch):
+    """Each rank times its own runs, so their budgets disagree; all follow rank 0's plan, or a rank that measures
+    would wait forever in a reduction the others never enter."""
+    planned = Budget.plan
+
+    def rank_dependent(self, needs):
+        plan = planned(self, needs)
+        return plan if torch.distributed.get_rank() == 0 else dict.fromkeys(plan, 0)
+
+    monkeypatch.setattr(Budget, "plan", rank_dependent)
+    monitor = GeneralizationMonitor(measures=["trivial", "average_confidence"], probe_size=256)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, strategy="ddp_fork", devices=2)
+    trainer.fit(make_model(digits), digits)
+    for key in ("gensens/train_loss", "gensens/average_confidence/pred_test_loss"):
+        assert math.isfinite(float(trainer.callback_metrics[key])), key
 
 
 def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):

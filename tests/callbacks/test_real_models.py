@@ -144,7 +144,7 @@ def test_an_iterable_training_dataset_gives_the_probe_its_first_batches(tmp_path
     loader = torch.utils.data.DataLoader(Stream(), batch_size=64)
     trainer.fit(Classifier(mlp(64, hidden=(32,))), loader, digits.val_dataloader())
     assert [int(row["epoch"]) for row in monitor.history] == [0, 1, 2]
-    assert sum(x.shape[0] for x, _ in monitor.probe.batches) == 128  # whole batches up to probe_size
+    assert sum(x.shape[0] for x, _ in monitor.probe.get(trainer)) == 128  # whole batches up to probe_size
 
 
 def test_dropout_a_held_loss_module_and_a_metric_attribute_never_disable_a_measure(tmp_path, digits, caplog):
