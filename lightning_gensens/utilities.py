@@ -4,6 +4,7 @@ state, module modes) and private generators. Torch, NumPy and the standard libra
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -91,6 +92,13 @@ def check_labels(y: Tensor | None, measure: str) -> Tensor:
     if y is None:
         raise ValueError(f"{measure} needs labels, but the batch carries none.")
     return y
+
+
+def synchronized_time(device: torch.device | None) -> float:
+    """The clock, after ``device``'s queued work (CUDA kernels run asynchronously)."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 @contextmanager

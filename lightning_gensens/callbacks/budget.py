@@ -24,7 +24,7 @@ MIN_PROBE = 256
 class Need:
     """What one measure would use this run: its samples over all its splits at full size (as of the last run; 1
     for a weight-only measure), its number of splits, and its ``relative_cost`` (a guess of its first run's cost
-    in forward calls of the model on a probe batch)."""
+    in forward calls of the model on as many samples)."""
 
     samples: int
     splits: int
@@ -70,13 +70,15 @@ class Budget:
     spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
     accounts the time each measure took.
 
-    Each measure earns an equal share of the allowance (after the monitor's own work: setting up, the probe's
-    forward passes, logging), so an expensive measure's cost delays only itself; what cheap measures leave unused
-    goes to the others, cheapest first. A measure first runs on :data:`TRIAL_SAMPLES` samples per split, which
-    times it, once its share covers a guess of that run (its ``relative_cost`` × the probe's seconds per forward
-    call; before the probe is timed only measures guessed at one call or less start). Then it runs on every
-    sample if that fits, on as many samples as fit (at least :data:`MIN_SAMPLES` per split) otherwise, or waits:
-    its share grows with training time, so an expensive measure runs less often rather than never.
+    Every measure earns an equal share of the allowance, so an expensive measure's cost delays only itself. A run
+    costs work of its own besides its measures (the probe's forward passes, bookkeeping, logging; setting up is
+    charged to the first): the cheapest measures, as many as together cost no more than that, ride with every run
+    and pool their shares to pay for it, so runs happen as often as that pool affords. The other measures run when
+    their share, saved up, covers them: on every sample if it can, else on as many samples as it pays for (at least
+    :data:`MIN_SAMPLES` per split), cheapest first with what cheaper ones left over; an expensive measure runs less
+    often rather than never. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, once its
+    share covers a guess of that run: its ``relative_cost`` × the time of one forward call of the model on as many
+    samples (before that call is timed only measures guessed at one call or less start, on everything).
     ``fraction=None`` runs every measure on everything, every time.
     """
 
@@ -92,7 +94,8 @@ class Budget:
         self.base = 0.0
         """What the last run cost besides its measures: the probe's forward passes, bookkeeping, logging."""
         self.probe_per_sample: float | None = None
-        self.probe_per_call: float | None = None
+        self.call: float | None = None
+        """Seconds of a forward call of the model on :data:`TRIAL_SAMPLES` samples (timed once per fit)."""
         self._start: float | None = None
         self._first = 1.0
         self._last_base = 0.0
@@ -102,7 +105,7 @@ class Budget:
     def fit_start(self, setup: float = 0.0) -> None:
         """Start the clock of a fit, counting ``setup`` seconds the monitor already spent on it."""
         self._start, self.measuring, self.runs, self.base = self.clock(), setup, 0, 0.0
-        self.probe_per_sample = self.probe_per_call = None
+        self.probe_per_sample = self.call = None
         self.costs, self.guesses = {}, {}
 
     def training_time(self) -> float:
@@ -118,7 +121,7 @@ class Budget:
         if self.fraction is None:
             return {name: None for name in needs}
         guessed = {name for name in needs if name not in self.costs}
-        # before the probe is timed there is no unit for the guesses: only the cheapest measures start
+        # before a forward call is timed there is no unit for the guesses: only the cheapest measures start
         self._first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
         estimates = {name: self._estimate(name, need) for name, need in needs.items()}
         # the run rides with the cheapest measures, as many as together cost no more than its own work
@@ -172,9 +175,9 @@ class Budget:
 
     def _guess(self, need: Need) -> float:
         """What a measure's first run might cost, before it is timed."""
-        if self.probe_per_call is None:
+        if self.call is None:
             return 0.0 if need.relative_cost <= self._first else math.inf
-        return need.relative_cost * self.probe_per_call
+        return need.relative_cost * self.call
 
     def probe_batches(self, sizes: list[int]) -> int:
         """How many of the probe's batches (of ``sizes`` samples) the planned run evaluates: all without a budget;
@@ -190,10 +193,13 @@ class Budget:
             kept, total = kept + 1, total + size
         return kept
 
-    def probe_timed(self, seconds: float, samples: int, calls: int) -> None:
-        """Note what the probe's forward passes cost this run, per sample and per call."""
+    def probe_timed(self, seconds: float, samples: int) -> None:
+        """Note what the probe's forward passes cost per sample this run."""
         self.probe_per_sample = seconds / max(samples, 1)
-        self.probe_per_call = seconds / max(calls, 1)
+
+    def call_timed(self, seconds: float) -> None:
+        """Note what one forward call of the model on :data:`TRIAL_SAMPLES` samples costs: the unit of the guesses."""
+        self.call = seconds
 
     def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
         """Account a run: each measure's seconds and samples, and the run's total wall time."""

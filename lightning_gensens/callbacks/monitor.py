@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
-from lightning_gensens.callbacks.budget import Budget, Need
+from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Budget, Need
 from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, resolve_measures
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
@@ -25,7 +25,7 @@ from lightning_gensens.callbacks.session import Session
 from lightning_gensens.capture import ForwardCapture, OutputFn, default_output_fn, exclusive
 from lightning_gensens.measures import LossFn, Measure, Requirement, Settings
 from lightning_gensens.replay import Call, CallTemplate, Replay
-from lightning_gensens.utilities import evaluation_mode, preserved_rng, weight_layers
+from lightning_gensens.utilities import evaluation_mode, preserved_rng, synchronized_time, weight_layers
 
 
 class GeneralizationMonitor(Callback):
@@ -345,11 +345,14 @@ class GeneralizationMonitor(Callback):
             with exclusive(self._capture):
                 self._capture.enabled = True
                 start, measures = time.perf_counter(), self._session.measure_seconds()
+                calls = []
                 for batch in batches:
-                    self._feed_batch(move_data_to_device(batch, pl_module.device), "train")
+                    calls.append(self._feed_batch(move_data_to_device(batch, pl_module.device), "train"))
                     progress.advance()
                 forward = time.perf_counter() - start - (self._session.measure_seconds() - measures)
-                self.budget.probe_timed(forward, sum(sizes), len(batches))
+                self.budget.probe_timed(forward, sum(sizes))
+                if self._fitting and self.budget.call is None and calls:  # the unit of the budget's guesses
+                    self.budget.call_timed(self._time_call(calls[0].head(TRIAL_SAMPLES)))
                 for name, loader in self._pools.items():
                     for i, batch in enumerate(loader):
                         if i % trainer.world_size == trainer.global_rank:  # labels only score the pool's loss
@@ -361,7 +364,15 @@ class GeneralizationMonitor(Callback):
             self._capture.enabled = False
             progress.close()
 
-    def _feed_batch(self, batch: Any, split: str) -> None:
+    def _time_call(self, call: Call) -> float:
+        """Seconds of one forward call of the model, recorded by no capture."""
+        device = self._net_device()
+        with exclusive(None), torch.no_grad():
+            start = synchronized_time(device)
+            self._net(*call.args, **call.kwargs)
+            return synchronized_time(device) - start
+
+    def _feed_batch(self, batch: Any, split: str) -> Call:
         """Call the model on ``batch`` as it was called on the validation batches, and feed the record."""
         assert self._capture is not None and self._session is not None
         x, y = self.batch_to_xy(batch)
@@ -373,8 +384,10 @@ class GeneralizationMonitor(Callback):
             )
         call = self._template.call(batch) if self._template is not None else None
         call = call or Call((x,))
-        self._net(*call.args, **call.kwargs)
+        with torch.no_grad():  # the measures differentiate what they need themselves
+            self._net(*call.args, **call.kwargs)
         record = self._capture.pop()
         if record is not None:
             record.y = y
             self._session.feed(split, record)
+        return call

@@ -3,7 +3,6 @@ computed Metrics into logged values and scored predictions."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +21,7 @@ from lightning_gensens.measures import Measure, Reference, Requirement, Settings
 from lightning_gensens.measures.base import SPLITS, WEIGHTS
 from lightning_gensens.metrics.split_loss import SplitLoss
 from lightning_gensens.replay import Replay
-from lightning_gensens.utilities import evaluation_mode
+from lightning_gensens.utilities import evaluation_mode, synchronized_time
 
 
 @dataclass
@@ -282,7 +281,7 @@ class Session:
         """Run one step of a measure; if it raises, switch the measure off for the rest of the fit (one warning)."""
         if slot.failed:
             return None
-        start = _now(self._device)
+        start = synchronized_time(self._device)
         try:
             return fn(*args)
         except Exception as err:
@@ -295,7 +294,7 @@ class Session:
             )
             return None
         finally:
-            slot.seconds += _now(self._device) - start
+            slot.seconds += synchronized_time(self._device) - start
 
     def _check_outputs(self, record: Captured) -> None:
         """At the first record: refuse a classification loss on outputs it cannot score, and skip the measures
@@ -326,13 +325,6 @@ class Session:
             raise ValueError(message)
         slot.failed = True
         (rank_zero_warn if self.explicit else rank_zero_info)(message)
-
-
-def _now(device: torch.device | None) -> float:
-    """The clock, after the device's queued work (CUDA kernels run asynchronously)."""
-    if device is not None and device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _losses(metric: SplitLoss) -> dict[str, Tensor]:

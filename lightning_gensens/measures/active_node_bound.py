@@ -22,7 +22,7 @@ class ActiveNodeBound(Measure[ActiveNodeBoundMetric]):
     """
 
     name = "active_node_bound"
-    relative_cost = 2.0
+    relative_cost = 6.0
     requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
     def check(self, net: nn.Module) -> str | None:

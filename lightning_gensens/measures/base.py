@@ -104,9 +104,9 @@ class Measure(Generic[M]):
     name: ClassVar[str]
     requires: ClassVar[Requirement] = Requirement.NONE
     relative_cost: ClassVar[float] = 10.0
-    """A conservative guess of the cost of a first run (a few samples per split), in forward calls of the model on
-    a probe batch. A compute budget orders first runs by it and starts a measure only once its share covers the
-    guess; 1 or less marks a measure that only reads captured outputs or a few weights, which may start at once."""
+    """A conservative guess of what a run on a few samples per split costs, in forward calls of the model on as
+    many samples. A compute budget starts a measure once its share covers the guess (and times it then); 1 or less
+    marks a measure that only reads captured outputs or a few weights, which may start at once."""
 
     def __init__(self, *, seed: int | None = None, loss_fn: LossFn | None = None) -> None:
         if seed is not None and not isinstance(seed, int):

@@ -31,7 +31,7 @@ class InputGradientNorm(Measure[InputGradientNormMetric]):
     """
 
     name = "input_gradient_norm"
-    relative_cost = 4.0
+    relative_cost = 8.0
     requires = Requirement.LABELS
 
     def __init__(

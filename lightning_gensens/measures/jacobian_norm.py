@@ -13,7 +13,7 @@ class JacobianNorm(Measure[JacobianNormMetric]):
     """E‖∂f/∂x‖_F on the probe and validation; predicts m(X_te)/m(X_tr)·l_tr. Any differentiable network."""
 
     name = "jacobian_norm"
-    relative_cost = 10.0
+    relative_cost = 20.0
 
     def make_metric(self, net: nn.Module, settings: Settings) -> JacobianNormMetric:
         return JacobianNormMetric()

@@ -27,7 +27,7 @@ class OutputSensitivity(Measure[OutputSensitivityMetric]):
     """
 
     name = "output_sensitivity"
-    relative_cost = 4.0
+    relative_cost = 8.0
 
     def __init__(self, sigma: float = 0.1, n_draws: int = 1, **kwargs: Any) -> None:
         super().__init__(**kwargs)

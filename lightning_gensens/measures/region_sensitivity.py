@@ -23,7 +23,7 @@ class RegionSensitivity(Measure[RegionSensitivityMetric]):
     """
 
     name = "region_sensitivity"
-    relative_cost = 15.0
+    relative_cost = 25.0
     requires = Requirement.PREACTIVATIONS | Requirement.RELU
 
     def __init__(self, mode: str = "hard", temperature: float = 1.0, **kwargs: Any) -> None:

@@ -54,7 +54,7 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     """
 
     name = "relative_flatness"
-    relative_cost = 100.0
+    relative_cost = 300.0
     requires = Requirement.LABELS
 
     def __init__(

@@ -19,7 +19,7 @@ class SpectralNorm(TimeRatioMeasure[SpectralNormMetric]):
     ∏‖W^{(t−1)}‖_σ/∏‖W^{(t)}‖_σ·l_tr from the second run on."""
 
     name = "spectral_norm"
-    relative_cost = 10.0
+    relative_cost = 20.0
 
     def make_metric(self, net: nn.Module, settings: Settings) -> SpectralNormMetric:
         return SpectralNormMetric()

@@ -46,7 +46,7 @@ class TangentSensitivity(Measure[TangentSensitivityMetric]):
     """
 
     name = "tangent_sensitivity"
-    relative_cost = 15.0
+    relative_cost = 25.0
 
     def __init__(self, method: str = "auto", n_probes: int = 2, **kwargs: Any) -> None:
         super().__init__(**kwargs)

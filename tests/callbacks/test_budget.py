@@ -49,7 +49,8 @@ def test_first_runs_start_with_the_cheapest_and_time_an_expensive_one_when_its_s
     clock.now = 1.0  # before the probe is timed only those guessed at one forward call start, on everything
     assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": 0}
     assert budget.probe_batches([256] * 8) == 1  # the probe's first MIN_PROBE samples
-    budget.probe_timed(0.01, 256, 1)
+    budget.probe_timed(0.01, 256)
+    budget.call_timed(0.01)
     budget.record({"cheap": 0.01, "weights": 0.005}, {"cheap": 2000, "weights": 1}, 0.05)
     assert budget.base == pytest.approx(0.035)
     clock.now += 0.05 + 29.0  # 30 s of training: 3 s allowed, 1 s each
@@ -68,7 +69,8 @@ def test_runs_wait_until_the_pool_of_the_cheap_measures_pays_the_monitors_own_wo
     budget.fit_start()
     needs = _needs(cheap=1, weights=1)
     clock.now = 1.0
-    budget.probe_timed(0.01, 256, 1)
+    budget.probe_timed(0.01, 256)
+    budget.call_timed(0.01)
     budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
     clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms; 100 ms spent: 50 ms < 80 + 20 ms
     assert set(budget.plan(needs).values()) == {0}
@@ -83,7 +85,8 @@ def test_without_cheap_measures_the_first_that_runs_pays_the_monitors_own_work()
     needs = _needs(slow=50, slower=100)
     clock.now = 1.0  # no unit for the guesses yet: the cheapest starts, so that the probe gets timed
     assert budget.plan(needs) == {"slow": TRIAL_SAMPLES, "slower": 0}
-    budget.probe_timed(0.01, 256, 1)
+    budget.probe_timed(0.01, 256)
+    budget.call_timed(0.01)
     budget.record({"slow": 0.1}, {"slow": 32}, 0.2)  # 100 ms of own work
     clock.now += 0.2 + 19.0  # 2 s allowed, 1 s each: slower's guess (1 s) and the run's own work do not fit
     assert budget.plan(needs)["slower"] == 0
@@ -126,7 +129,7 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
         slow_time["extra"] += 0.5  # each batch "costs" half a second of measuring
         original_update(self, metric, record, net)
 
-    monkeypatch.setattr(session, "_now", fake_now)
+    monkeypatch.setattr(session, "synchronized_time", fake_now)
     monkeypatch.setattr(Slow, "update", slow_update)
     monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "fisher_rao_norm"], probe_size=300, budget=0.1)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=8)
