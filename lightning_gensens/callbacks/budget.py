@@ -19,6 +19,10 @@ MIN_SAMPLES = 64
 MIN_PROBE = 256
 """Probe samples a run evaluates at least (the train loss every estimator scales)."""
 
+PLANNED = 0.9
+"""The part of the allowance the plans spend; the rest covers what the monitor cannot time itself (Lightning calling
+its hooks, the capture inside the model's own validation forward)."""
+
 
 @dataclass(frozen=True)
 class Need:
@@ -135,7 +139,7 @@ class Budget:
                 ride += estimates[name]
         # every measure earns an equal share of the allowance; the bundled ones pool theirs, paying the run's own
         # work (setup, probe, logging) from it, so measuring happens only as often as that pool affords
-        allowance = self.fraction * self.training_time()
+        allowance = PLANNED * self.fraction * self.training_time()
         share = allowance / max(len(needs), 1)
         others = [name for name in needs if name not in bundle]
         spent = {name: self.costs[name].seconds if name in self.costs else 0.0 for name in others}

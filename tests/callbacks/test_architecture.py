@@ -120,6 +120,21 @@ def test_a_failing_measure_is_switched_off_with_one_warning_and_training_goes_on
         )
 
 
+class Unbuildable(Exploding):
+    name = "unbuildable"
+
+    def make_metric(self, net, settings):
+        raise RuntimeError("no metric")
+
+
+def test_a_measure_whose_metric_cannot_be_made_is_switched_off_at_its_first_run(tmp_path, digits):
+    monitor = GeneralizationMonitor(budget=None, measures=[Unbuildable(), "trivial"], probe_size=64)
+    with pytest.warns(UserWarning, match="unbuildable raised RuntimeError while creating its metrics: no metric"):
+        logged = _fit(tmp_path, [monitor], digits, epochs=2)
+    assert [m.name for m in monitor.active_measures] == ["trivial"]
+    assert math.isfinite(float(logged["gensens/trivial/pred_test_loss"]))
+
+
 def test_the_math_layers_import_without_lightning_wandb_or_sklearn():
     code = (
         "import sys, lightning_gensens.functional;"

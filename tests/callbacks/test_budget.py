@@ -2,8 +2,10 @@
 an expensive one less often or on fewer samples; ``budget=None`` runs everything. Tested on the mechanism (a fake
 clock, an artificially slow measure), never on wall-clock thresholds."""
 
+import logging
 import math
 
+import lightning as L
 import pytest
 from torchmetrics import MeanMetric
 
@@ -72,9 +74,9 @@ def test_runs_wait_until_the_pool_of_the_cheap_measures_pays_the_monitors_own_wo
     budget.probe_timed(0.01, 256)
     budget.call_timed(0.01)
     budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
-    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms; 100 ms spent: 50 ms < 80 + 20 ms
+    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 90% planned; 100 ms spent: 35 ms < 80 + 20 ms
     assert set(budget.plan(needs).values()) == {0}
-    clock.now += 0.5  # 2 s allow 200 ms: 100 ms left pays for a run
+    clock.now += 0.75  # 2.25 s allow 225 ms, 202.5 ms planned: 102.5 ms left pays for a run
     assert budget.plan(needs) == {"cheap": None, "weights": None}
 
 
@@ -113,33 +115,39 @@ class Slow(Measure):
 
 
 def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tmp_path, digits, monkeypatch):
+    """On a clock where each training step takes 1 s and each batch the slow measure sees 0.5 s."""
     import time
 
-    import lightning_gensens.callbacks.session as session
-
     real = time.perf_counter
-    slow_time = {"extra": 0.0}
+    extra = {"seconds": 0.0}
 
-    def fake_now(device):
-        return real() + slow_time["extra"]
+    def clock():
+        return real() + extra["seconds"]
+
+    class Steps(L.Callback):
+        def on_train_batch_end(self, *args):
+            extra["seconds"] += 1.0
 
     original_update = Slow.update
 
     def slow_update(self, metric, record, net):
-        slow_time["extra"] += 0.5  # each batch "costs" half a second of measuring
+        extra["seconds"] += 0.5
         original_update(self, metric, record, net)
 
-    monkeypatch.setattr(session, "synchronized_time", fake_now)
+    monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(Slow, "update", slow_update)
     monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "fisher_rao_norm"], probe_size=300, budget=0.1)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=8)
+    monitor.budget.clock = clock
+    trainer = make_trainer(tmp_path, [monitor, Steps()], max_epochs=8)
     trainer.fit(make_model(digits), digits)
     runs = {row["measure"]: row["runs"] for row in monitor.cost_table}
-    measured = len(monitor.history)  # the runs the budget afforded: their cadence is throttled too
-    assert 2 <= measured < 8
-    assert runs["trivial"] == runs["fisher_rao_norm"] == measured  # cheap: in every run
-    assert runs["slow"] < measured
+    seconds = {row["measure"]: row["seconds"] for row in monitor.cost_table}
+    assert runs["trivial"] == runs["fisher_rao_norm"] == len(monitor.history) == 8  # cheap: with every run
+    assert 1 <= runs["slow"] < 8
+    training = 8 * trainer.num_training_batches
+    assert seconds["slow"] <= 0.1 * training / 3 + 0.5 * 2 * 64 / 16  # its share, overdrawn by one run at most
     assert all(math.isfinite(row["gensens/overhead"]) for row in monitor.history)
+    assert monitor.history[-1]["gensens/overhead"] <= 0.1
 
 
 def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digits):
@@ -148,3 +156,16 @@ def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digit
     trainer.fit(make_model(digits), digits)
     assert {row["measure"]: row["runs"] for row in monitor.cost_table} == {"output_sensitivity": 3, "jacobian_norm": 3}
     assert all("gensens/jacobian_norm/seconds" in row for row in monitor.history)
+
+
+def test_a_short_fit_names_what_it_never_afforded_and_builds_no_metric_for_it(tmp_path, digits, caplog):
+    monitor = GeneralizationMonitor(probe_size=256)  # the default budget and measures
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        make_trainer(tmp_path, [monitor], max_epochs=3).fit(make_model(digits), digits)
+    assert monitor.history and monitor.budget.call is not None and monitor.budget.call > 0  # the guesses' unit
+    ran = {row["measure"] for row in monitor.cost_table}
+    assert {"trivial", "average_confidence", "difference_of_confidences", "atc"} <= ran
+    slots = {slot.measure.name: slot for slot in monitor._session.slots}
+    assert "relative_flatness" not in ran and not slots["relative_flatness"].metrics
+    (line,) = [r.getMessage() for r in caplog.records if "ran at most once" in r.getMessage()]
+    assert "relative_flatness (guessed" in line

@@ -219,6 +219,22 @@ def test_empty_or_unsized_probe_source():
         _probe().get(nothing)
 
 
+def test_a_map_style_probe_collates_only_the_batches_a_run_uses():
+    class Counted(TensorDataset):
+        reads = 0
+
+        def __getitem__(self, i):
+            Counted.reads += 1
+            return super().__getitem__(i)
+
+    data = Counted(torch.randn(20, 3), torch.arange(20))
+    trainer = SimpleNamespace(train_dataloader=DataLoader(data, batch_size=8), global_rank=0, world_size=1)
+    probe = _probe(size=12)
+    assert probe.sizes(trainer) == [2] * 6 and Counted.reads == 0  # drawn: indices only
+    assert len(probe.get(trainer, 2)) == 2 and Counted.reads == 4
+    assert [len(y) for _, y in probe.get(trainer)] == [2] * 6 and Counted.reads == 12
+
+
 def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=100)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
@@ -286,11 +302,36 @@ def test_validation_step_that_never_calls_the_model(tmp_path, digits):
     assert "gensens/linf_norm/val" in trainer.callback_metrics
 
 
-def test_hooks_are_removed_after_fit(tmp_path, digits):
+def _hooked(model: nn.Module) -> bool:
+    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_hooks_are_attached_only_while_measuring_and_removed_after_fit(tmp_path, digits):
+    seen = {"training": [], "measuring": []}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen["training"].append(_hooked(pl_module))
+
+    class Hooks(Measure):
+        name = "hooks"
+
+        def make_metric(self, net, settings):
+            from torchmetrics import MeanMetric
+
+            return MeanMetric()
+
+        def update(self, metric, record, net):
+            seen["measuring"].append(_hooked(net))
+            metric.update(record.logits.mean())
+
     model = make_model(digits)
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=50)], max_epochs=1)
+    monitor = GeneralizationMonitor(budget=None, measures=[Hooks(), "tangent_sensitivity"], probe_size=50)
+    trainer = make_trainer(tmp_path, [monitor, Spy()], max_epochs=2, limit_train_batches=3)
     trainer.fit(model, digits)
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert seen["training"] and not any(seen["training"])  # the training forwards pay for no hook
+    assert seen["measuring"] and all(seen["measuring"])
+    assert not _hooked(model)
 
 
 def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
