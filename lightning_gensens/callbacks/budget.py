@@ -101,7 +101,6 @@ class Budget:
         self.call: float | None = None
         """Seconds of a forward call of the model on :data:`TRIAL_SAMPLES` samples (timed once per fit)."""
         self._start: float | None = None
-        self._first = 1.0
         self._last_base = 0.0
         self._spare = 0.0
         """What the planned run leaves of its pool, for more of the probe."""
@@ -126,8 +125,8 @@ class Budget:
             return {name: None for name in needs}
         guessed = {name for name in needs if name not in self.costs}
         # before a forward call is timed there is no unit for the guesses: only the cheapest measures start
-        self._first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
-        estimates = {name: self._estimate(name, need) for name, need in needs.items()}
+        first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
+        estimates = {name: self._estimate(name, need, first) for name, need in needs.items()}
         # the run rides with the cheapest measures, as many as together cost no more than its own work
         bundle: list[str] = []
         ride = 0.0
@@ -170,18 +169,18 @@ class Budget:
                     continue
         return plan
 
-    def _estimate(self, name: str, need: Need) -> float:
+    def _estimate(self, name: str, need: Need, first: float) -> float:
+        """What a run of the measure costs: from its timed runs, else guessed (and kept for the report); before the
+        unit of the guesses is timed, nothing for those guessed at ``first`` forward calls or less, else infinite."""
         cost = self.costs.get(name)
         if cost is not None:
             return cost.estimate(need.samples)
-        self.guesses[name] = guess = self._guess(need)
-        return guess
-
-    def _guess(self, need: Need) -> float:
-        """What a measure's first run might cost, before it is timed."""
         if self.call is None:
-            return 0.0 if need.relative_cost <= self._first else math.inf
-        return need.relative_cost * self.call
+            guess = 0.0 if need.relative_cost <= first else math.inf
+        else:
+            guess = need.relative_cost * self.call
+        self.guesses[name] = guess
+        return guess
 
     def probe_batches(self, sizes: list[int]) -> int:
         """How many of the probe's batches (of ``sizes`` samples) the planned run evaluates: all without a budget;

@@ -18,6 +18,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
 from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Budget, Need
 from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, resolve_measures
+from lightning_gensens.callbacks.hooks import RunHooks
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
 from lightning_gensens.callbacks.reporting import Report
@@ -167,20 +168,19 @@ class GeneralizationMonitor(Callback):
             measure=self.prefix,
             output_fn=self.output_fn,
         )
-        self._hooked_always = False
-        self._hook_if_compiled()
+        self._hooks = RunHooks(self._net, self._capture, self._replay)
+        self._hooks.check_compiled()
         self.probe.reset()
         self._probe_batches: int | None = None
         self._setup_seconds = time.perf_counter() - start
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._capture is not None:
-            self._capture.detach()
-            self._replay.detach()
+            self._hooks.detach()
             self._capture = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._hook_if_compiled()  # `configure_model` may have compiled a submodule after `setup`
+        self._hooks.check_compiled()  # `configure_model` may have compiled a submodule after `setup`
         self.budget.fit_start(setup=self._setup_seconds)
         self.schedule.check(trainer, pl_module, bool(self._pools), self.active_measures, type(self).__name__)
 
@@ -259,7 +259,7 @@ class GeneralizationMonitor(Callback):
         self._session.reset()
         self._session.plan(caps)
         self._capture.record_preactivations = self._session.running(Requirement.PREACTIVATIONS)
-        self._hook()
+        self._hooks.attach()
         self._run_seconds = time.perf_counter() - start
         self._capture.clear()
         self._capture.enabled = True
@@ -291,29 +291,12 @@ class GeneralizationMonitor(Callback):
             self.report.record(trainer.current_epoch, logs)
             self.report.log(trainer, pl_module, logs)
             self._session.reset()
-            self._unhook()
+            self._hooks.release()
             # logging, resetting and unhooking are the monitor's cost too
             self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
             return
         self._session.reset()
-        self._unhook()
-
-    def _hook_if_compiled(self) -> None:
-        """Hooks cost every training forward a little, so they are attached for measuring runs only; but dynamo
-        bakes in the hooks a compiled submodule had when it was compiled, so there they stay for the whole fit."""
-        if not self._hooked_always and any(hasattr(m, "_orig_mod") for m in self._net.modules()):
-            self._hooked_always = True
-            self._hook()
-
-    def _hook(self) -> None:
-        assert self._capture is not None
-        self._capture.attach()
-        self._replay.attach()
-
-    def _unhook(self) -> None:
-        if self._capture is not None and not self._hooked_always:
-            self._capture.detach()
-            self._replay.detach()
+        self._hooks.release()
 
     def _net_device(self) -> torch.device:
         return next(self._net.parameters()).device
