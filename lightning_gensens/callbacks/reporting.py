@@ -153,7 +153,7 @@ class Report:
             self.mae[est] = {kind: _Mean(float(total), int(count)) for kind, (total, count) in kinds.items()}
 
     def log(self, trainer: Trainer, pl_module: LightningModule, logs: Mapping[str, Tensor]) -> None:
-        """Log one run's values, identical on every rank (each comes from states already reduced, or is a timing).
+        """Log one run's values (computed from states reduced over ranks; rank 0's timings go to the loggers).
 
         While fitting they go to ``trainer.callback_metrics`` (for EarlyStopping and ModelCheckpoint) and straight
         to every logger at the step Lightning logs at, as Lightning's ``LearningRateMonitor`` does: ``self.log``
@@ -161,7 +161,7 @@ class Report:
         Under ``trainer.validate()`` they go through ``self.log``, so that ``validate()`` returns them."""
         self._define_wandb_step(trainer, logs)
         if trainer.state.fn != "fit":
-            pl_module.log_dict(dict(logs))
+            pl_module.log_dict(dict(logs), sync_dist=trainer.world_size > 1)
             return
         trainer.callback_metrics.update(logs)
         self._to_loggers(trainer, logs)
@@ -172,7 +172,8 @@ class Report:
             return
         scalars = {key: float(value) for key, value in logs.items()}
         scalars["epoch"] = float(trainer.current_epoch)
-        step = trainer.fit_loop.epoch_loop._batches_that_stepped  # the step of Lightning's own epoch-end logging
+        # the step of Lightning's own epoch-end logging (as its LearningRateMonitor reads it)
+        step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=step)
             logger.save()
