@@ -19,7 +19,7 @@ MIN_SAMPLES = 64
 MIN_PROBE = 256
 """Probe samples a run evaluates at least (the train loss every estimator scales)."""
 
-PLANNED = 0.9
+PLANNED = 0.8
 """The part of the allowance the plans spend; the rest covers what the monitor cannot time itself (Lightning calling
 its hooks, the capture inside the model's own validation forward)."""
 

@@ -74,9 +74,9 @@ def test_runs_wait_until_the_pool_of_the_cheap_measures_pays_the_monitors_own_wo
     budget.probe_timed(0.01, 256)
     budget.call_timed(0.01)
     budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
-    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 90% planned; 100 ms spent: 35 ms < 80 + 20 ms
+    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 80% planned; 100 ms spent: 20 ms < 80 + 20 ms
     assert set(budget.plan(needs).values()) == {0}
-    clock.now += 0.75  # 2.25 s allow 225 ms, 202.5 ms planned: 102.5 ms left pays for a run
+    clock.now += 1.0  # 2.5 s allow 250 ms, 200 ms planned: 100 ms left pays for a run
     assert budget.plan(needs) == {"cheap": None, "weights": None}
 
 
