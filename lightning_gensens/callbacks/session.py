@@ -107,7 +107,7 @@ class Session:
         needs = {}
         for slot in self.slots:
             if not slot.failed:
-                cost = slot.measure.relative_cost
+                cost = slot.measure.relative_cost_for(self.net)
                 if slot.measure.needs(Requirement.WEIGHT_ONLY):
                     needs[slot.measure.name] = Need(1, 1, cost)
                 else:

@@ -119,6 +119,10 @@ class Measure(Generic[M]):
     def needs(self, requirement: Requirement) -> bool:
         return bool(self.requirements() & requirement)
 
+    def relative_cost_for(self, net: nn.Module) -> float:
+        """:attr:`relative_cost` of this configured instance on ``net`` (by default the class's)."""
+        return self.relative_cost
+
     def requirements(self) -> Requirement:
         """What this configured instance needs (by default the class's :attr:`requires`)."""
         return self.requires

@@ -54,7 +54,7 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
     """
 
     name = "relative_flatness"
-    relative_cost = 300.0
+    relative_cost = 60.0  # per layer measured
     requires = Requirement.LABELS
 
     def __init__(
@@ -84,6 +84,11 @@ class RelativeFlatness(Measure[RelativeFlatnessMetric]):
                 f"{self.name}: {unknown} are not Linear/Conv layers of {type(net).__name__}; choose from {available}."
             )
         return None
+
+    def relative_cost_for(self, net: nn.Module) -> float:
+        """The class's guess per layer measured: the curvature of each layer is computed on its own."""
+        names = [name for name, _ in weight_layers(net)]
+        return self.relative_cost * len(self.layers or (names if len(names) <= ALL_LAYERS_UP_TO else names[-1:]))
 
     def make_metric(self, net: nn.Module, settings: Settings) -> RelativeFlatnessMetric:
         names = [name for name, _ in weight_layers(net)]
