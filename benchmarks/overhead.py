@@ -441,7 +441,7 @@ def main() -> None:
         "--quick", action="store_true", help="smoke test: 1 repeat, 3 epochs, memory of the default monitor only"
     )
     parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workloads", default=",".join(WORKLOADS), help=f"comma-separated, of {list(WORKLOADS)}")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
