@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import math
 import os
@@ -184,10 +183,8 @@ def fit(setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_
     else:
         net = mlp(datamodule.num_features, datamodule.num_classes, hidden=setup.hidden)
     model = Classifier(net, lr=setup.lr, weight_decay=setup.weight_decay, optimizer=setup.optimizer)
-    kwargs: dict[str, Any] = {"probe_size": probe_size, "seed": seed, "unlabeled": pools}
-    if "budget" in inspect.signature(GeneralizationMonitor).parameters:
-        kwargs["budget"] = None  # every measure, every epoch
-    monitor = GeneralizationMonitor(**kwargs)
+    # every measure, every epoch
+    monitor = GeneralizationMonitor(probe_size=probe_size, seed=seed, unlabeled=pools, budget=None)
     trainer = L.Trainer(
         max_epochs=epochs,
         callbacks=[monitor],
@@ -428,8 +425,6 @@ def main() -> None:
 
     load = os.getloadavg()
     origin = package_origin()
-    has_budget = "budget" in inspect.signature(GeneralizationMonitor).parameters
-    budget = "`budget=None`" if has_budget else "the monitor has no `budget`"
     start = time.perf_counter()
     datasets: dict[tuple[str, bool], Data] = {}
     runs: list[Run] = []
@@ -464,7 +459,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "probe_size": args.probe_size,
             "pool_size": args.pool_size,
-            "budget": budget,
+            "budget": "`budget=None`",
         }
     if args.save_runs:
         Path(args.save_runs).write_text(json.dumps({"runs": [asdict(r) for r in runs], "meta": meta}))
