@@ -1,58 +1,74 @@
-"""What the predictions are worth: every estimator's error against the actual test loss and error, in distribution
-and under shift, over several setups and seeds.
+"""What the predictions are worth: which label-free estimator to trust for the loss and error of an unlabelled,
+shifted pool, and every estimator's error in distribution, over several setups and seeds.
 
-    python benchmarks/prediction.py [--quick] [--seeds 3] [--epochs 30] [--out benchmarks/results/prediction.md]
+    python benchmarks/prediction.py [--quick] [--seeds 2] [--epochs 25] [--all-measures]
+                                    [--out benchmarks/results/shift.md]
 
-Six setups (digits MLP and CNN, MNIST-1D MLP, MNIST-1D with 20% label noise, digits with 300 training samples,
-MNIST-1D 6×256 Adam MLP) × --seeds. Each run trains one setup with a `GeneralizationMonitor` measuring every
-measure every epoch (`budget=None`), with five shifted copies of the test split (gaussian noise, blur,
-translation, contrast reduction, occlusion of the z-scored inputs) handed to it as `unlabeled` pools: their labels
-only score, no estimator sees them. From `monitor.history`:
+Four setups (MNIST-1D MLP 4×100 SGD and 3×256 Adam, digits MLP 4×100 SGD and 2×256 Adam) × --seeds. Each run
+trains one setup with a `GeneralizationMonitor` (`budget=None`: every measure every epoch; a `CSVLogger` attached)
+and hands it shifted pools as `unlabeled` (their labels only score, no estimator sees them; see `_shifts.py`):
 
-- in distribution, each estimator's MAE of the predicted versus actual test loss (and error) over the last third
-  of the measured epochs, and its skill 1 − MAE/MAE(trivial), trivial predicting test = train (probe);
-- under shift, at the end of training, |predicted − actual| of each pool's test loss (and error), averaged over
-  the five pools, and the skill against the pool's trivial, which predicts shifted = validation.
+- natural (MNIST-1D): the data regenerated with one of five generator parameters changed, 3 levels each, plus a
+  control drawn anew with the default parameters;
+- label (both datasets): class-imbalanced draws from the test split (Dirichlet, k classes kept, one dominant
+  class), 3 levels each;
+- corruption (digits): noise, blur, sub-pixel translation, contrast and occlusion of the inputs, 3 levels each.
 
-Per run skills are averaged over setups × seeds; "wins" counts the setups in which the skill of the seed-averaged
-MAE is at least 0.2. Prints the tables and writes them, with the configuration and wall time, to --out.
-`--quick` (1 seed, 10 epochs, 2 setups) is a smoke test of about a minute; `--save-runs`/`--load-runs` keep the
-histories to re-score without training. Runs on one torch thread by default (`--threads`).
+The measures are the label-free baselines (`trivial`, `average_confidence`, `difference_of_confidences`, `atc`) and
+`optimal_transport` where the package has it; `--all-measures` runs every default measure (slow: the sensitivity
+measures then run on every pool too). From `monitor.history`:
+
+- under shift, at the end of training, |predicted − actual| of each pool's test loss and error; skill = 1 −
+  MAE/MAE(trivial) over pools × setups × seeds, trivial predicting pool = validation; the mean and median of each
+  run's skill; wins = the share of pools where |error| < trivial's;
+- in distribution, the MAE of the predicted versus actual test loss and error over the last third of the epochs,
+  trivial predicting test = train (probe).
+
+Every estimator found in the history is scored, and the monitor's recommended per-pool keys
+(`gensens/pool/<name>/pred_test_error|loss`) as the row `recommended`. Prints the tables and writes them, with the
+configuration and wall time, to --out. `--quick` (1 seed, 6 epochs, 2 setups, pools of 300) is a smoke test of
+about a minute; `--save-runs`/`--load-runs` keep the histories to re-score without training. Runs on one torch
+thread by default (`--threads`).
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from _shifts import FAMILIES, LEVELS, NATURAL, NaturalShifts, Pool, corruptions, label_shifts
+from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.models import Classifier, mlp, small_cnn
+from lightning_gensens.measures import MEASURES
+from lightning_gensens.models import Classifier, mlp
 
 PREFIX = "gensens"
 TRIVIAL = "trivial"
+RECOMMENDED = "recommended"
+OT = "optimal_transport"
 WIN = 0.2
-SHIFTS = ("noise", "blur", "translate", "contrast", "occlude")
-CNN_WIDTH = 16
+KINDS = ("error", "loss")
+CHEAP = ("trivial", "average_confidence", "difference_of_confidences", "atc", OT)
+SHIFTED = tuple(FAMILIES)
+COVARIATE = "natural + corruption"
 
 
 @dataclass(frozen=True)
@@ -60,108 +76,45 @@ class Setup:
     name: str
     dataset: str
     description: str
-    image: bool = False
-    hidden: tuple[int, ...] | None = (100, 100, 100, 100)  # None: small CNN
+    hidden: tuple[int, ...] = (100, 100, 100, 100)
     optimizer: str = "sgd"
     lr: float = 0.05
     weight_decay: float = 5e-4
-    label_noise: float = 0.0
-    train_size: int | None = None
-    batch_size: int = 64
 
 
+ADAM = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0}
 SETUPS = (
-    Setup("digits-mlp", "digits", "digits, MLP 4×100, SGD lr 0.05 wd 5e-4"),
-    Setup("digits-cnn", "digits", "digits 1×8×8, small CNN (width 16, BatchNorm), SGD lr 0.05 wd 5e-4", True, None),
     Setup("mnist1d-mlp", "mnist1d", "MNIST-1D, MLP 4×100, SGD lr 0.05 wd 5e-4"),
-    Setup("mnist1d-noisy", "mnist1d", "MNIST-1D, 20% of training labels random, MLP 4×100, SGD", label_noise=0.2),
-    Setup(  # batch 16: about as many steps per epoch (19) as the full training set at batch 64 (20)
-        "digits-300", "digits", "digits, 300 training samples, MLP 4×100, SGD, batch 16", train_size=300, batch_size=16
-    ),
-    Setup(
-        "mnist1d-adam",
-        "mnist1d",
-        "MNIST-1D, MLP 6×256, Adam lr 1e-3 wd 0",
-        hidden=(256,) * 6,
-        optimizer="adam",
-        lr=1e-3,
-        weight_decay=0.0,
-    ),
+    Setup("mnist1d-adam", "mnist1d", "MNIST-1D, MLP 3×256, Adam lr 1e-3 wd 0", (256,) * 3, **ADAM),
+    Setup("digits-mlp", "digits", "digits, MLP 4×100, SGD lr 0.05 wd 5e-4"),
+    Setup("digits-adam", "digits", "digits, MLP 2×256, Adam lr 1e-3 wd 0", (256,) * 2, **ADAM),
 )
-QUICK_SETUPS = ("digits-mlp", "digits-cnn")
+QUICK_SETUPS = ("mnist1d-mlp", "digits-mlp")
 
 
 # -- data -----------------------------------------------------------------------------------------------------------
-def _shift_rows(x: Tensor, shifts: Tensor) -> Tensor:
-    """Shift each 1-D signal by its own amount, repeating the edge value (no wrap-around)."""
-    n = x.shape[1]
-    source = (torch.arange(n).view(1, n) - shifts.view(-1, 1)).clamp(0, n - 1)
-    return torch.gather(x, 1, source)
-
-
-def shifted_pools(x: Tensor, image: bool, seed: int) -> dict[str, Tensor]:
-    """Five corrupted copies of the z-scored test inputs ``x`` (N × features; digits as 8×8 images, MNIST-1D as
-    40-sample signals). Corrupting the network's (z-scored) input rather than the raw pixels keeps the severities
-    comparable: a raw corruption of digits' near-constant border pixels is blown up 10–100× by the z-scoring."""
-    g = torch.Generator().manual_seed(10_000 + seed)
-    n = x.shape[0]
-    out = {"noise": x + 0.75 * torch.randn(x.shape, generator=g)}
-    sign = 2 * torch.randint(0, 2, (n,), generator=g) - 1
-    if image:
-        img = x.view(n, 1, 8, 8)
-        kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16
-        out["blur"] = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel.view(1, 1, 3, 3)).view(n, -1)
-        axis = (torch.rand(n, generator=g) < 0.5).long()
-        rolled = [torch.roll(im, int(s), dims=int(a)) for im, s, a in zip(img[:, 0], sign, axis, strict=True)]
-        out["translate"] = torch.stack(rolled).reshape(n, -1)
-    else:
-        kernel = torch.tensor([1.0, 2.0, 3.0, 2.0, 1.0]) / 9
-        out["blur"] = F.conv1d(F.pad(x.view(n, 1, -1), (2, 2), mode="replicate"), kernel.view(1, 1, 5)).view(n, -1)
-        out["translate"] = _shift_rows(x, sign * torch.randint(2, 6, (n,), generator=g))
-    mean = x.mean(dim=1, keepdim=True)
-    out["contrast"] = mean + 0.4 * (x - mean)
-    occluded = x.clone()
-    if image:
-        corner = torch.randint(0, 8 - 4 + 1, (2, n), generator=g).tolist()
-        view = occluded.view(n, 8, 8)
-        for i, (r, c) in enumerate(zip(*corner, strict=True)):
-            view[i, r : r + 4, c : c + 4] = 0.0
-    else:
-        for i, start in enumerate(torch.randint(0, 40 - 10 + 1, (n,), generator=g).tolist()):
-            occluded[i, start : start + 10] = 0.0
-    out["occlude"] = occluded
-    return out
-
-
 class Data:
-    """One dataset's datamodule, built once and shared by every run on it."""
+    """One dataset's datamodule and its pools per seed, built once and shared by every run on it."""
 
-    def __init__(self, name: str, image: bool) -> None:
-        self.module = ArrayDataModule(name, image=image)
-        self.image = image
+    def __init__(self, name: str) -> None:
+        self.module = ArrayDataModule(name)
+        self.natural = NaturalShifts() if name == "mnist1d" else None
+        self._pools: dict[int, list[Pool]] = {}
 
-    def for_run(self, setup: Setup, seed: int, pool_size: int | None) -> tuple[ArrayDataModule, dict[str, DataLoader]]:
-        """The run's training set (subset, label noise) and its shifted pools: the test split (or ``pool_size``
-        samples of it, one draw per seed, the same for every shift), corrupted."""
-        g = torch.Generator().manual_seed(seed)
-        x, y = self.module.train_set.tensors
-        if setup.train_size is not None:
-            keep = torch.randperm(len(y), generator=g)[: setup.train_size]
+    def pools(self, seed: int, pool_size: int | None) -> list[Pool]:
+        """The seed's pools: label shift and corruptions of the test split (or ``pool_size`` samples of it, one draw
+        per seed), MNIST-1D regenerated (as many samples as the test split)."""
+        if seed not in self._pools:
+            x, y = self.module.val_set.tensors
+            keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:pool_size]
             x, y = x[keep], y[keep]
-        if setup.label_noise > 0:
-            k = self.module.num_classes
-            flip = torch.rand(len(y), generator=g) < setup.label_noise
-            y = torch.where(flip, (y + torch.randint(1, k, y.shape, generator=g)) % k, y)
-        data = copy.copy(self.module)
-        data.train_set, data.batch_size = TensorDataset(x, y), setup.batch_size
-        x_test, y_test = self.module.val_set.tensors
-        keep = torch.randperm(len(y_test), generator=g)[:pool_size]
-        x_test, y_test = x_test[keep], y_test[keep]
-        pools = {
-            name: DataLoader(TensorDataset(z.reshape(x_test.shape), y_test), batch_size=256)
-            for name, z in shifted_pools(x_test.reshape(len(x_test), -1), self.image, seed).items()
-        }
-        return data, pools
+            pools = label_shifts(x, y, self.module.num_classes, seed)
+            if self.natural is not None:
+                pools = self.natural.pools(seed, len(y)) + pools
+            else:
+                pools = corruptions(x, y, seed) + pools
+            self._pools[seed] = pools
+        return self._pools[seed]
 
 
 # -- one run --------------------------------------------------------------------------------------------------------
@@ -171,64 +124,149 @@ class Run:
     seed: int
     history: list[dict[str, float]]
     needs_labels: dict[str, bool]
+    pools: dict[str, tuple[str, str, int]]  # name: (family, kind, level)
     seconds: float
     warnings: list[str]
 
 
-def fit(setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_size: int | None) -> Run:
-    datamodule, pools = data.for_run(setup, seed, pool_size)
+def fit(
+    setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_size: int | None, measures: list[str] | None
+) -> Run:
+    pools = data.pools(seed, pool_size)
     L.seed_everything(seed, verbose=False)
-    if setup.hidden is None:
-        net = small_cnn(1, 8, datamodule.num_classes, width=CNN_WIDTH, batch_norm=True)
-    else:
-        net = mlp(datamodule.num_features, datamodule.num_classes, hidden=setup.hidden)
+    net = mlp(data.module.num_features, data.module.num_classes, hidden=setup.hidden)
     model = Classifier(net, lr=setup.lr, weight_decay=setup.weight_decay, optimizer=setup.optimizer)
-    # every measure, every epoch
-    monitor = GeneralizationMonitor(probe_size=probe_size, seed=seed, unlabeled=pools, budget=None)
-    trainer = L.Trainer(
-        max_epochs=epochs,
-        callbacks=[monitor],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        accelerator="cpu",
-        devices=1,
-        num_sanity_val_steps=0,
-    )
-    start = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
+    loaders = {p.name: DataLoader(TensorDataset(p.x, p.y), batch_size=256) for p in pools}
+    monitor = GeneralizationMonitor(measures, probe_size=probe_size, seed=seed, unlabeled=loaders, budget=None)
+    with tempfile.TemporaryDirectory() as logs, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        trainer.fit(model, datamodule)
-    seconds = time.perf_counter() - start
+        trainer = L.Trainer(
+            max_epochs=epochs,
+            callbacks=[monitor],
+            logger=CSVLogger(logs),
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
+            num_sanity_val_steps=0,
+        )
+        start = time.perf_counter()
+        trainer.fit(model, data.module)
+        seconds = time.perf_counter() - start
     noise = ("num_workers", "does not have many workers", "log_every_n_steps", "sync_dist")
     messages = [str(w.message) for w in caught if not any(s in str(w.message) for s in noise)]
     needs = {row["estimator"]: bool(row["needs_labels"]) for row in monitor.mae_table}
-    return Run(setup.name, seed, list(monitor.history), needs, seconds, messages)
+    meta = {p.name: (p.family, p.kind, p.level) for p in pools}
+    return Run(setup.name, seed, list(monitor.history), needs, meta, seconds, messages)
 
 
 # -- scoring --------------------------------------------------------------------------------------------------------
-def estimators(runs: Sequence[Run], group: str = "") -> list[str]:
-    """Every estimator with a logged prediction in ``group`` ("" for the main group, "pool/<name>/" for a pool)."""
+def parse(key: str) -> tuple[str, str, str] | None:
+    """(group, estimator, kind) of a prediction key: group "" for the main group or a pool's name; the estimator
+    :data:`RECOMMENDED` for the monitor's recommended keys (``gensens/[pool/<name>/]pred_test_<kind>``)."""
+    parts = key.split("/")
+    if parts[0] != PREFIX or not parts[-1].startswith("pred_test_"):
+        return None
+    kind = parts[-1][len("pred_test_") :]
+    group, rest = (parts[2], parts[3:-1]) if parts[1] == "pool" and len(parts) > 3 else ("", parts[1:-1])
+    if kind not in KINDS or len(rest) > 1:
+        return None
+    return group, rest[0] if rest else RECOMMENDED, kind
+
+
+def estimators(runs: Iterable[Run], main: bool) -> list[str]:
+    """Every estimator with a logged prediction in the main group (``main``) or in a pool; trivial first."""
     found = set()
     for run in runs:
         for row in run.history:
             for key in row:
-                head, _, tail = key.rpartition("/")
-                if tail == "pred_test_loss" and head.startswith(f"{PREFIX}/{group}"):
-                    name = head[len(f"{PREFIX}/{group}") :]
-                    if "/" not in name:
-                        found.add(name)
-    return sorted(found)
+                parsed = parse(key)
+                if parsed is not None and (parsed[0] == "") == main:
+                    found.add(parsed[1])
+    return sorted(found, key=lambda e: (e != TRIVIAL, e == RECOMMENDED, e))
 
 
-def _mae(rows: Sequence[dict[str, float]], pred: str, actual: str) -> float:
-    errors = [
-        abs(r[pred] - r[actual])
-        for r in rows
-        if pred in r and actual in r and math.isfinite(r[pred]) and math.isfinite(r[actual])
-    ]
-    return statistics.fmean(errors) if errors else math.nan
+def _key(group: str, estimator: str, kind: str) -> str:
+    pool = f"pool/{group}/" if group else ""
+    name = "" if estimator == RECOMMENDED else f"{estimator}/"
+    return f"{PREFIX}/{pool}{name}pred_test_{kind}"
+
+
+def _actual(group: str, kind: str) -> str:
+    return f"{PREFIX}/pool/{group}/test_{kind}" if group else f"{PREFIX}/test_{kind}"
+
+
+def _abs_error(row: dict[str, float], group: str, estimator: str, kind: str) -> float:
+    pred, actual = row.get(_key(group, estimator, kind), math.nan), row.get(_actual(group, kind), math.nan)
+    return abs(pred - actual) if math.isfinite(pred) and math.isfinite(actual) else math.nan
+
+
+def _skill(mae: float, trivial: float) -> float:
+    if not (math.isfinite(mae) and math.isfinite(trivial)) or trivial <= 0:
+        return math.nan
+    return 1.0 - mae / trivial
+
+
+def _finite_mean(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def _finite_median(values: Iterable[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.median(finite) if finite else math.nan
+
+
+@dataclass(frozen=True)
+class Item:
+    """One pool of one run at the end of training: an estimator's |error| and trivial's."""
+
+    run: tuple[str, int]
+    family: str
+    kind: str
+    level: int
+    estimator: str
+    quantity: str  # "error" or "loss"
+    own: float
+    trivial: float
+
+
+def shift_items(runs: Sequence[Run], names: Sequence[str]) -> list[Item]:
+    items = []
+    for run in runs:
+        final = run.history[-1]
+        for pool, (family, kind, level) in run.pools.items():
+            for quantity in KINDS:
+                trivial = _abs_error(final, pool, TRIVIAL, quantity)
+                for e in names:
+                    own = _abs_error(final, pool, e, quantity)
+                    if math.isfinite(own) and math.isfinite(trivial):
+                        items.append(Item((run.setup, run.seed), family, kind, level, e, quantity, own, trivial))
+    return items
+
+
+def score(items: Sequence[Item]) -> dict[str, Any]:
+    """Skill of the MAE over ``items`` against trivial's, the mean and median of each run's skill, the wins."""
+    if not items:
+        return {"skill": math.nan, "mean": math.nan, "median": math.nan, "wins": "—", "mae": math.nan, "n": 0}
+    by_run = defaultdict(list)
+    for item in items:
+        by_run[item.run].append(item)
+
+    def skill(some: Sequence[Item]) -> float:
+        return _skill(statistics.fmean(i.own for i in some), statistics.fmean(i.trivial for i in some))
+
+    per_run = [skill(some) for some in by_run.values()]
+    wins = sum(i.own < i.trivial for i in items)
+    return {
+        "skill": skill(items),
+        "mean": _finite_mean(per_run),
+        "median": _finite_median(per_run),
+        "wins": f"{wins}/{len(items)}",
+        "mae": statistics.fmean(i.own for i in items),
+        "n": len(items),
+    }
 
 
 def in_distribution(run: Run, names: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -236,51 +274,7 @@ def in_distribution(run: Run, names: Sequence[str]) -> dict[str, dict[str, float
     epochs = sorted({int(r["epoch"]) for r in run.history})
     last = set(epochs[len(epochs) - math.ceil(len(epochs) / 3) :])
     rows = [r for r in run.history if int(r["epoch"]) in last]
-    return {
-        e: {kind: _mae(rows, f"{PREFIX}/{e}/pred_test_{kind}", f"{PREFIX}/test_{kind}") for kind in ("loss", "error")}
-        for e in names
-    }
-
-
-def under_shift(run: Run, names: Sequence[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{pool: {estimator: {"loss": |err|, "error": |err|}}} at the run's last measured epoch."""
-    final = run.history[-1]
-    return {
-        pool: {
-            e: {
-                kind: _mae([final], f"{PREFIX}/pool/{pool}/{e}/pred_test_{kind}", f"{PREFIX}/pool/{pool}/test_{kind}")
-                for kind in ("loss", "error")
-            }
-            for e in names
-        }
-        for pool in SHIFTS
-    }
-
-
-def gaps(run: Run, names: Sequence[str]) -> dict[str, int]:
-    """Per estimator that predicted in this run, the measured epochs (after the first, which time-ratio estimators
-    skip) with an actual test loss but no finite predicted one: a NaN/Inf prediction (not logged) or a measure
-    switched off."""
-    rows = [r for r in run.history[1:] if math.isfinite(r.get(f"{PREFIX}/test_loss", math.nan))]
-    names = [e for e in names if any(f"{PREFIX}/{e}/pred_test_loss" in r for r in run.history)]  # defined here
-    return {e: sum(not math.isfinite(r.get(f"{PREFIX}/{e}/pred_test_loss", math.nan)) for r in rows) for e in names}
-
-
-def out_of_range(run: Run, names: Sequence[str]) -> dict[str, int]:
-    """Per estimator, logged predicted test errors outside [0, 1] (main group and pools)."""
-    counts = dict.fromkeys(names, 0)
-    for row in run.history:
-        for key, value in row.items():
-            if key.endswith("/pred_test_error") and not 0.0 <= value <= 1.0:
-                name = key.rpartition("/")[0].rpartition("/")[2]
-                counts[name] = counts.get(name, 0) + 1
-    return counts
-
-
-def _skill(mae: float, trivial: float) -> float:
-    if not (math.isfinite(mae) and math.isfinite(trivial)) or trivial <= 0:
-        return math.nan
-    return 1.0 - mae / trivial
+    return {e: {kind: _finite_mean(_abs_error(r, "", e, kind) for r in rows) for kind in KINDS} for e in names}
 
 
 def _paired_skill(own: Sequence[float], trivial: Sequence[float]) -> float:
@@ -291,42 +285,49 @@ def _paired_skill(own: Sequence[float], trivial: Sequence[float]) -> float:
     return _skill(statistics.fmean(o for o, _ in pairs), statistics.fmean(t for _, t in pairs))
 
 
-def _finite_mean(values: Sequence[float]) -> float:
-    finite = [v for v in values if math.isfinite(v)]
-    return statistics.fmean(finite) if finite else math.nan
-
-
 def aggregate(
     per_run: Sequence[tuple[str, dict[str, dict[str, float]]]], names: Sequence[str], needs: dict[str, bool]
 ) -> list[dict[str, Any]]:
-    """Rows of the summary table from each run's {estimator: {kind: MAE}} (tagged with its setup)."""
+    """Rows of the in-distribution table from each run's {estimator: {kind: MAE}} (tagged with its setup)."""
     setups = list(dict.fromkeys(setup for setup, _ in per_run))
     rows = []
     for e in names:
         row: dict[str, Any] = {"estimator": e, "needs_labels": needs.get(e, False)}
-        for kind in ("loss", "error"):
-            maes = [m[e][kind] for _, m in per_run]
+        for kind in KINDS:
             skills = [_skill(m[e][kind], m[TRIVIAL][kind]) for _, m in per_run]
             wins, scored = 0, 0
             for setup in setups:
                 own = [m[e][kind] for s, m in per_run if s == setup]
-                skill = _paired_skill(own, [m[TRIVIAL][kind] for s, m in per_run if s == setup])
                 if any(map(math.isfinite, own)):
                     scored += 1
-                    wins += skill >= WIN
-            row[f"mae_{kind}"] = _finite_mean(maes)
+                    wins += _paired_skill(own, [m[TRIVIAL][kind] for s, m in per_run if s == setup]) >= WIN
+            row[f"mae_{kind}"] = _finite_mean(m[e][kind] for _, m in per_run)
             row[f"skill_{kind}"] = _finite_mean(skills) if e != TRIVIAL else 0.0
-            row[f"median_skill_{kind}"] = (
-                statistics.median([s for s in skills if math.isfinite(s)])
-                if any(map(math.isfinite, skills))
-                else math.nan
-            )
+            row[f"median_skill_{kind}"] = _finite_median(skills)
             row[f"wins_{kind}"] = f"{wins}/{scored}" if scored else "—"
-        row["runs"] = sum(math.isfinite(m[e]["loss"]) for _, m in per_run)
+        row["runs"] = sum(any(math.isfinite(m[e][k]) for k in KINDS) for _, m in per_run)
         rows.append(row)
-    return sorted(
-        rows, key=lambda r: (math.isnan(r["skill_loss"]), 0.0 if math.isnan(r["skill_loss"]) else -r["skill_loss"])
-    )
+    return sorted(rows, key=_best_first)
+
+
+def _best_first(row: dict[str, Any]) -> tuple[bool, bool, float]:
+    """Estimators of the error first, then those of the loss only; higher skill first, NaN last."""
+    error = row["skill_error"]
+    skill = error if math.isfinite(error) else row["skill_loss"]
+    return not math.isfinite(error), math.isnan(skill), 0.0 if math.isnan(skill) else -skill
+
+
+def out_of_range(runs: Iterable[Run]) -> dict[str, list[int]]:
+    """{estimator: [in distribution, in pools]}: its logged predicted test errors outside [0, 1], for every
+    estimator that predicts an error."""
+    counts: dict[str, list[int]] = {}
+    for run in runs:
+        for row in run.history:
+            for key, value in row.items():
+                parsed = parse(key)
+                if parsed is not None and parsed[2] == "error":
+                    counts.setdefault(parsed[1], [0, 0])[parsed[0] != ""] += not 0.0 <= value <= 1.0
+    return counts
 
 
 def package_origin() -> str:
@@ -364,21 +365,6 @@ def _fmt(value: Any, spec: str) -> str:
     return str(value)
 
 
-SUMMARY_COLUMNS = (
-    ("estimator", "estimator", "s"),
-    ("needs_labels", "needs labels", "s"),
-    ("mae_loss", "mean MAE test loss", ".4f"),
-    ("skill_loss", "mean skill (loss)", "+.3f"),
-    ("median_skill_loss", "median skill (loss)", "+.3f"),
-    ("wins_loss", "wins (loss)", "s"),
-    ("mae_error", "mean MAE test error", ".4f"),
-    ("skill_error", "mean skill (error)", "+.3f"),
-    ("median_skill_error", "median skill (error)", "+.3f"),
-    ("wins_error", "wins (error)", "s"),
-    ("runs", "runs", "d"),
-)
-
-
 def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     lines = ["| " + " | ".join(title for _, title, _ in columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
@@ -387,25 +373,110 @@ def markdown(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str, s
     return "\n".join(lines)
 
 
-def by_column(
-    names: Sequence[str],
-    columns: Sequence[str],
-    cell: Callable[[str, str], float],
-    spec: str = "+.2f",
-) -> str:
+def by_column(names: Sequence[str], columns: Sequence[str], cell: Callable[[str, str], str]) -> str:
     lines = ["| estimator | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
-    for e in names:
-        lines.append(f"| `{e}` | " + " | ".join(_fmt(cell(e, c), spec) for c in columns) + " |")
+    lines += [f"| `{e}` | " + " | ".join(cell(e, c) for c in columns) + " |" for e in names]
+    return "\n".join(lines)
+
+
+IN_DISTRIBUTION_COLUMNS = (
+    ("estimator", "estimator", "s"),
+    ("needs_labels", "needs labels", "s"),
+    ("mae_error", "mean MAE test error", ".4f"),
+    ("skill_error", "mean skill (error)", "+.3f"),
+    ("median_skill_error", "median skill (error)", "+.3f"),
+    ("wins_error", "wins (error)", "s"),
+    ("mae_loss", "mean MAE test loss", ".4f"),
+    ("skill_loss", "mean skill (loss)", "+.3f"),
+    ("median_skill_loss", "median skill (loss)", "+.3f"),
+    ("wins_loss", "wins (loss)", "s"),
+    ("runs", "runs", "d"),
+)
+SHIFT_COLUMNS = (
+    ("estimator", "estimator", "s"),
+    ("skill", "skill", "+.2f"),
+    ("mean", "mean skill per run", "+.2f"),
+    ("median", "median skill per run", "+.2f"),
+    ("wins", "wins", "s"),
+    ("mae", "MAE", ".3f"),
+)
+
+
+def shift_report(runs: Sequence[Run], names: Sequence[str]) -> list[str]:
+    """The under-shift sections, for the error then the loss: the summary over every shifted pool, then the skill
+    per family, per family and level, and per shift."""
+    items = shift_items(runs, names)
+    families = [f for f in (*SHIFTED, "control") if any(i.family == f for i in items)]
+    families.insert(len(families) - ("control" in families), COVARIATE)  # the shifts that keep the class frequencies
+    levels = [f"{f} {lv}" for f in SHIFTED for lv in LEVELS if any((i.family, i.level) == (f, lv) for i in items)]
+    kinds = list(dict.fromkeys(i.kind for i in items))
+    sections = []
+    for quantity in KINDS:
+
+        def pick(e: str, keep: Callable[[Item], bool], quantity: str = quantity) -> list[Item]:
+            return [i for i in items if i.estimator == e and i.quantity == quantity and keep(i)]
+
+        def family_cell(e: str, family: str) -> str:
+            found = score(pick(e, lambda i: i.family in family.split(" + ")))
+            return f"{_fmt(found['skill'], '+.2f')} ({found['wins']})" if found["n"] else "—"
+
+        def level_cell(e: str, column: str) -> str:
+            family, _, level = column.rpartition(" ")
+            return _fmt(score(pick(e, lambda i: (i.family, i.level) == (family, int(level))))["skill"], "+.2f")
+
+        def kind_cell(e: str, kind: str) -> str:
+            return _fmt(score(pick(e, lambda i: i.kind == kind))["skill"], "+.2f")
+
+        rows = [{"estimator": e, **score(pick(e, lambda i: i.family in SHIFTED))} for e in names]
+        rows = sorted((r for r in rows if r["n"]), key=lambda r: (math.isnan(r["skill"]), -r["skill"]))
+        order = [r["estimator"] for r in rows]
+        sections += [
+            f"### The test {quantity}",
+            f"Over every shifted pool (natural, label, corruption; not the control), {quantity}:",
+            markdown(rows, SHIFT_COLUMNS),
+            f"Skill ({quantity}) per shift family (natural + corruption: every shift but the label shift), MAE over "
+            "pools × setups × seeds (wins in brackets):",
+            by_column(order, families, family_cell),
+            f"Skill ({quantity}) per family and severity level:",
+            by_column(order, levels, level_cell),
+            f"Skill ({quantity}) per shift:",
+            by_column(order, kinds, kind_cell),
+        ]
+    return sections
+
+
+def severity_table(runs: Sequence[Run]) -> str:
+    """Mean over runs of each pool's actual test error and loss minus the validation data's."""
+    deltas: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    families = {}
+    for run in runs:
+        final = run.history[-1]
+        for pool, (family, kind, level) in run.pools.items():
+            families[kind] = family
+            deltas[kind, level].append(
+                tuple(final.get(_actual(pool, q), math.nan) - final.get(_actual("", q), math.nan) for q in KINDS)
+            )
+    levels = sorted({lv for _, lv in deltas})
+    lines = ["| family | shift | " + " | ".join(f"level {lv}" for lv in levels) + " |"]
+    lines.append("|" + "---|" * (len(levels) + 2))
+    for kind, family in families.items():
+        cells = []
+        for lv in levels:
+            pairs = deltas.get((kind, lv), [])
+            error, loss = (_finite_mean(p[j] for p in pairs) for j in range(2))
+            cells.append(f"{_fmt(error, '+.3f')} / {_fmt(loss, '+.2f')}" if pairs else "")
+        lines.append(f"| {family} | {kind} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 10 epochs, 2 setups")
-    parser.add_argument("--seeds", type=int, default=None, help="seeds per setup (default 3; 1 with --quick)")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 30; 10 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 6 epochs, 2 setups, pools of 300")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per setup (default 2; 1 with --quick)")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 25; 6 with --quick)")
     parser.add_argument("--probe-size", type=int, default=1024, help="training samples in the monitor's probe")
-    parser.add_argument("--pool-size", type=int, default=None, help="test samples per shifted pool (default all)")
+    parser.add_argument("--pool-size", type=int, default=None, help="samples per pool (default the test split's)")
+    parser.add_argument("--all-measures", action="store_true", help="every default measure, not the cheap ones")
     parser.add_argument(
         "--threads",
         type=int,
@@ -414,11 +485,13 @@ def main() -> None:
     )
     parser.add_argument("--save-runs", help="also write every run's history to this JSON file")
     parser.add_argument("--load-runs", help="score the runs of a --save-runs file instead of training")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "prediction.md"))
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "shift.md"))
     args = parser.parse_args()
-    seeds = args.seeds or (1 if args.quick else 3)
-    epochs = args.epochs or (10 if args.quick else 30)
+    seeds = args.seeds or (1 if args.quick else 2)
+    epochs = args.epochs or (6 if args.quick else 25)
+    pool_size = args.pool_size or (300 if args.quick else None)
     setups = [s for s in SETUPS if not args.quick or s.name in QUICK_SETUPS]
+    measures = None if args.all_measures else [m for m in CHEAP if m in MEASURES]
     warnings.filterwarnings("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -426,7 +499,7 @@ def main() -> None:
     load = os.getloadavg()
     origin = package_origin()
     start = time.perf_counter()
-    datasets: dict[tuple[str, bool], Data] = {}
+    datasets: dict[str, Data] = {}
     runs: list[Run] = []
     total = len(setups) * seeds
     if args.load_runs:
@@ -436,18 +509,20 @@ def main() -> None:
         setups = [s for s in SETUPS if any(r.setup == s.name for r in runs)]
         seeds, epochs = len({r.seed for r in runs}), max(int(r.history[-1]["epoch"]) + 1 for r in runs)
     for setup in setups if not runs else ():
-        key = (setup.dataset, setup.image)
-        if key not in datasets:
-            datasets[key] = Data(*key)
+        if setup.dataset not in datasets:
+            datasets[setup.dataset] = Data(setup.dataset)
         for seed in range(seeds):
-            run = fit(setup, datasets[key], seed, epochs, args.probe_size, args.pool_size)
+            run = fit(setup, datasets[setup.dataset], seed, epochs, args.probe_size, pool_size, measures)
             runs.append(run)
             final = run.history[-1] if run.history else {}
-            pools = " ".join(f"{p} {final.get(f'{PREFIX}/pool/{p}/test_error', math.nan):.3f}" for p in SHIFTS)
+            by_family = defaultdict(list)
+            for pool, (family, _, _) in run.pools.items():
+                by_family[family].append(final.get(_actual(pool, "error"), math.nan))
+            shifted = ", ".join(f"{f} {_finite_mean(v):.3f}" for f, v in by_family.items())
             print(
-                f"[{len(runs):2d}/{total}] {setup.name:<14} seed {seed}: {run.seconds:6.1f} s, "
-                f"test error {final.get(f'{PREFIX}/test_error', math.nan):.3f} (train "
-                f"{final.get(f'{PREFIX}/train_error', math.nan):.3f}); shifted: {pools}",
+                f"[{len(runs):2d}/{total}] {setup.name:<13} seed {seed}: {run.seconds:6.1f} s, test error "
+                f"{final.get(_actual('', 'error'), math.nan):.3f} (train "
+                f"{final.get(f'{PREFIX}/train_error', math.nan):.3f}); mean pool error: {shifted}",
                 flush=True,
             )
     if not args.load_runs:
@@ -458,8 +533,8 @@ def main() -> None:
             "origin": origin,
             "threads": torch.get_num_threads(),
             "probe_size": args.probe_size,
-            "pool_size": args.pool_size,
-            "budget": "`budget=None`",
+            "pool_size": pool_size,
+            "measures": "every default measure" if measures is None else ", ".join(f"`{m}`" for m in measures),
         }
     if args.save_runs:
         Path(args.save_runs).write_text(json.dumps({"runs": [asdict(r) for r in runs], "meta": meta}))
@@ -469,64 +544,27 @@ def main() -> None:
     for run in runs:
         for name, flag in run.needs_labels.items():
             needs[name.rpartition("/")[2]] = flag
-    main_names = estimators(runs)
-    shift_names = sorted({e for p in SHIFTS for e in estimators(runs, f"pool/{p}/")})
-
+    main_names = estimators(runs, main=True)
+    pool_names = estimators(runs, main=False)
     indist = [(run.setup, in_distribution(run, main_names)) for run in runs]
-    shifted = [(run.setup, under_shift(run, shift_names)) for run in runs]
-    shift_mean = [
-        (
-            setup,
-            {
-                e: {kind: _finite_mean([pools[p][e][kind] for p in SHIFTS]) for kind in ("loss", "error")}
-                for e in shift_names
-            },
-        )
-        for setup, pools in shifted
-    ]
     table_in = aggregate(indist, main_names, needs)
-    table_shift = aggregate(shift_mean, shift_names, needs)
-
-    # per-setup skill (loss, seed-averaged MAE) and per-shift skill (loss, MAE over setups × seeds)
+    shift_sections = shift_report(runs, pool_names)
     setup_names = [s.name for s in setups]
 
-    def setup_skill(kind: str) -> Callable[[str, str], float]:
-        def cell(e: str, setup: str) -> float:
+    def setup_skill(kind: str) -> Callable[[str, str], str]:
+        def cell(e: str, setup: str) -> str:
             own = [m[e][kind] for s, m in indist if s == setup]
-            return _paired_skill(own, [m[TRIVIAL][kind] for s, m in indist if s == setup])
+            return _fmt(_paired_skill(own, [m[TRIVIAL][kind] for s, m in indist if s == setup]), "+.2f")
 
         return cell
 
-    def shift_skill(kind: str) -> Callable[[str, str], float]:
-        def cell(e: str, pool: str) -> float:
-            own = [pools[pool][e][kind] for _, pools in shifted]
-            return _paired_skill(own, [pools[pool][TRIVIAL][kind] for _, pools in shifted])
-
-        return cell
-
-    def severity(pool: str, key: str) -> float:
-        values = [
-            r.history[-1].get(f"{PREFIX}/pool/{pool}/{key}", math.nan) - r.history[-1].get(f"{PREFIX}/{key}", math.nan)
-            for r in runs
-        ]
-        return _finite_mean(values)
-
-    trivial_shift = {p: _finite_mean([pools[p][TRIVIAL]["loss"] for _, pools in shifted]) for p in SHIFTS}
-    severity_lines = [
-        "| shift | mean test error − validation's | mean test loss − validation's | MAE of trivial (loss) |",
-        "|---|---|---|---|",
-    ] + [
-        f"| {p} | {severity(p, 'test_error'):+.3f} | {severity(p, 'test_loss'):+.3f} | {trivial_shift[p]:.3f} |"
-        for p in SHIFTS
-    ]
     final_errors = defaultdict(list)
     for run in runs:
-        final_errors[run.setup].append(
-            (run.history[-1].get(f"{PREFIX}/train_error", math.nan), run.history[-1].get(f"{PREFIX}/test_error"))
-        )
+        final = run.history[-1]
+        final_errors[run.setup].append((final.get(f"{PREFIX}/train_error", math.nan), final.get(_actual("", "error"))))
     setup_lines = ["| setup | configuration | final train error | final test error |", "|---|---|---|---|"] + [
-        f"| {s.name} | {s.description} | {_fmt(_finite_mean([a for a, _ in final_errors[s.name]]), '.3f')} | "
-        f"{_fmt(_finite_mean([b for _, b in final_errors[s.name]]), '.3f')} |"
+        f"| {s.name} | {s.description} | {_fmt(_finite_mean(a for a, _ in final_errors[s.name]), '.3f')} | "
+        f"{_fmt(_finite_mean(b for _, b in final_errors[s.name]), '.3f')} |"
         for s in setups
     ]
     seconds = defaultdict(list)
@@ -536,66 +574,68 @@ def main() -> None:
                 if key.endswith("/seconds"):
                     seconds[key.split("/")[1]].append(value)
     ranked = sorted(((statistics.fmean(v), name) for name, v in seconds.items()), reverse=True)
-    costs = ", ".join(f"{name} {mean:.2f} s" for mean, name in ranked) or "not logged"
-    missing, outside = defaultdict(int), defaultdict(int)
-    for run in runs:
-        for name, count in gaps(run, main_names).items():
-            missing[name] += count
-        for name, count in out_of_range(run, main_names).items():
-            outside[name] += count
-    oddities = [
-        f"`{e}` has no finite prediction in {n} measured epochs (after the first)" for e, n in missing.items() if n
+    costs = ", ".join(f"{name} {mean:.3f} s" for mean, name in ranked) or "not logged"
+    pools_per_run = statistics.fmean(len(r.pools) for r in runs)
+    ot_seconds = (
+        f"`{OT}` took {statistics.fmean(seconds[OT]):.3f} s per measuring run (median "
+        f"{statistics.median(seconds[OT]):.3f} s) over the validation data, the probe and {pools_per_run:.0f} pools: "
+        f"{statistics.fmean(seconds[OT]) / pools_per_run * 1000:.1f} ms per pool."
+        if seconds.get(OT)
+        else f"`{OT}` did not run (no `{PREFIX}/{OT}/seconds` logged)."
+    )
+    outside_lines = ["| estimator | in distribution | in pools |", "|---|---|---|"] + [
+        f"| `{e}` | {main} | {pool} |" for e, (main, pool) in sorted(out_of_range(runs).items())
     ]
-    oddities += [f"`{e}` predicted a test error outside [0, 1] {n} times" for e, n in outside.items() if n]
     messages = sorted({m.splitlines()[0][:300] for run in runs for m in run.warnings})
 
     text = "\n\n".join(
         [
-            "# What the predictions are worth",
-            f"`{meta['command']}`: {len(setups)} setups × {seeds} seed(s), {epochs} epochs, every measure every "
-            f"epoch ({meta['budget']}), probe of {meta['probe_size']} training samples, pools of "
-            f"{meta['pool_size'] or 'all'} test samples, torch {torch.__version__} with {meta['threads']} thread(s) "
-            f"on {os.cpu_count()} CPU cores ({platform.machine()}). Total wall time **{wall:.0f} s** "
-            f"({wall / 60:.1f} min); load average {meta['load'][0]:.1f} at the start, "
-            f"{meta['load'][1]:.1f} at the end (the cores were shared). Package: {meta['origin']}.",
-            "Skill = 1 − MAE/MAE(trivial), higher is better, 0 = as good as trivial, negative = worse. Mean skill is "
-            "the mean of per-run skills (setups × seeds), which a few blow-ups can drag far down, so the median is "
-            f"shown too; wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}, out of the setups in "
-            "which the estimator predicted; runs = runs with a prediction.",
+            "# Which label-free estimator to trust, under shift and in distribution",
+            f"`{meta['command']}`: {len(setups)} setups × {seeds} seed(s), {epochs} epochs, measures "
+            f"{meta['measures']} every epoch (`budget=None`, a `CSVLogger` attached), probe of "
+            f"{meta['probe_size']} training samples, "
+            + (f"pools of {meta['pool_size']} samples" if meta["pool_size"] else "pools as large as the test split")
+            + f", torch {torch.__version__} with {meta['threads']} thread(s) on {os.cpu_count()} CPU cores "
+            f"({platform.machine()}). Total wall time **{wall:.0f} s** ({wall / 60:.1f} min); load average "
+            f"{meta['load'][0]:.1f} at the start, {meta['load'][1]:.1f} at the end (the cores were shared). Package: "
+            f"{meta['origin']}.",
+            "## Under shift, at the end of training (labels only score)",
+            "Trivial predicts each pool's test loss/error = the validation data's; `recommended` is the monitor's "
+            "per-pool `pred_test_error|loss`. skill = 1 − MAE/MAE(trivial), both MAEs over pools × setups × seeds; "
+            "mean/median skill per run = of each run's skill over its pools; wins = pools where |predicted − "
+            "actual| < trivial's, of the pools the estimator predicted; MAE = mean |predicted − actual|.",
+            *shift_sections,
+            "How strong the shifts are: mean over runs of the pool's test error / loss minus the validation data's "
+            "at the end of training:",
+            severity_table(runs),
+            "Predicted test errors outside [0, 1], every logged value (every epoch) of the runs:",
+            "\n".join(outside_lines),
             "## In distribution (validation = test split), MAE over the last third of the measured epochs",
-            "Trivial predicts test loss/error = the training probe's.",
-            markdown(table_in, SUMMARY_COLUMNS),
-            "Skill (loss) per setup, seed-averaged MAE:",
-            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("loss")),
+            "Trivial predicts test loss/error = the training probe's. Mean/median of per-run skills (setups × seeds); "
+            f"wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}.",
+            markdown(table_in, IN_DISTRIBUTION_COLUMNS),
             "Skill (error) per setup, seed-averaged MAE:",
             by_column([r["estimator"] for r in table_in], setup_names, setup_skill("error")),
-            "## Under shift, at the end of training (five pools from the test split, labels only score)",
-            "Trivial predicts each shifted pool's test loss/error = the validation data's; |predicted − actual| is "
-            "averaged over the five pools of a run. Label-needing and weight-only estimators make no pool "
-            "prediction.",
-            markdown(table_shift, SUMMARY_COLUMNS),
-            "Skill (loss) per shift, MAE over setups × seeds:",
-            by_column([r["estimator"] for r in table_shift], list(SHIFTS), shift_skill("loss")),
-            "Skill (error) per shift, MAE over setups × seeds:",
-            by_column([r["estimator"] for r in table_shift], list(SHIFTS), shift_skill("error")),
-            "How strong the shifts are (means over runs at the end of training):",
-            "\n".join(severity_lines),
+            "Skill (loss) per setup, seed-averaged MAE:",
+            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("loss")),
             "## Configuration",
             "\n".join(setup_lines),
-            "Shifts, applied to the z-scored inputs the network sees (a raw-pixel corruption of digits' "
-            "near-constant border pixels is blown up 10–100× by the z-scoring): noise = gaussian, σ = 0.75; blur = "
-            "3×3 binomial kernel (digits) / 5-tap triangle (MNIST-1D), edges repeated; translate = roll by ±1 pixel "
-            "along a random axis (digits) / shift by ±2–5 samples, edge repeated (MNIST-1D); contrast = each sample "
-            "pulled to 40% around its own mean; occlude = a random 4×4 patch (digits) / 10-sample window (MNIST-1D) "
-            "set to 0, the training mean. The data split is fixed; the seed sets initialisation, batch order, the "
-            "label noise or training subset, the probe draw, the measures' noise and the corruptions.",
-            "Measuring time per epoch (mean over runs, `gensens/<measure>/seconds`): " + costs + ".",
+            "Pools (`benchmarks/_shifts.py`): natural = MNIST-1D made by `mnist1d.data.make_dataset` with one "
+            "argument changed (levels 1/2/3; defaults in brackets): "
+            + ", ".join(f"`{k}` {'/'.join(map(str, v))}" for k, v in NATURAL.items())
+            + " (`iid_noise_scale` 0.02, `corr_noise_scale` 0.25, `shear_scale` 0.75, `max_translation` 48, "
+            "`scale_coeff` 0.4), generator seed 1000 + seed, z-scored with the training split's statistics; the "
+            "control `fresh-0` is drawn the same way with the default arguments. Label = as many draws as the test "
+            "split, with replacement, class by class: Dirichlet α 3/1/0.3, k = 5/3/2 random classes kept, one random "
+            "class at 30/50/80%. Corruption (digits, on the z-scored inputs): gaussian noise σ 0.4/0.75/1.2, 1/2/3 "
+            "passes of a 3×3 binomial blur, a ¼/½/1-pixel shift along a random axis (linear interpolation with a "
+            "wrapping roll), contrast pulled to 70/40/20% around each image's mean, a random 3/4/5-pixel square "
+            "set to 0. The data split is fixed; the seed sets initialisation, batch order, the probe draw and the "
+            "pools.",
+            "Measuring time per epoch (mean over runs, `gensens/<measure>/seconds`): " + costs + ". " + ot_seconds,
             "Per-run wall time: "
             + ", ".join(f"{s} {statistics.fmean([r.seconds for r in runs if r.setup == s]):.0f} s" for s in setup_names)
             + ".",
-            "Gaps and out-of-range predictions over all runs (a NaN/Inf prediction is not logged; ATC predicts "
-            "nothing while the probe's error is 0; the ratio rule applied to the error is not clipped to [0, 1]):"
-            "\n\n" + ("\n".join(f"- {line}" for line in oddities) if oddities else "- none"),
             "Warnings raised during the runs (first line, deduplicated):\n\n"
             + ("\n".join(f"- {m}" for m in messages) if messages else "- none"),
         ]

@@ -22,7 +22,7 @@ def _load(name: str):
 @pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits"])
 def test_lightning_examples_produce_the_mae_table(name):
     table = _load(name).main(epochs=2)
-    assert table and all(math.isfinite(row["mae_test_loss"]) for row in table)
+    assert table and all(math.isfinite(row["mae_test_loss"]) or math.isfinite(row["mae_test_error"]) for row in table)
 
 
 def test_ddp_example():
@@ -49,7 +49,8 @@ def test_plain_pytorch_example():
 def test_transformer_example(tmp_path, capsys):
     pytest.importorskip("transformers")
     table = _load("transformer_text").main(epochs=2, out=str(tmp_path))
-    assert table and all(math.isfinite(row["mae_test_loss"]) for row in table if row["epochs"] > 0)
+    scored = [row for row in table if row["epochs"] > 0]
+    assert scored and all(math.isfinite(row["mae_test_loss"]) or math.isfinite(row["mae_test_error"]) for row in scored)
     printed = capsys.readouterr().out
     ran = printed.split("measures that ran: ")[1].splitlines()[0].split(", ")
     assert {"trivial", "output_sensitivity", "jacobian_norm"} <= set(ran)

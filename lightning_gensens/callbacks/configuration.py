@@ -61,6 +61,23 @@ def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict
     return named
 
 
+RECOMMENDED = {"error": "cot", "loss": "transport_loss"}
+"""The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss`` (chosen on benchmarks/prediction.py:
+the best mean skill over trivial under shift)."""
+
+
+def recommended(recommend: Mapping[str, str] | None) -> dict[str, str]:
+    """:data:`RECOMMENDED` with the user's choices (``{"error": …, "loss": …}``) in place."""
+    chosen = dict(RECOMMENDED)
+    for kind, estimator in (recommend or {}).items():
+        if kind not in RECOMMENDED:
+            raise ValueError(f"recommend takes the keys {sorted(RECOMMENDED)}, got {kind!r}.")
+        if not isinstance(estimator, str) or not estimator:
+            raise ValueError(f"recommend[{kind!r}] must be an estimator's name, got {estimator!r}.")
+        chosen[kind] = estimator
+    return chosen
+
+
 class Schedule:
     """When the monitor measures: at the end-of-epoch validation run of every ``every_n``-th epoch that validates
     (the sanity check and validation runs inside an epoch are skipped; ``trainer.validate()`` always measures), or,

@@ -108,6 +108,13 @@ class Trivial(MeasureCallback):
     measure_class = measures.Trivial
 
 
+class OptimalTransport(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.OptimalTransport` (COT and COTT, Lu et al. 2023; transport
+    loss)."""
+
+    measure_class = measures.OptimalTransport
+
+
 class AverageConfidence(MeasureCallback):
     """Callback of :class:`lightning_gensens.measures.AverageConfidence` (AC; Hendrycks and Gimpel)."""
 

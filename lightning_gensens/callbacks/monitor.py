@@ -7,17 +7,18 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import ot  # noqa: F401  the transport measure's solver loads with the callbacks, never inside a fit's timed runs
 import torch
 import torch.nn.functional as F
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
 from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Budget, Need
-from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, resolve_measures
+from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, recommended, resolve_measures
 from lightning_gensens.callbacks.hooks import RunHooks
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
@@ -53,6 +54,8 @@ class GeneralizationMonitor(Callback):
         unlabeled: a loader or ``{name: loader}`` of pools (or the datamodule's ``unlabeled_dataloader()``) whose
             loss the label-free estimators predict (``<prefix>/pool/<name>/…``); labels in a pool's batches only
             score the pool. Without a validation loop the pools are measured at the end of each training epoch.
+        recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
+            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``cot`` and ``transport_loss``).
         budget: the monitor's wall time stays within ``budget`` × the training time; ``None`` runs every measure
             on everything every time.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
@@ -73,6 +76,7 @@ class GeneralizationMonitor(Callback):
         module: str | None = None,
         prefix: str = "gensens",
         unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None = None,
+        recommend: Mapping[str, str] | None = None,
         budget: float | None = 0.1,
         strict: bool = False,
     ) -> None:
@@ -85,6 +89,7 @@ class GeneralizationMonitor(Callback):
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
         self.every_n_epochs, self.seed, self.module, self.prefix = every_n_epochs, seed, module, prefix
         self.unlabeled, self.strict, self.output_fn = unlabeled, strict, output_fn
+        self.recommend = recommended(recommend)
         self.batch_to_xy = batch_to_xy or default_batch_to_xy
         self.defaults = Settings(seed=seed, loss_fn=loss_fn or F.cross_entropy)
         self.probe = TrainingProbe(probe_size, probe_batch_size, seed, self.batch_to_xy, probe)
@@ -159,6 +164,7 @@ class GeneralizationMonitor(Callback):
             self.defaults,
             self._replay,
             pools=list(self._pools),
+            recommend=self.recommend,
             explicit=self.explicit,
             strict=self.strict,
         )
@@ -170,6 +176,11 @@ class GeneralizationMonitor(Callback):
         )
         self._hooks = RunHooks(self._net, self._capture, self._replay)
         self._hooks.check_compiled()
+        if self._pools:
+            rank_zero_info(
+                f"{type(self).__name__}: each pool's {self.shared_prefix}/pool/<name>/pred_test_error is "
+                f"{self.recommend['error']}'s prediction and pred_test_loss {self.recommend['loss']}'s (`recommend=`)."
+            )
         self.probe.reset()
         self._probe_batches: int | None = None
         self._setup_seconds = time.perf_counter() - start

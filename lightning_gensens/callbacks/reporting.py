@@ -1,5 +1,5 @@
 """What the monitor reports: running MAE of every estimator, the per-run history, and the end-of-fit table with its
-sinks (Lightning's rank-zero log, CSV, PNG, Weights & Biases)."""
+sinks (Lightning's rank-zero log, CSV and PNG files, Weights & Biases, TensorBoard, MLflow)."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
 from lightning_gensens.measures import Estimate, Trivial
-from lightning_gensens.plotting import ACTUAL, plot_predictions, shown_series
+from lightning_gensens.plotting import ACTUAL, DPI, predictions_figure, shown_series
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_HISTORY = 100_000
 TRIVIAL = Trivial.name
@@ -86,24 +90,30 @@ class Report:
         needs_labels: bool = False,
     ) -> dict[str, Tensor]:
         """Log an estimate and fold its absolute errors into the running MAE; ``needs_labels`` says whether the
-        estimator's measure needs labels (a column of the table)."""
+        estimator's measure needs labels (a column of the table). A predicted loss is clipped at 0 and a predicted
+        error to [0, 1], so no number is wrong in kind."""
         p = self.prefix
-        loss = float(estimate.loss)
-        if not math.isfinite(loss):
-            rank_zero_warn(f"{estimator}: the predicted test loss is not finite ({loss}); not logged this run.")
+        predicted_loss = None if estimate.loss is None else estimate.loss.clamp_min(0.0)
+        predicted_error = None if estimate.error is None else estimate.error.clamp(0.0, 1.0)
+        if predicted_loss is not None and not bool(torch.isfinite(predicted_loss)):
+            rank_zero_warn(
+                f"{estimator}: the predicted test loss is not finite ({float(predicted_loss)}); not logged this run."
+            )
             return {}
-        logs = {f"{p}/{estimator}/pred_test_loss": estimate.loss}
         if estimator not in self.mae:
             self.mae[estimator] = {"loss": _Mean(), "error": _Mean()}
         mae = self.mae[estimator]
         self.needs_labels[estimator] = bool(needs_labels)
-        if math.isfinite(actual_loss):
-            mae["loss"].update(abs(loss - actual_loss))
-            logs[f"{p}/{estimator}/mae"] = torch.tensor(mae["loss"].value, dtype=torch.float64)
-        if estimate.error is not None and math.isfinite(float(estimate.error)):
-            logs[f"{p}/{estimator}/pred_test_error"] = estimate.error
+        logs: dict[str, Tensor] = {}
+        if predicted_loss is not None:
+            logs[f"{p}/{estimator}/pred_test_loss"] = predicted_loss
+            if math.isfinite(actual_loss):
+                mae["loss"].update(abs(float(predicted_loss) - actual_loss))
+                logs[f"{p}/{estimator}/mae"] = torch.tensor(mae["loss"].value, dtype=torch.float64)
+        if predicted_error is not None and bool(torch.isfinite(predicted_error)):
+            logs[f"{p}/{estimator}/pred_test_error"] = predicted_error
             if math.isfinite(actual_error):
-                mae["error"].update(abs(float(estimate.error) - actual_error))
+                mae["error"].update(abs(float(predicted_error) - actual_error))
         return logs
 
     def record(self, epoch: int, logs: Mapping[str, Tensor]) -> None:
@@ -118,7 +128,8 @@ class Report:
         its skill 1 − MAE/MAE(trivial) on each (NaN without a scored ``trivial`` estimator or when trivial's MAE is
         0; exactly 0 for trivial itself), and the runs scored. Sorted by ``skill_loss`` (then MAE), NaN last."""
         maes = {
-            estimator: (mae["loss"].value, mae["error"].value, mae["loss"].count) for estimator, mae in self.mae.items()
+            estimator: (mae["loss"].value, mae["error"].value, max(mae["loss"].count, mae["error"].count))
+            for estimator, mae in self.mae.items()
         }
         rows = []
         for estimator, (mae_loss, mae_error, runs) in maes.items():
@@ -199,20 +210,53 @@ class Report:
     def _publish(self, trainer: Trainer, table: list[dict[str, Any]], owner: str, log_dir: str | None) -> None:
         rank_zero_info(f"{owner}: mean absolute error of the predicted test loss and error\n{format_table(table)}")
         finals = {f"{self.prefix}/{r['estimator']}/final_mae": r["mae_test_loss"] for r in table}
+        # W&B draws its own chart; with any other logger the figure goes to the log dir and to the logger
+        figure = None
+        if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
+            figure = self._figure(table, owner)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._publish_wandb(logger, table, finals)
-            else:
-                logger.log_metrics(finals, step=trainer.global_step)
+                continue
+            logger.log_metrics(finals, step=trainer.global_step)
+            if isinstance(logger, TensorBoardLogger):
+                self._publish_tensorboard(logger, table, figure, trainer.global_step)
+            elif isinstance(logger, MLFlowLogger):
+                self._publish_mlflow(logger, table, figure)
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
             with open(os.path.join(log_dir, f"{self.prefix}_mae.csv"), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(table[0]))
                 writer.writeheader()
                 writer.writerows(table)
-            if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-                path = os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png")
-                plot_predictions(self.history, path, prefix=self.prefix, table=table)
+            if figure is not None:
+                figure.savefig(os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"), dpi=DPI)
+
+    def _figure(self, table: list[dict[str, Any]], owner: str) -> Figure | None:
+        """The predicted-versus-actual figure; None, said in one info line, where matplotlib is not installed."""
+        if find_spec("matplotlib") is None:
+            rank_zero_info(
+                f"{owner}: matplotlib is not installed, so the predicted-versus-actual figure is skipped; "
+                'pip install "lightning-gensens[demo]" to draw it.'
+            )
+            return None
+        return predictions_figure(self.history, prefix=self.prefix, table=table)
+
+    def _publish_tensorboard(
+        self, logger: TensorBoardLogger, table: list[dict[str, Any]], figure: Figure | None, step: int
+    ) -> None:
+        """The figure as an image and the MAE table as Markdown text."""
+        if figure is not None:
+            logger.experiment.add_figure(f"{self.prefix}/predicted_vs_actual", figure, step, close=False)
+        logger.experiment.add_text(f"{self.prefix}/mae_table", markdown_table(table), step)
+
+    def _publish_mlflow(self, logger: MLFlowLogger, table: list[dict[str, Any]], figure: Figure | None) -> None:
+        """The figure and the MAE table (as columns) as artifacts of the run."""
+        client, run_id = logger.experiment, logger.run_id
+        if figure is not None:
+            client.log_figure(run_id, figure, f"{self.prefix}_predicted_vs_actual.png")
+        columns = {key: [row[key] for row in table] for key in table[0]}
+        client.log_table(run_id, data=columns, artifact_file=f"{self.prefix}_mae_table.json")
 
     def _publish_wandb(self, logger: WandbLogger, table: list[dict[str, Any]], finals: Mapping[str, float]) -> None:
         """One line chart of the actual test loss, trivial's and the best few estimators' predictions; the MAE
@@ -237,7 +281,7 @@ class Report:
             run.summary[key] = value
 
 
-_COLUMNS = (
+_COLUMNS = (  # key, title, least width in the text table, format
     ("estimator", "estimator", 34, "s"),
     ("needs_labels", "labels", 7, "s"),
     ("mae_test_loss", "MAE test loss", 15, ".4g"),
@@ -248,22 +292,41 @@ _COLUMNS = (
 )
 
 
-def format_table(table: list[dict[str, Any]]) -> str:
-    """The MAE table as text, one line per estimator; skill = 1 − MAE/MAE(trivial), higher is better."""
-
-    def cell(key: str, width: int, spec: str, value: Any) -> str:
+def _cells(row: Mapping[str, Any]) -> list[str]:
+    """One row of the MAE table as text: labels as yes/no, NaN as —."""
+    cells = []
+    for key, _, _, spec in _COLUMNS:
+        value = row.get(key, math.nan)
         if key == "needs_labels":
-            value = "yes" if value else "no"
+            cells.append("yes" if value else "no")
         elif isinstance(value, float) and math.isnan(value):
-            value, spec = "—", "s"
-        text = format(value, spec)
-        return f"{text:<{width}}" if key == "estimator" else f"{text:>{width}}"
+            cells.append("—")
+        else:
+            cells.append(format(value, spec))
+    return cells
 
-    header = "".join(
-        f"{title:<{width}}" if key == "estimator" else f"{title:>{width}}" for key, title, width, _ in _COLUMNS
-    )
-    lines = [header, "-" * len(header)]
-    lines += [
-        "".join(cell(key, width, spec, row.get(key, math.nan)) for key, _, width, spec in _COLUMNS) for row in table
-    ]
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    """The MAE table as text, one line per estimator, each column as wide as its longest cell needs; skill =
+    1 − MAE/MAE(trivial), higher is better."""
+    rows = [_cells(row) for row in table]
+    widths = [max([width, *(len(cells[i]) + 2 for cells in rows)]) for i, (_, _, width, _) in enumerate(_COLUMNS)]
+
+    def line(cells: list[str]) -> str:
+        # the estimator left-aligned, the numbers right-aligned
+        return "".join(
+            f"{text:>{width}}" if i else f"{text:<{width}}"
+            for i, (text, width) in enumerate(zip(cells, widths, strict=True))
+        )
+
+    header = line([title for _, title, _, _ in _COLUMNS])
+    return "\n".join([header, "-" * len(header), *map(line, rows)])
+
+
+def markdown_table(table: list[dict[str, Any]]) -> str:
+    """The MAE table in Markdown, as TensorBoard's text tab shows it."""
+    lines = ["| " + " | ".join(title for _, title, _, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
+    for row in table:
+        name, *numbers = _cells(row)
+        lines.append(f"| `{name}` | " + " | ".join(numbers) + " |")
     return "\n".join(lines)

@@ -3,7 +3,7 @@ computed Metrics into logged values and scored predictions."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,12 +66,15 @@ class Session:
         replay: Replay,
         *,
         pools: Sequence[str] = (),
+        recommend: Mapping[str, str] | None = None,
         explicit: bool,
         strict: bool,
     ) -> None:
         self.owner, self.net, self.defaults, self.strict, self.replay = owner, net, defaults, strict, replay
         self.explicit = explicit
         self.pools = [f"pool/{name}" for name in pools]
+        self.recommend = dict(recommend or {})
+        self._unavailable: set[str] = set()
         self._warned_unlabeled_probe = False
         self.slots = [self._slot(m) for m in self._applicable(measures, explicit)]
         self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in (*SPLITS, *self.pools)}
@@ -217,7 +220,26 @@ class Session:
                         logs.update(
                             self._evaluate(slot, group, ref, target, ref_losses, losses[target], prefix, report)
                         )
+        logs.update(self._recommended(logs, prefix, shared_prefix))
         return logs
+
+    def _recommended(self, logs: Mapping[str, Tensor], prefix: str, shared_prefix: str) -> dict[str, Tensor]:
+        """Each measured pool's ``pred_test_<kind>``: the recommended estimator's prediction (one warning per kind
+        while it gives none)."""
+        out = {}
+        for kind, estimator in self.recommend.items():
+            for pool in (p for p in self.pools if self.seen(p)):
+                key = f"{prefix}/{pool}/{estimator}/pred_test_{kind}"
+                if key in logs:
+                    out[f"{shared_prefix}/{pool}/pred_test_{kind}"] = logs[key]
+                elif kind not in self._unavailable:
+                    self._unavailable.add(kind)
+                    rank_zero_warn(
+                        f"{self.owner}: the recommended {kind} estimator {estimator!r} predicted nothing for {pool} "
+                        f"this run, so {shared_prefix}/{pool}/pred_test_{kind} is not logged (is its measure running, "
+                        "and does the reference carry labels?)."
+                    )
+        return out
 
     def _evaluate(
         self,
@@ -249,7 +271,7 @@ class Session:
             logs = {f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()}
         estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
         if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
-            estimates = {k: e for k, e in estimates.items() if bool(torch.isfinite(e.loss))}
+            estimates = {k: e for k, e in estimates.items() if e.loss is None or bool(torch.isfinite(e.loss))}
         needs_labels = measure.needs(Requirement.LABELS)
         actual_loss, actual_error = float(actual["loss"]), float(actual["error"])
         for name, estimate in estimates.items():

@@ -36,6 +36,17 @@ from lightning_gensens.functional.tangent_sensitivity import (
     tangent_sensitivity_from_masks,
     tangent_sensitivity_hutchinson,
 )
+from lightning_gensens.functional.transport import (
+    class_prior,
+    cot,
+    cott,
+    cott_threshold,
+    difference_of_entropies,
+    fit_temperature,
+    transport_costs,
+    transport_loss,
+    transport_plan,
+)
 
 __all__ = [
     "active_node_bound",
@@ -44,11 +55,17 @@ __all__ = [
     "atc_threshold",
     "average_confidence",
     "average_thresholded_confidence",
+    "class_prior",
+    "cot",
+    "cott",
+    "cott_threshold",
     "count_activation_patterns",
     "difference_of_confidences",
+    "difference_of_entropies",
     "fgsm",
     "fisher_rao_norm",
     "fisher_rao_norm_per_sample",
+    "fit_temperature",
     "input_gradient_norm",
     "jacobian_norm",
     "layer_linf_norms",
@@ -68,4 +85,7 @@ __all__ = [
     "tangent_sample_sensitivity",
     "tangent_sensitivity_from_masks",
     "tangent_sensitivity_hutchinson",
+    "transport_costs",
+    "transport_loss",
+    "transport_plan",
 ]

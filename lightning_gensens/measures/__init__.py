@@ -24,6 +24,7 @@ from lightning_gensens.measures.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.measures.input_gradient_norm import InputGradientNorm
 from lightning_gensens.measures.jacobian_norm import JacobianNorm
 from lightning_gensens.measures.linf_norm import LinfNorm
+from lightning_gensens.measures.optimal_transport import OptimalTransport
 from lightning_gensens.measures.output_sensitivity import OutputSensitivity
 from lightning_gensens.measures.region_sensitivity import RegionSensitivity
 from lightning_gensens.measures.relative_flatness import RelativeFlatness
@@ -38,6 +39,7 @@ MEASURES: dict[str, type[Measure]] = {
         AverageConfidence,
         DifferenceOfConfidences,
         AverageThresholdedConfidence,
+        OptimalTransport,
         LinfNorm,
         ActiveNodeBound,
         TangentSensitivity,
@@ -76,6 +78,7 @@ __all__ = [
     "LinfNorm",
     "LossFn",
     "Measure",
+    "OptimalTransport",
     "OutputSensitivity",
     "PreviousValues",
     "TimeRatioMeasure",

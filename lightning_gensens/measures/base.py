@@ -54,9 +54,9 @@ class Settings:
 
 @dataclass
 class Estimate:
-    """A predicted test loss and, where the estimator defines one, a predicted test error."""
+    """A predicted test loss and a predicted test error, each where the estimator defines it (``None`` otherwise)."""
 
-    loss: Tensor
+    loss: Tensor | None
     error: Tensor | None = None
 
 

@@ -7,6 +7,7 @@ from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.metrics.input_gradient_norm import InputGradientNorm
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm
 from lightning_gensens.metrics.linf_norm import LinfNorm
+from lightning_gensens.metrics.logit_sample import LogitSample
 from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity
 from lightning_gensens.metrics.relative_flatness import RelativeFlatness
@@ -21,6 +22,7 @@ __all__ = [
     "InputGradientNorm",
     "JacobianNorm",
     "LinfNorm",
+    "LogitSample",
     "OutputSensitivity",
     "RegionSensitivity",
     "RelativeFlatness",

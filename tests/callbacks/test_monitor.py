@@ -36,11 +36,14 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
             "linf_norm": ["linf_norm", "linf_lognorm"],
             "spectral_norm": ["spectral_norm"],
             "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"],
+            "optimal_transport": ["transport_loss", "transport_loss_shift", "transport_loss_ratio", "doe_ts"],
         }
-        expected += [f"gensens/{m.name}/train", f"gensens/{m.name}/val"]
+        values = {"optimal_transport": ["temperature"]}.get(m.name, ["train", "val"])
+        expected += [f"gensens/{m.name}/{value}" for value in values]
         for est in estimator_names.get(m.name, [m.name]):
             expected += [f"gensens/{est}/pred_test_loss", f"gensens/{est}/mae"]
     expected += ["gensens/linf_norm/pred_test_error", "gensens/output_sensitivity/pred_test_error"]
+    expected += ["gensens/cot/pred_test_error", "gensens/cott/pred_test_error"]
     for key in expected:
         assert key in metrics, key
         assert math.isfinite(float(metrics[key])), key

@@ -144,6 +144,13 @@ CASES: dict[str, Case] = {
             expected=_linf_expected,
         ),
         Case(
+            "LogitSample",
+            lambda r, **kw: metrics.LogitSample(max_samples=12, seed=5 + 7919 * r, **kw),
+            _relu_net,
+            lambda m, b: (_no_grad_logits(m, b[0]), b[1]),
+            seeded=True,
+        ),
+        Case(
             "OutputSensitivity",
             lambda r, **kw: metrics.OutputSensitivity(sigma=0.3, n_draws=2, seed=11 + 7919 * r, **kw),
             _relu_net,

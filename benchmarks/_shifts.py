@@ -1,0 +1,143 @@
+"""Shifted pools for benchmarks/prediction.py: MNIST-1D regenerated with other generator parameters, class-imbalanced
+draws from the test split, and corruptions of the z-scored digits. Each pool is named ``<kind>-<level>``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LEVELS = (1, 2, 3)
+NATURAL = {  # MNIST-1D generator parameter: its value at levels 1, 2, 3 (defaults in the comments)
+    "iid_noise_scale": (0.05, 0.1, 0.2),  # 0.02
+    "corr_noise_scale": (0.4, 0.7, 1.2),  # 0.25
+    "shear_scale": (1.25, 2.0, 3.0),  # 0.75
+    "max_translation": (60, 66, 72),  # 48; of a 72-sample padded signal
+    "scale_coeff": (0.8, 1.2, 1.6),  # 0.4
+}
+LABEL = {  # class proportions at levels 1, 2, 3
+    "dirichlet": (3.0, 1.0, 0.3),  # concentration α of a symmetric Dirichlet
+    "classes": (5, 3, 2),  # k random classes kept, uniform among them
+    "dominant": (0.3, 0.5, 0.8),  # one random class's share, the rest uniform
+}
+CORRUPTION = {  # applied to the z-scored 8×8 digits
+    "noise": (0.4, 0.75, 1.2),  # gaussian σ
+    "blur": (1, 2, 3),  # passes of a 3×3 binomial kernel, edges repeated
+    "translate": (0.25, 0.5, 1.0),  # sub-pixel shift: this share of a ±1-pixel roll along a random axis
+    "contrast": (0.7, 0.4, 0.2),  # each image pulled to this share around its own mean
+    "occlude": (3, 4, 5),  # side of a random square set to 0 (the training mean)
+}
+FAMILIES = {"natural": NATURAL, "label": LABEL, "corruption": CORRUPTION}
+CONTROL = "fresh"
+"""MNIST-1D drawn anew with the default parameters: no shift, the control."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    family: str  # "natural", "label", "corruption" or "control"
+    kind: str
+    level: int  # 0 for the control
+    x: Tensor
+    y: Tensor
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}-{self.level}"
+
+
+def _mnist1d(seed: int, samples: int, **changes: float) -> tuple[np.ndarray, np.ndarray]:
+    """Raw MNIST-1D signals and labels from the generator with ``changes`` to its default arguments."""
+    from mnist1d.data import get_dataset_args, make_dataset
+
+    args = get_dataset_args()
+    args.seed, args.num_samples, args.train_split = seed, samples, 0.0  # all samples in the test split
+    for key, value in changes.items():
+        setattr(args, key, value)
+    state = np.random.get_state()  # make_dataset seeds NumPy's global RNG
+    data = make_dataset(args)
+    np.random.set_state(state)
+    return data["x_test"], data["y_test"]
+
+
+class NaturalShifts:
+    """MNIST-1D regenerated with other generator parameters, z-scored with the training split's statistics as
+    :func:`lightning_gensens.data.load_arrays` does for the test split."""
+
+    def __init__(self) -> None:
+        from mnist1d.data import get_dataset_args, make_dataset
+
+        state = np.random.get_state()
+        args = get_dataset_args()
+        x_train = make_dataset(args)["x"]
+        np.random.set_state(state)
+        self.mean, self.std = x_train.mean(axis=0), x_train.std(axis=0)
+        self.std[self.std == 0] = 1.0
+
+    def pools(self, seed: int, samples: int) -> list[Pool]:
+        """The control and every parameter at every level, ``samples`` each, drawn with generator seed 1000 + seed
+        (the training data use 42)."""
+        made = [(CONTROL, 0, {})] + [(k, lv, {k: v[lv - 1]}) for k, v in NATURAL.items() for lv in LEVELS]
+        out = []
+        for kind, level, changes in made:
+            x, y = _mnist1d(1000 + seed, samples, **changes)
+            z = torch.tensor((x - self.mean) / self.std, dtype=torch.float32)
+            family = "control" if kind == CONTROL else "natural"
+            out.append(Pool(family, kind, level, z, torch.tensor(y, dtype=torch.long)))
+        return out
+
+
+def label_shifts(x: Tensor, y: Tensor, num_classes: int, seed: int) -> list[Pool]:
+    """Class-imbalanced pools as large as the test split ``(x, y)``: each sample's class drawn from the pool's
+    proportions, then the sample uniformly (with replacement) among the test samples of that class."""
+    rng = np.random.default_rng(20_000 + seed)
+    by_class = [np.flatnonzero(y.numpy() == k) for k in range(num_classes)]
+    out = []
+    for kind, levels in LABEL.items():
+        for level, value in zip(LEVELS, levels, strict=True):
+            order = rng.permutation(num_classes)
+            if kind == "dirichlet":
+                q = rng.dirichlet(np.full(num_classes, value))
+            elif kind == "classes":
+                q = np.zeros(num_classes)
+                q[order[: int(value)]] = 1.0 / int(value)
+            else:
+                q = np.full(num_classes, (1.0 - value) / (num_classes - 1))
+                q[order[0]] = value
+            picks = torch.tensor([rng.choice(by_class[k]) for k in rng.choice(num_classes, len(y), p=q)])
+            out.append(Pool("label", kind, level, x[picks], y[picks]))
+    return out
+
+
+def corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
+    """Every corruption of :data:`CORRUPTION` at every level, of the z-scored 8×8 digits ``x`` (N × 64).
+    Corrupting the network's (z-scored) input rather than the raw pixels keeps the severities comparable: a raw
+    corruption of digits' near-constant border pixels is blown up 10–100× by the z-scoring."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    n = x.shape[0]
+    img = x.view(n, 1, 8, 8)
+    kernel = (torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16).view(1, 1, 3, 3)
+    mean = x.mean(dim=1, keepdim=True)
+    out = []
+    for level in LEVELS:
+        noise, passes, step, share, side = (v[level - 1] for v in CORRUPTION.values())
+        blurred = img
+        for _ in range(passes):
+            blurred = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), kernel)
+        sign = 2 * torch.randint(0, 2, (n,), generator=g) - 1
+        axis = (torch.rand(n, generator=g) < 0.5).long()
+        rolled = [torch.roll(im, int(s), dims=int(a)) for im, s, a in zip(img[:, 0], sign, axis, strict=True)]
+        occluded = x.clone().view(n, 8, 8)
+        for i, (r, c) in enumerate(zip(*torch.randint(0, 8 - side + 1, (2, n), generator=g).tolist(), strict=True)):
+            occluded[i, r : r + side, c : c + side] = 0.0
+        shifted = {
+            "noise": x + noise * torch.randn(x.shape, generator=g),
+            "blur": blurred.reshape(n, -1),
+            "translate": (1 - step) * x + step * torch.stack(rolled).reshape(n, -1),
+            "contrast": mean + share * (x - mean),
+            "occlude": occluded.reshape(n, -1),
+        }
+        out += [Pool("corruption", kind, level, z, y) for kind, z in shifted.items()]
+    return out

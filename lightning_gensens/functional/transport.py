@@ -1,0 +1,171 @@
+"""Optimal-transport estimates of a target split's error and loss from its logits alone (Lu et al.,
+"Characterizing Out-of-Distribution Error via Optimal Transport", NeurIPS 2023).
+
+The target's N softmax vectors p_i = softmax(z_i / T) (mass 1/N each) are transported onto the reference's class
+distribution π (mass π_k on the one-hot vector e_k):
+
+    W(C) = min_Γ Σ_ik Γ_ik C_ik   over Γ ≥ 0 with Σ_k Γ_ik = 1/N and Σ_i Γ_ik = π_k.
+
+- COT (Lu et al. §3): C_ik = 1 − p_ik, half the L1 distance between e_k and p_i; predicted error = W(C).
+- COTT (Lu et al. §3.3): per-sample costs c_i = N·Σ_k Γ_ik C_ik under the optimal coupling; a threshold t fitted on
+  the reference (its own coupling to π) so that the share of reference samples with c > t equals the reference
+  error; predicted error = share of target samples with c > t.
+- Transport loss (ours): C_ik = −log p_ik from ``log_softmax`` (never clipped: confidently wrong predictions are
+  where the loss is); predicted loss = W(C). When π is the histogram of the target's own predictions, the coupling
+  that sends each sample to its argmax is optimal and W is the mean NLL of the predicted labels.
+- DoE with temperature scaling: l_ref + H̄_tgt − H̄_ref, the loss side of DoC (Guillory et al. 2021) on the
+  temperature-scaled softmax.
+
+T is fitted by NLL on the labelled reference (:func:`fit_temperature`). W is solved exactly by the network simplex
+of POT (``ot.emd``) in float64 on the CPU; the problem is N×K and takes milliseconds for a few thousand samples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from scipy.optimize import minimize_scalar
+from torch import Tensor
+
+from lightning_gensens.functional.confidence import _check_finite, _check_logits, _check_scalar
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The interval :func:`fit_temperature` searches (a reference it fits perfectly drives T to the lower end)."""
+_MAX_SIMPLEX_ITERATIONS = 10_000_000
+
+
+def _check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> Tensor:
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"{name} must be integer class indices of shape [N], got {labels.dtype} {tuple(labels.shape)}."
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]."
+        )
+    return labels.long()
+
+
+def class_prior(labels: Tensor, num_classes: int) -> Tensor:
+    """π, the class frequencies of ``labels`` [N] (float64 [K])."""
+    labels = _check_labels(labels, num_classes)
+    if labels.numel() == 0:
+        raise ValueError("labels is empty: no class distribution.")
+    counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
+    return counts / counts.sum()
+
+
+def _nll(logits: Tensor, labels: Tensor, temperature: float) -> float:
+    return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> Tensor:
+    """The temperature T in ``bounds`` minimising the mean NLL of softmax(z/T) on labelled ``logits`` [N, K]
+    (Guo et al., ICML 2017). The NLL is convex in 1/T, so a bounded scalar search finds the minimum."""
+    z = _check_logits(logits)
+    _check_finite(z, "logits")
+    y = _check_labels(labels.to(z.device), z.shape[1])
+    if y.shape[0] != z.shape[0]:
+        raise ValueError(f"logits has {z.shape[0]} samples but labels {y.shape[0]}.")
+    low, high = bounds
+    if not 0 < low < high:
+        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
+    result = minimize_scalar(
+        lambda beta: _nll(z, y, 1.0 / beta), bounds=(1.0 / high, 1.0 / low), method="bounded", options={"xatol": 1e-8}
+    )
+    return torch.tensor(1.0 / float(result.x), dtype=torch.float64)
+
+
+def _scaled_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    z = _check_logits(logits)
+    _check_finite(z, "logits")
+    t = _check_scalar(temperature, "temperature")
+    if t <= 0:
+        raise ValueError(f"temperature must be positive, got {t}.")
+    return torch.log_softmax(z / t, dim=1)
+
+
+def transport_plan(cost: Tensor, prior: Tensor) -> Tensor:
+    """The optimal coupling Γ [N, K] of N samples of mass 1/N with classes of mass ``prior`` [K] under ``cost``
+    [N, K] (exact: POT's network simplex, float64)."""
+    if cost.dim() != 2 or prior.dim() != 1 or cost.shape[1] != prior.shape[0]:
+        raise ValueError(f"cost must be [N, K] and prior [K], got {tuple(cost.shape)} and {tuple(prior.shape)}.")
+    b = prior.detach().to(torch.float64).cpu().numpy()
+    if not (np.isfinite(b).all() and (b >= 0).all() and b.sum() > 0):
+        raise ValueError("prior must be non-negative, finite and not all zero.")
+    import ot  # POT: imported on first use, so this module loads without it (and without what it pulls in)
+
+    n = cost.shape[0]
+    a = np.full(n, 1.0 / n)
+    plan = ot.emd(a, b / b.sum(), cost.detach().to(torch.float64).cpu().numpy(), numItermax=_MAX_SIMPLEX_ITERATIONS)
+    return torch.from_numpy(np.asarray(plan)).to(cost.device)
+
+
+def _costs(log_p: Tensor, kind: str) -> Tensor:
+    return 1.0 - log_p.exp() if kind == "error" else -log_p
+
+
+def transport_costs(logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0, kind: str = "error") -> Tensor:
+    """Per-sample costs c_i = N·Σ_k Γ_ik C_ik [N] under the optimal coupling to ``prior``, with C = 1 − p
+    (``kind="error"``, COT) or C = −log p (``kind="loss"``); their mean is the optimal cost W(C)."""
+    if kind not in ("error", "loss"):
+        raise ValueError(f"kind must be 'error' or 'loss', got {kind!r}.")
+    cost = _costs(_scaled_log_probs(logits, temperature), kind)
+    plan = transport_plan(cost, prior.to(cost.device))
+    return cost.shape[0] * (plan * cost).sum(dim=1)
+
+
+def cot(logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """COT's predicted error of the split with ``logits`` [N, K]: the optimal transport cost of its softmax vectors
+    onto the class distribution ``prior`` with cost 1 − p_ik (Lu et al. 2023, §3). In [0, 1]."""
+    return transport_costs(logits, prior, temperature, "error").mean().clamp(0.0, 1.0)
+
+
+def transport_loss(logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """Predicted cross-entropy of the split with ``logits`` [N, K]: the optimal transport cost onto ``prior`` with
+    cost −log p_ik (ours; the loss counterpart of COT). Non-negative."""
+    return transport_costs(logits, prior, temperature, "loss").mean().clamp_min(0.0)
+
+
+def cott_threshold(reference_costs: Tensor, reference_error: float | Tensor) -> Tensor:
+    """t such that the share of ``reference_costs`` above t is ``reference_error`` (the nearest share the N costs
+    allow, round(e·N)/N; ties at t count as not above): the m = round(e·N)-th largest cost's lower neighbour."""
+    error = _check_scalar(reference_error, "reference_error", unit_interval=True)
+    costs = reference_costs.detach().to(torch.float64).flatten()
+    if costs.numel() == 0:
+        raise ValueError("reference_costs is empty.")
+    ordered = costs.sort(descending=True).values
+    m = round(error * costs.numel())
+    if m >= costs.numel():
+        return ordered[-1] - 1.0  # every reference sample above
+    return ordered[m]
+
+
+def cott(
+    reference_logits: Tensor,
+    reference_labels: Tensor,
+    reference_error: float | Tensor,
+    logits: Tensor,
+    temperature: float | Tensor = 1.0,
+) -> Tensor:
+    """COTT's predicted error (Lu et al. 2023, §3.3): the share of samples whose COT cost exceeds the threshold that
+    reproduces the reference error on the reference's own coupling to its class distribution."""
+    num_classes = _check_logits(logits).shape[1]
+    prior = class_prior(reference_labels, num_classes)
+    t = cott_threshold(transport_costs(reference_logits, prior, temperature), reference_error)
+    return (transport_costs(logits, prior, temperature) > t.to(logits.device)).double().mean()
+
+
+def mean_entropy(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """Mean predictive entropy H̄ = E[−Σ_k p_k log p_k] of softmax(z/T) (float64)."""
+    log_p = _scaled_log_probs(logits, temperature)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def difference_of_entropies(
+    reference_logits: Tensor, reference_loss: float | Tensor, logits: Tensor, temperature: float | Tensor = 1.0
+) -> Tensor:
+    """DoE: l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (the loss side of DoC); clipped at 0."""
+    loss = _check_scalar(reference_loss, "reference_loss")
+    shift = mean_entropy(logits, temperature) - mean_entropy(reference_logits, temperature).to(logits.device)
+    return (loss + shift).clamp_min(0.0)

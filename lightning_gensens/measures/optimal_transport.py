@@ -1,0 +1,124 @@
+"""Optimal-transport estimators of a split's error and loss (Lu et al., "Characterizing Out-of-Distribution Error via
+Optimal Transport", NeurIPS 2023): COT, COTT, and the transport loss and temperature-scaled DoE (ours)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gensens.capture import Captured
+from lightning_gensens.functional.transport import (
+    class_prior,
+    cott_threshold,
+    fit_temperature,
+    mean_entropy,
+    transport_costs,
+)
+from lightning_gensens.measures._confidence import finite
+from lightning_gensens.measures.base import Estimate, Measure, Reference, Requirement, Settings
+from lightning_gensens.metrics.logit_sample import LogitSample
+
+
+@dataclass
+class _ReferenceFit:
+    """What the reference gives every target: its temperature, class distribution π, its own COT costs, transport
+    loss and mean entropy."""
+
+    logits: Tensor
+    temperature: Tensor
+    prior: Tensor
+    costs: Tensor
+    loss: Tensor
+    entropy: Tensor
+
+
+class OptimalTransport(Measure[LogitSample]):
+    """Transports the target's temperature-scaled softmax vectors onto the labelled reference's class distribution π
+    (:mod:`lightning_gensens.functional.transport`); label-free on the target. Its estimators:
+
+    - ``cot``: predicted error = the optimal cost with cost 1 − p_ik (Lu et al. §3);
+    - ``cott``: predicted error = the share of target samples whose COT cost exceeds the threshold that reproduces
+      the reference error on the reference's own coupling (Lu et al. §3.3);
+    - ``transport_loss``: predicted loss W = the optimal cost with cost −log p_ik (ours); where the target's classes
+      follow π, W never exceeds the actual loss (the true labels are one coupling);
+    - ``transport_loss_shift``: l_ref + W − W_ref, the reference's own loss beyond its transport cost added (ours);
+    - ``transport_loss_ratio``: l_ref · W / W_ref (ours);
+    - ``doe_ts``: predicted loss = l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (DoC's loss side).
+
+    The reference is the validation data for a pool and the training probe for the validation data; T is fitted
+    by NLL on its labelled samples and π is their class frequencies. Each split keeps a seeded uniform sample of at
+    most ``max_samples`` logits (:class:`~lightning_gensens.metrics.LogitSample`): exact up to that many samples,
+    a subsample beyond. Predicts nothing while the reference has no labels. Logs ``temperature``.
+
+    Args:
+        max_samples: logits kept per split (the transport problem is ``max_samples`` × classes).
+        temperature_scaling: fit T on the reference (else T = 1).
+        **kwargs: ``seed`` (of the sample) and ``loss_fn`` (unused) of :class:`~lightning_gensens.measures.Measure`.
+    """
+
+    name = "optimal_transport"
+    requires = Requirement.CLASS_LOGITS
+    relative_cost = 1.0
+
+    def __init__(self, max_samples: int | None = 4096, temperature_scaling: bool = True, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        LogitSample(max_samples=max_samples)  # validates it
+        self.max_samples, self.temperature_scaling = max_samples, temperature_scaling
+        self._fit: _ReferenceFit | None = None
+
+    def make_metric(self, net: nn.Module, settings: Settings) -> LogitSample:
+        return LogitSample(max_samples=self.max_samples, seed=settings.seed)
+
+    def update(self, metric: LogitSample, record: Captured, net: nn.Module) -> None:
+        metric.update(record.logits, record.y)
+
+    def compute(self, metrics: Mapping[str, LogitSample], net: nn.Module, settings: Settings) -> dict[str, Any]:
+        computed: dict[str, Any] = {split: metric.compute() for split, metric in metrics.items()}
+        computed["fit"] = self._reference_fit(computed["train"])
+        return computed
+
+    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
+        fit: _ReferenceFit | None = computed["fit"]
+        return {} if fit is None else {"temperature": fit.temperature}
+
+    def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
+        fit: _ReferenceFit | None = computed["fit"]
+        target = computed["val"]["logits"]
+        if fit is None or target.shape[0] == 0:
+            return {}
+        costs = transport_costs(target, fit.prior, fit.temperature, "error")
+        out = {
+            "cot": Estimate(None, costs.mean()),
+            "transport_loss": Estimate(transport_costs(target, fit.prior, fit.temperature, "loss").mean(), None),
+        }
+        if finite(reference):
+            t = cott_threshold(fit.costs, reference.error)
+            out["cott"] = Estimate(None, (costs > t).double().mean())
+            entropy = mean_entropy(target, fit.temperature)
+            out["doe_ts"] = Estimate(reference.loss.double() + entropy - fit.entropy, None)
+            loss = out["transport_loss"].loss
+            assert loss is not None
+            out["transport_loss_shift"] = Estimate(reference.loss.double() + loss - fit.loss, None)
+            out["transport_loss_ratio"] = Estimate(reference.loss.double() * loss / fit.loss, None)
+        return out
+
+    def _reference_fit(self, reference: Mapping[str, Tensor]) -> _ReferenceFit | None:
+        """The reference's fit, reused for every target of a run (the same computed sample), None without labels."""
+        logits, labels = reference["logits"], reference["labels"]
+        if self._fit is not None and self._fit.logits is logits:
+            return self._fit
+        labelled = labels >= 0
+        if not bool(labelled.any()):
+            return None
+        logits_l, labels_l = logits[labelled], labels[labelled]
+        one = torch.ones((), dtype=torch.float64)
+        temperature = fit_temperature(logits_l, labels_l) if self.temperature_scaling else one
+        prior = class_prior(labels_l, logits.shape[1])
+        costs = transport_costs(logits_l, prior, temperature, "error")
+        loss = transport_costs(logits_l, prior, temperature, "loss").mean()
+        self._fit = _ReferenceFit(logits, temperature, prior, costs, loss, mean_entropy(logits_l, temperature))
+        return self._fit

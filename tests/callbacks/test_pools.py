@@ -1,0 +1,86 @@
+"""Unlabeled pools in a fit: the recommended keys, numbers that cannot be wrong in kind, resume."""
+
+import math
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from lightning_gensens import GeneralizationMonitor
+from tests.callbacks.conftest import make_model, make_trainer
+
+ESTIMATORS = {"cot", "cott", "transport_loss", "transport_loss_shift", "transport_loss_ratio", "doe_ts"}
+
+
+def _pools(digits):
+    x, y = digits.val_set.tensors
+    g = torch.Generator().manual_seed(0)
+    return {
+        "noisy": DataLoader(TensorDataset(x + 2.0 * torch.randn(x.shape, generator=g), y), batch_size=128),
+        "few": DataLoader(TensorDataset(x[y < 3], y[y < 3]), batch_size=128),  # label shift
+    }
+
+
+def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
+    monitor = GeneralizationMonitor(
+        budget=None, measures=["trivial", "atc", "optimal_transport"], probe_size=256, unlabeled=_pools(digits)
+    )
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
+    assert "pred_test_error is cot's prediction and pred_test_loss transport_loss's" in caplog.text
+    last = monitor.history[-1]
+    for pool in ("noisy", "few"):
+        p = f"gensens/pool/{pool}"
+        assert last[f"{p}/pred_test_error"] == last[f"{p}/cot/pred_test_error"]
+        assert last[f"{p}/pred_test_loss"] == last[f"{p}/transport_loss/pred_test_loss"]
+        assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
+    for row in monitor.history:
+        for key, value in row.items():
+            if key.endswith("pred_test_error"):
+                assert 0.0 <= value <= 1.0, key
+            if key.endswith("pred_test_loss"):
+                assert value >= 0.0, key
+    rows = {r["estimator"]: r for r in monitor.mae_table}
+    assert rows["pool/noisy/cot"]["epochs"] == 2 and math.isnan(rows["pool/noisy/cot"]["mae_test_loss"])
+
+
+def test_recommend_overrides_and_is_validated(tmp_path, digits):
+    monitor = GeneralizationMonitor(
+        budget=None,
+        measures=["trivial", "optimal_transport"],
+        probe_size=128,
+        unlabeled=_pools(digits),
+        recommend={"error": "cott", "loss": "trivial"},
+    )
+    make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
+    last = monitor.history[-1]
+    assert last["gensens/pool/noisy/pred_test_error"] == last["gensens/pool/noisy/cott/pred_test_error"]
+    assert last["gensens/pool/noisy/pred_test_loss"] == last["gensens/pool/noisy/trivial/pred_test_loss"]
+    with pytest.raises(ValueError, match="recommend takes the keys"):
+        GeneralizationMonitor(recommend={"accuracy": "cot"})
+    with pytest.raises(ValueError, match="estimator's name"):
+        GeneralizationMonitor(recommend={"error": ""})
+
+
+def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, digits):
+    monitor = GeneralizationMonitor(budget=None, measures=["trivial"], probe_size=128, unlabeled=_pools(digits))
+    with pytest.warns(UserWarning, match="recommended error estimator 'cot' predicted nothing") as record:
+        make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
+    assert sum("recommended error" in str(w.message) for w in record) == 1
+    assert not any(k.endswith("pool/noisy/pred_test_error") for k in monitor.history[-1])
+
+
+def test_resume_continues_the_pool_scores(tmp_path, digits):
+    def monitor():
+        return GeneralizationMonitor(
+            budget=None, measures=["trivial", "optimal_transport"], probe_size=128, unlabeled=_pools(digits)
+        )
+
+    trainer = make_trainer(tmp_path, [monitor()], max_epochs=2)
+    trainer.fit(make_model(digits), digits)
+    resumed = monitor()
+    make_trainer(tmp_path / "resumed", [resumed], max_epochs=3).fit(
+        make_model(digits), digits, ckpt_path=trainer.checkpoint_callback.best_model_path
+    )
+    rows = {r["estimator"]: r["epochs"] for r in resumed.mae_table}
+    assert rows["pool/noisy/cot"] == rows["pool/few/transport_loss"] == 3
