@@ -1,6 +1,6 @@
 """Layer curvature: λ_max(H_l) and Tr(H_l) by ``relative_flatness``, by the dense Hessian and by PyHessian.
 
-Run: ``python benchmarks/curvature.py [--width 50] [--probe 0] [--epochs 30] [--repeats 7]``.
+Run: ``python benchmarks/curvature.py [--width 50] [--probe 0] [--epochs 30] [--repeats 7] [--threads 1]``.
 
 Model and data: the papers' MLP with 4 hidden ReLU layers (``--width`` units each; 100 in the papers, whose
 dense 10,000 × 10,000 layer Hessians take minutes each to form and diagonalise on a laptop CPU, hence the
@@ -31,13 +31,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
-import time
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from _common import add_arguments, machine, timed
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import Tensor, nn
@@ -70,10 +69,9 @@ def train_digits(width: int, epochs: int) -> tuple[nn.Module, Tensor, Tensor]:
     return model, x, y
 
 
-def dense_layer(model: nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[float, float, float]:
-    """λ_max and Tr of the dense float64 H_l from HVPs on the unit basis; also the seconds it took."""
-    start = time.perf_counter()
-    model64 = mlp(64, 10, hidden=[m.out_features for m in model if isinstance(m, nn.Linear)][:-1]).double()
+def dense_layer(model: nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[float, float]:
+    """λ_max and Tr of the dense float64 H_l from HVPs on the unit basis."""
+    model64 = mlp(64, 10, hidden=[m.out_features for m in model.modules() if isinstance(m, nn.Linear)][:-1]).double()
     model64.load_state_dict(model.state_dict())
     model64.eval()
     weight = dict(model64.named_modules())[name].weight
@@ -88,13 +86,7 @@ def dense_layer(model: nn.Module, x: Tensor, y: Tensor, name: str) -> tuple[floa
     hessian = torch.cat(rows)
     hessian = (hessian + hessian.T) / 2
     lam = torch.linalg.eigvalsh(hessian)[-1].item()
-    return lam, hessian.trace().item(), time.perf_counter() - start
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+    return lam, hessian.trace().item()
 
 
 def ours(model: nn.Module, x: Tensor, y: Tensor, names: list[str], gauss_newton: bool) -> tuple[Estimate, float]:
@@ -110,7 +102,7 @@ def ours(model: nn.Module, x: Tensor, y: Tensor, names: list[str], gauss_newton:
 
 def pyhessian(model: nn.Module, x: Tensor, y: Tensor, names: list[str]) -> tuple[Estimate, dict[str, float]]:
     """PyHessian's top eigenvalue and Hutchinson trace of each H_l (other parameters frozen), and seconds."""
-    module = importlib.import_module("pyhessian.hessian")
+    module: Any = importlib.import_module("pyhessian.hessian")
     hvp = module.hessian_vector_product
     calls = [0]
 
@@ -151,7 +143,9 @@ def main() -> None:
     parser.add_argument("--probe", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=7)
+    add_arguments(parser)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     model, x, y = train_digits(args.width, args.epochs)
     if args.probe:
         x, y = x[: args.probe], y[: args.probe]
@@ -160,12 +154,9 @@ def main() -> None:
     has_pyhessian = importlib.util.find_spec("pyhessian") is not None
     if not has_pyhessian:
         print("PyHessian is not installed (`pip install pyhessian`): its rows are skipped.")
-    print(
-        f"probe {len(y)} samples, layers {names} (last hidden: {last_hidden}), "
-        f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}\n"
-    )
+    print(f"probe {len(y)} samples, layers {names} (last hidden: {last_hidden}); {machine()}\n")
 
-    dense = {n: dense_layer(model, x, y, n) for n in names}
+    dense = {n: timed(partial(dense_layer, model, x, y, n)) for n in names}
     estimates: dict[str, Estimate] = {}
     runs: dict[str, dict[str, list[float]]] = {}
     for _ in range(args.repeats):  # interleaved; the best time of each method is reported
@@ -181,14 +172,14 @@ def main() -> None:
             runs["pyhessian"]["last hidden"].append(seconds[last_hidden])
             runs["pyhessian"]["all layers"].append(sum(seconds.values()))
     times = {label: {k: min(v) for k, v in r.items()} for label, r in runs.items()}
-    times["dense"] = {"last hidden": dense[last_hidden][2], "all layers": sum(v[2] for v in dense.values())}
+    times["dense"] = {"last hidden": dense[last_hidden][1], "all layers": sum(t for _, t in dense.values())}
 
     print(
         f"{'layer':>6} {'size':>6} {'method':>13} {'lambda_max':>11} {'rel.err':>9} {'trace':>11} "
         f"{'rel.err':>9} {'hvps':>5}"
     )
     for n in names:
-        lam_ref, tr_ref, _ = dense[n]
+        (lam_ref, tr_ref), _ = dense[n]
         size = dict(model.named_modules())[n].weight.numel()
         print(f"{n:>6} {size:>6} {'dense':>13} {lam_ref:11.5g} {'':>9} {tr_ref:11.5g} {'':>9} {size:>5}")
         for label, values in estimates.items():

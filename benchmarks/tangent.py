@@ -8,18 +8,16 @@ CIFAR-shaped random inputs:
   hutchinson  the unbiased estimator with the number of probes that gives a 5% relative standard error for the
               worst of the 256 samples (found from an 8-probe pilot), on all 256 samples.
 
-    python benchmarks/tangent.py [--dense-samples 1] [--threads N]
+    python benchmarks/tangent.py [--dense-samples 1] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
-from collections.abc import Callable
 
 import torch
+from _common import add_arguments, machine, median_time, timed
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
@@ -31,17 +29,6 @@ from lightning_gensens.models import mlp, small_cnn
 
 BATCH = 256
 TARGET_RELATIVE_ERROR = 0.05
-
-
-def timed(fn: Callable[[], Tensor], repeats: int) -> tuple[float, Tensor]:
-    """Median wall time of ``repeats`` calls after one warm-up call, and the last result."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
 
 
 def dense_tangent(model: nn.Module, x: Tensor, chunk: int = 64) -> Tensor:
@@ -67,6 +54,7 @@ def bn_cnn() -> nn.Sequential:
     net = small_cnn(in_channels=3, side=32, width=16)
     for m in net.modules():
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None  # tracked by default
             m.running_mean.normal_(0, 0.1)
             m.running_var.uniform_(0.5, 2.0)
     return net.eval()
@@ -77,12 +65,11 @@ def bench(name: str, model: nn.Module, x: Tensor, dense_samples: int) -> None:
     print(f"\n{name}: {n_params:,} parameters, input {tuple(x.shape[1:])}, {BATCH} samples")
     exact_time = None
     if name.startswith("mlp"):
-        exact_time, exact = timed(lambda: tangent_sample_sensitivity(model, x, method="exact"), repeats=5)
+        exact, exact_time = median_time(lambda: tangent_sample_sensitivity(model, x, method="exact"), repeats=5)
         print(f"  exact closed form     {exact_time * 1e3:10.1f} ms / 256 samples")
 
-    start = time.perf_counter()
-    dense = dense_tangent(model, x[:dense_samples])
-    dense_time = (time.perf_counter() - start) * BATCH / dense_samples
+    dense, seconds = timed(lambda: dense_tangent(model, x[:dense_samples]))
+    dense_time = seconds * BATCH / dense_samples
     print(
         f"  dense autograd        {dense_time:10.1f} s  / 256 samples (timed on {dense_samples} sample(s), "
         f"extrapolated x{BATCH // dense_samples})"
@@ -97,7 +84,7 @@ def bench(name: str, model: nn.Module, x: Tensor, dense_samples: int) -> None:
     pilot, _ = tangent_sensitivity_hutchinson(model, x, n_probes=8, generator=generator)
     per_probe = float((pilot_se * math.sqrt(8) / pilot).max())
     probes = max(2, math.ceil((per_probe / TARGET_RELATIVE_ERROR) ** 2))
-    hutch_time, (est, se) = timed(
+    (est, se), hutch_time = median_time(
         lambda: tangent_sensitivity_hutchinson(model, x, n_probes=probes, generator=generator), repeats=3
     )
     print(
@@ -116,11 +103,10 @@ def bench(name: str, model: nn.Module, x: Tensor, dense_samples: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dense-samples", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=None)
+    add_arguments(parser)
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, float32")
+    torch.set_num_threads(args.threads)
+    print(f"{machine()}; float32")
     torch.manual_seed(0)
     bench("mlp 3072-100-100-100-100-10", mlp(3072).eval(), torch.randn(BATCH, 3072), args.dense_samples)
     bench("small_cnn 3x32x32 (2 conv + BatchNorm, eval)", bn_cnn(), torch.randn(BATCH, 3, 32, 32), args.dense_samples)

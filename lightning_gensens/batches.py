@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from lightning_utilities import apply_to_collection
 from torch import Tensor
 
 BatchToXY = Callable[[Any], tuple[Tensor, "Tensor | None"]]
@@ -40,3 +41,25 @@ def default_batch_to_xy(batch: Any) -> tuple[Tensor, Tensor | None]:
         f"tuple/list, a mapping with one of the keys {X_KEYS} (and optionally {Y_KEYS}), or a tensor. Pass "
         "`batch_to_xy=` to read this layout."
     )
+
+
+def shard(batches: Iterable[Any], batch_to_xy: BatchToXY, rank: int, world_size: int) -> Iterator[Any]:
+    """This rank's part of ``batches``: the samples ``rank::world_size`` of each batch (every tensor with as many
+    rows as its inputs is indexed), so that a loader of fewer batches than ranks still gives every rank samples; a
+    batch whose layout cannot be indexed goes whole to one rank in turn. A rank's empty part is skipped."""
+    for i, batch in enumerate(batches):
+        if world_size == 1:
+            yield batch
+            continue
+        n = batch_to_xy(batch)[0].shape[0]
+        x, y = batch_to_xy(_rows(batch, n, slice(0)))
+        if x.shape[0] == 0 and (y is None or y.shape[0] == 0):  # the same answer on every rank
+            if rank < n:
+                yield _rows(batch, n, slice(rank, None, world_size))
+        elif i % world_size == rank:
+            yield batch
+
+
+def _rows(batch: Any, n: int, index: slice) -> Any:
+    """``batch`` with every tensor of ``n`` rows indexed by ``index``."""
+    return apply_to_collection(batch, Tensor, lambda t: t[index] if t.dim() and t.shape[0] == n else t)

@@ -30,15 +30,15 @@ class Captured:
     cache: dict[str, Tensor] = field(default_factory=dict)
     """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
 
-    def head(self, n: int) -> Captured:
-        """The record of the first ``n`` samples."""
+    def take(self, rows: slice | Tensor) -> Captured:
+        """The record of the samples ``rows`` selects (a slice or indices)."""
         return Captured(
-            x=self.x[:n],
-            logits=self.logits[:n],
-            preacts=[h[:n] for h in self.preacts],
-            y=None if self.y is None else self.y[:n],
-            cache={k: v[:n] for k, v in self.cache.items()},
-            call=None if self.call is None else self.call.head(n),
+            x=self.x[rows],
+            logits=self.logits[rows],
+            preacts=[h[rows] for h in self.preacts],
+            y=None if self.y is None else self.y[rows],
+            cache={k: v[rows] for k, v in self.cache.items()},
+            call=None if self.call is None else self.call.take(rows),
         )
 
 

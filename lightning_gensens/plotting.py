@@ -1,20 +1,40 @@
-"""Predicted-versus-actual test loss figure, drawn from logged rows (and, when given, the MAE table's skills)."""
+"""Predicted-versus-actual test loss figure, drawn from logged rows (and, when given, the MAE table's skills): the
+validation panel, a panel per unlabeled pool and the skill bars."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-PRED_SUFFIX = "/pred_test_loss"
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 ACTUAL = "actual test loss"
 TRAIN = "train loss (probe)"
 TRIVIAL = "trivial"
 """The baseline estimator (test loss ≈ the probe's), which every skill is measured against."""
+RECOMMENDED = "recommended"
+"""A pool's prediction by the recommended estimator (``<prefix>/pool/<name>/pred_test_loss``)."""
 MAX_BEST = 4
 """Estimators drawn beside the actual test loss and trivial when the MAE table is known."""
 SKILL_FLOOR = -1.0
 """Left end of the skill axis: a bar below it (MAE over twice trivial's) is cut there, its value written."""
+POOL_COLUMNS = 2
+"""Pool panels side by side."""
+DPI = 120
+"""Resolution of the PNG."""
+
+_VALIDATION = ""
+"""The group of the validation curves among the pools'."""
+
+_VALIDATION_CURVES = {"test_loss": ACTUAL, "train_loss": TRAIN}
+_POOL_CURVES = {"test_loss": ACTUAL, f"{TRIVIAL}/pred_test_loss": TRIVIAL, "pred_test_loss": RECOMMENDED}
+_POOL_LABELS = {
+    ACTUAL: "actual loss (labels held back)",
+    TRIVIAL: f"{TRIVIAL} (= reference loss)",
+    RECOMMENDED: "recommended estimator",
+}
 
 Series = dict[str, tuple[list[float], list[float]]]
 Rows = Iterable[Mapping[str, float | str | None]]
@@ -22,31 +42,50 @@ Rows = Iterable[Mapping[str, float | str | None]]
 
 def prediction_series(rows: Rows, prefix: str = "gensens") -> Series:
     """Per curve (actual test loss, probe train loss, each estimator's prediction): its epochs and values."""
-    series: Series = {}
+    return _grouped(rows, prefix).get(_VALIDATION, {})
+
+
+def pool_series(rows: Rows, prefix: str = "gensens") -> dict[str, Series]:
+    """Per unlabeled pool, its curves that were logged: the actual loss (where its labels were held back), trivial's
+    and the recommended estimator's prediction."""
+    groups = _grouped(rows, prefix)
+    groups.pop(_VALIDATION, None)
+    return {
+        pool: {name: curves[name] for name in _POOL_CURVES.values() if name in curves}
+        for pool, curves in groups.items()
+    }
+
+
+def _grouped(rows: Rows, prefix: str) -> dict[str, Series]:
+    """The curves of :func:`_curve`, per pool and :data:`_VALIDATION`."""
+    groups: dict[str, Series] = {}
     for row in rows:
         epoch = _number(row.get("epoch"))
         if epoch is None:
             continue
         for key, value in row.items():
-            number = _number(value)
-            if number is None:
+            number, curve = _number(value), _curve(key, prefix)
+            if number is None or curve is None:
                 continue
-            if key == f"{prefix}/test_loss":
-                name = ACTUAL
-            elif key == f"{prefix}/train_loss":
-                name = TRAIN
-            elif (
-                key.startswith(f"{prefix}/")
-                and key.endswith(PRED_SUFFIX)
-                and "/" not in key[len(prefix) + 1 :][: -len(PRED_SUFFIX)]
-            ):
-                name = key[len(prefix) + 1 : -len(PRED_SUFFIX)]  # validation predictions only, not a pool's
-            else:
-                continue
-            xs, ys = series.setdefault(name, ([], []))
+            xs, ys = groups.setdefault(curve[0], {}).setdefault(curve[1], ([], []))
             xs.append(epoch)
             ys.append(number)
-    return series
+    return groups
+
+
+def _curve(key: str, prefix: str) -> tuple[str, str] | None:
+    """(pool or :data:`_VALIDATION`, curve) that a logged key is drawn as; None for a key not drawn."""
+    if not key.startswith(f"{prefix}/"):
+        return None
+    rest = key[len(prefix) + 1 :]
+    if rest.startswith("pool/"):
+        pool, _, rest = rest[len("pool/") :].partition("/")
+        curve = _POOL_CURVES.get(rest)
+        return (pool, curve) if curve else None
+    if rest in _VALIDATION_CURVES:
+        return _VALIDATION, _VALIDATION_CURVES[rest]
+    estimator, _, tail = rest.partition("/")
+    return (_VALIDATION, estimator) if tail == "pred_test_loss" else None
 
 
 def ranked_estimators(table: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -74,6 +113,49 @@ def shown_series(rows: Rows, prefix: str = "gensens", table: Sequence[Mapping[st
     return shown
 
 
+def predictions_figure(
+    rows: Rows,
+    prefix: str = "gensens",
+    title: str = "Predicted versus actual test loss",
+    table: Sequence[Mapping[str, Any]] | None = None,
+) -> Figure:
+    """The actual and predicted test loss per epoch, and a panel per unlabeled pool; needs matplotlib.
+
+    With ``table`` (the MAE table: rows with ``estimator``, ``skill_loss``, ``mae_test_loss``, ``needs_labels``) the
+    top panel shows only the actual test loss, trivial and the best few estimators, and a last panel the skill
+    1 − MAE/MAE(trivial) of every estimator; without it, every estimator's prediction in the top panel. Each pool's
+    panel shows its actual loss, trivial's and the recommended prediction, those that were logged.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = list(rows)  # read for the validation curves and again for the pools'
+    series = shown_series(rows, prefix, table)
+    pools = pool_series(rows, prefix)
+    skills = _skills(table or ())
+    columns = max(1, min(len(pools), POOL_COLUMNS))
+    heights = [5.0] + [3.0] * math.ceil(len(pools) / columns) + ([1.0 + 0.26 * len(skills)] if skills else [])
+    # no pyplot: the user's backend and figure registry are left alone, and the figure is freed with its last use
+    fig = Figure(figsize=(10, 0.5 + sum(heights)))
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(len(heights), columns, height_ratios=heights)
+    colors = _colors(series)
+    labels = {name: f"{name} (skill {skill:+.2f})" for name, skill, _ in skills if name not in (TRIVIAL, TRAIN)}
+    labels[TRIVIAL] = f"{TRIVIAL} (= probe train loss)"
+    if table is None:
+        legend: dict[str, Any] = {"fontsize": 8, "loc": "center left", "bbox_to_anchor": (1.01, 0.5)}
+    else:
+        legend = {"fontsize": 8, "loc": "best", "framealpha": 0.85}
+    _draw(fig.add_subplot(grid[0, :]), series, colors, labels, title, legend)
+    for i, (pool, curves) in enumerate(pools.items()):
+        ax = fig.add_subplot(grid[1 + i // columns, i % columns])
+        _draw(ax, curves, _colors(curves), _POOL_LABELS, f"pool {pool}", {"fontsize": 7, "framealpha": 0.85})
+    if skills:
+        _skill_bars(fig.add_subplot(grid[-1, :]), skills, colors)
+    fig.tight_layout()
+    return fig
+
+
 def plot_predictions(
     rows: Rows,
     path: str,
@@ -81,38 +163,24 @@ def plot_predictions(
     title: str = "Predicted versus actual test loss",
     table: Sequence[Mapping[str, Any]] | None = None,
 ) -> str:
-    """Write a PNG of the actual and predicted test loss per epoch; return ``path``.
+    """Write :func:`predictions_figure` as a PNG; return ``path``."""
+    predictions_figure(rows, prefix, title, table).savefig(path, dpi=DPI)
+    return path
 
-    With ``table`` (the MAE table: rows with ``estimator``, ``skill_loss``, ``mae_test_loss``, ``needs_labels``) the
-    top panel shows only the actual test loss, trivial and the best few estimators, and a second panel the skill
-    1 − MAE/MAE(trivial) of every estimator; without it, every estimator's prediction in one panel.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+
+def _draw(
+    ax: Any, series: Series, colors: Mapping[str, Any], labels: Mapping[str, str], title: str, legend: Mapping[str, Any]
+) -> None:
+    """One panel's curves over epochs: the actual loss thick and below, the references dashed; ``legend`` holds the
+    legend's options."""
     from matplotlib.ticker import MaxNLocator
 
-    series = shown_series(rows, prefix, table)
-    skills = _skills(table or ())
-    colors = _colors(series)
-    # no pyplot: the user's backend and figure registry are left alone
-    if skills:
-        fig = Figure(figsize=(10, 5.0 + 0.26 * len(skills)))
-        FigureCanvasAgg(fig)
-        top, bottom = fig.subplots(2, 1, height_ratios=[5.0, 1.0 + 0.26 * len(skills)])
-    else:
-        fig = Figure(figsize=(10, 5.5))
-        FigureCanvasAgg(fig)
-        top, bottom = fig.add_subplot(), None
-    skill_of = {name: skill for name, skill, _ in skills}
     for name, (xs, ys) in series.items():
         actual, reference = name == ACTUAL, name in (TRIVIAL, TRAIN)
-        label = f"{name} (= probe train loss)" if name == TRIVIAL else name
-        if name in skill_of and not reference:
-            label = f"{name} (skill {skill_of[name]:+.2f})"
-        top.plot(
+        ax.plot(
             xs,
             ys,
-            label=label,
+            label=labels.get(name, name),
             color=colors[name],
             linestyle="--" if reference else "-",
             linewidth=3.0 if actual else 1.6,
@@ -120,21 +188,14 @@ def plot_predictions(
             markersize=3,
             zorder=1 if actual else 2,  # predictions on top: one that tracks the actual loss stays visible
         )
-    top.set(xlabel="epoch", ylabel="loss", title=title)
+    ax.set(xlabel="epoch", ylabel="loss", title=title)
     values = [y for _, ys in series.values() for y in ys if y > 0]
     if values and max(values) > 3 * min(values):  # a log axis only where the curves span a factor of 3
-        top.set_yscale("log")
-    top.xaxis.set_major_locator(MaxNLocator(integer=True))
-    top.grid(alpha=0.3)
-    if table is None:
-        top.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    else:
-        top.legend(fontsize=8, loc="best", framealpha=0.85)
-    if bottom is not None:
-        _skill_bars(bottom, skills, colors)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    return path
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if series:  # a panel with no curve logged (no labels anywhere) has no legend
+        ax.legend(**legend)
 
 
 def _skills(table: Iterable[Mapping[str, Any]]) -> list[tuple[str, float, bool]]:

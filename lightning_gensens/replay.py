@@ -49,11 +49,15 @@ class Call:
         return self.args, {**self.kwargs, self.site: x}
 
     def head(self, n: int) -> Call:
-        """The call on the first ``n`` samples: every argument with the input's batch size is sliced."""
+        """The call on the first ``n`` samples."""
+        return self.take(slice(n))
+
+    def take(self, rows: slice | Tensor) -> Call:
+        """The call on the samples ``rows`` selects: every argument with the input's batch size is indexed."""
         size = self.input.shape[0]
 
         def cut(v: Any) -> Any:
-            return v[:n] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size else v
+            return v[rows] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size else v
 
         return Call(tuple(cut(a) for a in self.args), {k: cut(v) for k, v in self.kwargs.items()}, self.site)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -61,9 +62,10 @@ def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict
     return named
 
 
-RECOMMENDED = {"error": "cot", "loss": "transport_loss"}
-"""The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss`` (chosen on benchmarks/prediction.py:
-the best mean skill over trivial under shift)."""
+RECOMMENDED = {"error": "difference_of_confidences", "loss": "doe_ts"}
+"""The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss``, chosen on benchmarks/prediction.py
+(results/shift.md): over its shifted pools (natural, label and corruption shifts) they beat trivial most often, with
+the best or nearly the best skill; ``cot``, the best under covariate shift alone, fails under label shift."""
 
 
 def recommended(recommend: Mapping[str, str] | None) -> dict[str, str]:
@@ -79,10 +81,11 @@ def recommended(recommend: Mapping[str, str] | None) -> dict[str, str]:
 
 
 class Schedule:
-    """When the monitor measures: at the end-of-epoch validation run of every ``every_n``-th epoch that validates
-    (the sanity check and validation runs inside an epoch are skipped; ``trainer.validate()`` always measures), or,
-    in an epoch without a validation run, at the end of the training epoch when there are unlabeled pools. ``runs``
-    counts the opportunities, so ``every_n`` counts validation runs and survives a resume."""
+    """When the monitor measures: at every ``every_n``-th validation run of a fit, however the Trainer schedules them
+    (at the end of an epoch, every ``val_check_interval`` batches, by time; the sanity check is skipped and
+    ``trainer.validate()`` always measures), or, in an epoch without a validation run, at the end of the training
+    epoch when there are unlabeled pools. ``runs`` counts the opportunities, so ``every_n`` counts them and survives
+    a resume."""
 
     def __init__(self, every_n: int) -> None:
         self.every_n = every_n
@@ -93,8 +96,6 @@ class Schedule:
             return False
         if trainer.state.fn != "fit":
             return True
-        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            return False  # val_check_interval < 1: measure once per epoch, at its last validation run
         return self._count()
 
     def at_train_epoch_end(self, trainer: Trainer) -> bool:
@@ -127,13 +128,30 @@ class Schedule:
             return
         if why:
             rank_zero_info(f"{owner}: {why}; the unlabeled pools are measured at the end of each training epoch.")
-        time_ratio = [m.name for m in measures if m.needs(Requirement.WEIGHT_ONLY)]
-        every = 1 if why else (trainer.check_val_every_n_epoch or 1)
-        max_epochs = trainer.max_epochs or -1
-        if time_ratio and 0 < max_epochs < 2 * every * self.every_n + self.runs * every:
+            left = _epochs_left(trainer)
+        else:
+            left = _validation_runs_left(trainer)
+            if math.isinf(trainer.num_training_batches) and trainer.val_check_batch == math.inf:
+                rank_zero_warn(
+                    f"{owner}: the Trainer validates at the end of each epoch only, and the training loader has no "
+                    "length: if it never ends, nothing is measured. Validate every k batches with "
+                    "`Trainer(val_check_interval=k)`."
+                )
+        if left is None:
+            return
+        measured = (self.runs + left) // self.every_n - self.runs // self.every_n
+        if measured == 0:
             rank_zero_warn(
-                f"{owner}: {time_ratio} compare consecutive measured runs, but with max_epochs={trainer.max_epochs} "
-                f"this fit measures fewer than two times; their estimators will not log."
+                f"{owner} will measure nothing: this fit has at most {left} "
+                f"{'training epochs' if why else 'validation runs'} left, and it measures every "
+                f"{self.every_n}-th (`every_n_epochs`)."
+            )
+            return
+        time_ratio = [m.name for m in measures if m.needs(Requirement.WEIGHT_ONLY)]
+        if time_ratio and measured < 2:
+            rank_zero_warn(
+                f"{owner}: {time_ratio} compare consecutive measured runs, but this fit measures fewer than two "
+                "times; their estimators will not log."
             )
 
     def state_dict(self) -> dict[str, int]:
@@ -141,3 +159,30 @@ class Schedule:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.runs = int(state.get("runs", 0))
+
+
+def _epochs_left(trainer: Trainer) -> int | None:
+    """The training epochs the fit has left; None without ``max_epochs``."""
+    max_epochs = trainer.max_epochs
+    return None if max_epochs is None or max_epochs < 0 else max_epochs - trainer.current_epoch
+
+
+def _validation_runs_left(trainer: Trainer) -> int | None:
+    """At most how many validation runs the fit has left; None where it cannot tell (validation by time, training
+    without end, or validation only at the end of an epoch of a training loader without length)."""
+    interval, batches = trainer.val_check_batch, trainer.num_training_batches
+    if interval is None or not batches or (math.isinf(interval) and math.isinf(batches)):
+        return None
+    bounds = []
+    if trainer.max_steps >= 0:  # validation every `interval` batches at most, or at the end of each epoch
+        left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+        bounds.append(left // int(min(interval, batches)))
+    epochs = _epochs_left(trainer)
+    if epochs is not None and not math.isinf(batches):
+        every = trainer.check_val_every_n_epoch
+        if every is None:  # every `interval` batches of the whole fit
+            bounds.append(epochs * int(batches) // int(interval))
+        else:  # every `interval` batches of every `every`-th epoch
+            epochs = (trainer.current_epoch + epochs) // every - trainer.current_epoch // every
+            bounds.append(int(batches) // int(min(interval, batches)) * epochs)
+    return min(bounds, default=None)

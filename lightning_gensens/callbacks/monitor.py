@@ -3,6 +3,7 @@ training probe, feeds every measure's Metrics, and logs actual beside predicted 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -16,7 +17,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from lightning_gensens.batches import BatchToXY, default_batch_to_xy
+from lightning_gensens.batches import BatchToXY, default_batch_to_xy, shard
 from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Budget, Need
 from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, recommended, resolve_measures
 from lightning_gensens.callbacks.hooks import RunHooks
@@ -43,7 +44,8 @@ class GeneralizationMonitor(Callback):
         probe_size: training samples in the probe (drawn once per fit with ``seed``, sharded over ranks).
         probe_batch_size: batch size of the probe's forward passes.
         probe: a Dataset or DataLoader to draw the probe from instead of the training loader.
-        every_n_epochs: measure every n-th validation run (once per epoch, at its last validation run).
+        every_n_epochs: measure every n-th validation run (however the Trainer schedules them: per epoch, every
+            ``val_check_interval`` steps, or by time).
         seed: seed of the probe and of each measure's noise (a measure's own ``seed`` wins).
         batch_to_xy: maps a batch to ``(x, y)`` (``y`` may be None); the default reads tensors, tuples, lists and
             mappings with common key names.
@@ -55,7 +57,8 @@ class GeneralizationMonitor(Callback):
             loss the label-free estimators predict (``<prefix>/pool/<name>/…``); labels in a pool's batches only
             score the pool. Without a validation loop the pools are measured at the end of each training epoch.
         recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
-            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``cot`` and ``transport_loss``).
+            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``difference_of_confidences`` and
+            ``doe_ts``).
         budget: the monitor's wall time stays within ``budget`` × the training time; ``None`` runs every measure
             on everything every time.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
@@ -95,6 +98,10 @@ class GeneralizationMonitor(Callback):
         self.probe = TrainingProbe(probe_size, probe_batch_size, seed, self.batch_to_xy, probe)
         self.explicit = measures is not None
         self.measures = resolve_measures(measures)
+        self._fresh: dict[str, dict[str, Any]] = {}
+        """Each measure's state before its first fit (what its estimators remember, e.g. the previous run's values)."""
+        self._fit_state: tuple[Report, dict[str, Any]] | None = None
+        """The fit's report and measure states, kept aside while ``trainer.validate()`` measures."""
         self.report = Report(prefix)
         self.mae_table: list[dict[str, Any]] = []
         self._session: Session | None = None
@@ -147,6 +154,14 @@ class GeneralizationMonitor(Callback):
         if stage not in ("fit", "validate"):
             return
         start = time.perf_counter()
+        if stage == "fit":  # a reused monitor starts afresh; a checkpoint loaded after setup continues its state
+            self.report, self.schedule = Report(self.prefix), Schedule(self.every_n_epochs)
+            self.mae_table, self.cost_table = [], []
+            for m in self.measures:
+                m.load_state_dict(copy.deepcopy(self._fresh.setdefault(m.name, copy.deepcopy(m.state_dict()))))
+        else:  # trainer.validate() leaves the fit's MAE and what its estimators remember as they were
+            self._fit_state = (self.report, {m.name: copy.deepcopy(m.state_dict()) for m in self.measures})
+            self.report = Report(self.prefix)
         check_namespaces(self, trainer.callbacks)  # type: ignore[attr-defined]
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         self._net: nn.Module = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
@@ -167,6 +182,7 @@ class GeneralizationMonitor(Callback):
             recommend=self.recommend,
             explicit=self.explicit,
             strict=self.strict,
+            rank=trainer.global_rank if trainer.world_size > 1 else None,
         )
         self._capture = ForwardCapture(
             self._net,
@@ -186,9 +202,19 @@ class GeneralizationMonitor(Callback):
         self._setup_seconds = time.perf_counter() - start
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._active = False
         if self._capture is not None:
             self._hooks.detach()
             self._capture = None
+        if self._fit_state is not None:
+            self.report, states = self._fit_state
+            self._fit_state = None
+            for m in self.measures:
+                m.load_state_dict(states[m.name])
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Whatever was raised (an interrupt included), no hook of ours stays on the model."""
+        self.teardown(trainer, pl_module, str(trainer.state.fn))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._hooks.check_compiled()  # `configure_model` may have compiled a submodule after `setup`
@@ -199,8 +225,8 @@ class GeneralizationMonitor(Callback):
         self._validated = False
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
         self._active = self._capture is not None and self.schedule.at_validation(trainer)
-        self._validated = self._validated or self._active
         self._start(trainer)
 
     def on_validation_batch_end(
@@ -286,11 +312,18 @@ class GeneralizationMonitor(Callback):
         assert self._session is not None and self._capture is not None
         start = time.perf_counter()
         self._capture.enabled = False
-        if not all(bool(torch.isfinite(p).all()) for p in self._net.parameters()):
-            rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
-        else:
-            # the math kernel of attention has the double backward curvature needs (on CPU the others do not)
-            with preserved_rng(), evaluation_mode(self._net), sdpa_kernel(SDPBackend.MATH):
+        try:
+            if not all(bool(torch.isfinite(p).all()) for p in self._net.parameters()):
+                rank_zero_warn(f"{type(self).__name__}: the model has NaN/Inf weights; nothing measured this epoch.")
+                return
+            # the math kernel of attention has the double backward curvature needs (on CPU the others do not); the
+            # grad mode comes back as it was, whatever a measure left
+            with (
+                preserved_rng(),
+                evaluation_mode(self._net),
+                torch.set_grad_enabled(torch.is_grad_enabled()),
+                sdpa_kernel(SDPBackend.MATH),
+            ):
                 logs = self._measure(trainer, pl_module)
             seconds, samples = self._session.costs()
             spent = self._run_seconds + time.perf_counter() - start
@@ -301,18 +334,23 @@ class GeneralizationMonitor(Callback):
             )
             self.report.record(trainer.current_epoch, logs)
             self.report.log(trainer, pl_module, logs)
+        finally:
             self._session.reset()
             self._hooks.release()
-            # logging, resetting and unhooking are the monitor's cost too
-            self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
-            return
-        self._session.reset()
-        self._hooks.release()
+        # logging, resetting and unhooking are the monitor's cost too
+        self.budget.record(seconds, samples, self._run_seconds + time.perf_counter() - start)
 
     def _net_device(self) -> torch.device:
         return next(self._net.parameters()).device
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        unlogged = {} if self._session is None else self._session.unlogged_recommendations()
+        for kind, estimator in unlogged.items():
+            rank_zero_warn(
+                f"{type(self).__name__}: the recommended {kind} estimator {estimator!r} never predicted for a pool in "
+                f"this fit, so {self.shared_prefix}/pool/<name>/pred_test_{kind} was not logged (is its measure among "
+                "the measures, and does the reference carry labels?)."
+            )
         self.mae_table = self.report.publish(trainer, type(self).__name__)
         self.cost_table = self.budget.report(type(self).__name__)
 
@@ -347,12 +385,12 @@ class GeneralizationMonitor(Callback):
                 self.budget.probe_timed(forward, sum(sizes))
                 if self._fitting and self.budget.call is None and calls:  # the unit of the budget's guesses
                     self.budget.call_timed(self._time_call(calls[0].head(TRIAL_SAMPLES)))
-                for name, loader in self._pools.items():
-                    for i, batch in enumerate(loader):
-                        if i % trainer.world_size == trainer.global_rank:  # labels only score the pool's loss
-                            self._feed_batch(move_data_to_device(batch, pl_module.device), f"pool/{name}")
+                for name, loader in self._pools.items():  # labels only score the pool's loss
+                    for batch in shard(loader, self.batch_to_xy, trainer.global_rank, trainer.world_size):
+                        self._feed_batch(move_data_to_device(batch, pl_module.device), f"pool/{name}")
                 self._capture.enabled = False
             with exclusive(None):
+                self._session.agree(trainer.strategy.all_gather if trainer.world_size > 1 else None)
                 return self._session.evaluate(self.prefix, self.shared_prefix, self.report)
         finally:
             self._capture.enabled = False
@@ -378,6 +416,8 @@ class GeneralizationMonitor(Callback):
             )
         call = self._template.call(batch) if self._template is not None else None
         call = call or Call((x,))
+        if not x.shape[0]:  # nothing to measure, and a model may refuse an empty batch
+            return call
         with torch.no_grad():  # the measures differentiate what they need themselves
             self._net(*call.args, **call.kwargs)
         record = self._capture.pop()

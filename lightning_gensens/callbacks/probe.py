@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
-from lightning_gensens.batches import BatchToXY
+from lightning_gensens.batches import BatchToXY, shard
 from lightning_gensens.utilities import preserved_rng
 
 
@@ -80,13 +80,13 @@ class TrainingProbe:
         if n == 0:
             raise ValueError("the training dataset is empty, so the probe would be empty.")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed))
-        shard = order[: self.size][trainer.global_rank :: trainer.world_size].tolist()
-        groups = [shard[i : i + self.batch_size] for i in range(0, len(shard), self.batch_size)]
+        mine = order[: self.size][trainer.global_rank :: trainer.world_size].tolist()
+        groups = [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
         self._pending = [Subset(dataset, group) for group in groups]
         self._sizes, self._collate = [len(group) for group in groups], collate_fn
 
     def _first_samples(self, trainer: Trainer, loader: Iterable[Any]) -> list[Any]:
-        """The first batches ``loader`` yields, up to ``size`` samples (whole batches), sharded over ranks."""
+        """The first batches ``loader`` yields, up to ``size`` samples (whole batches), each sharded over ranks."""
         kept: list[Any] = []
         taken = 0
         for batch in loader:
@@ -97,7 +97,7 @@ class TrainingProbe:
                 break
         if not kept:
             raise ValueError("the training loader yielded no batch, so the probe would be empty.")
-        return kept[trainer.global_rank :: trainer.world_size]
+        return list(shard(kept, self.batch_to_xy, trainer.global_rank, trainer.world_size))
 
 
 def _is_combined(batch: tuple[Any, ...]) -> bool:

@@ -156,6 +156,25 @@ def cott(
     return (transport_costs(logits, prior, temperature) > t.to(logits.device)).double().mean()
 
 
+def label_shift_prior(
+    logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0, max_iterations: int = 200, tol: float = 1e-10
+) -> Tensor:
+    """The split's class distribution under label shift, by EM on its temperature-scaled softmax (Saerens et al.,
+    Neural Computation 2002): reweight p_ik by π̂_k/π_k, renormalise, π̂ = the mean; from π̂ = ``prior``."""
+    p = _scaled_log_probs(logits, temperature).exp()
+    source = prior.detach().to(p)
+    estimate = source.clone()
+    for _ in range(max_iterations):
+        weights = torch.where(source > 0, estimate / source, torch.zeros_like(source))
+        adjusted = p * weights
+        new = (adjusted / adjusted.sum(dim=1, keepdim=True).clamp_min(torch.finfo(p.dtype).tiny)).mean(dim=0)
+        done = bool((new - estimate).abs().max() < tol)
+        estimate = new
+        if done:
+            break
+    return estimate
+
+
 def mean_entropy(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """Mean predictive entropy H̄ = E[−Σ_k p_k log p_k] of softmax(z/T) (float64)."""
     log_p = _scaled_log_probs(logits, temperature)

@@ -137,6 +137,10 @@ class Measure(Generic[M]):
         """Why the measure is not defined for ``net`` (in eval mode), or None if it is."""
         return None
 
+    def describe(self, net: nn.Module) -> str | None:
+        """A line the monitor logs once per fit on ``net`` (e.g. the method an ``"auto"`` setting chose), or None."""
+        return None
+
     def make_metric(self, net: nn.Module, settings: Settings) -> M:
         """A fresh Metric of one split for ``net``'s architecture (pure: it keeps no model, changes nothing)."""
         raise NotImplementedError

@@ -15,6 +15,7 @@ from lightning_gensens.functional.transport import (
     class_prior,
     cott_threshold,
     fit_temperature,
+    label_shift_prior,
     mean_entropy,
     transport_costs,
 )
@@ -41,12 +42,14 @@ class OptimalTransport(Measure[LogitSample]):
     (:mod:`lightning_gensens.functional.transport`); label-free on the target. Its estimators:
 
     - ``cot``: predicted error = the optimal cost with cost 1 − p_ik (Lu et al. §3);
+    - ``cot_em``: COT onto the target's own class distribution, estimated by EM under label shift (Saerens et al.
+      2002) instead of assuming π;
     - ``cott``: predicted error = the share of target samples whose COT cost exceeds the threshold that reproduces
       the reference error on the reference's own coupling (Lu et al. §3.3);
     - ``transport_loss``: predicted loss W = the optimal cost with cost −log p_ik (ours); where the target's classes
       follow π, W never exceeds the actual loss (the true labels are one coupling);
-    - ``transport_loss_shift``: l_ref + W − W_ref, the reference's own loss beyond its transport cost added (ours);
-    - ``transport_loss_ratio``: l_ref · W / W_ref (ours);
+    - ``transport_loss_ratio_em``: l_ref · W_em / W_ref, with W_em the transport loss onto the EM estimate of the
+      target's classes and W_ref the reference's own (ours);
     - ``doe_ts``: predicted loss = l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (DoC's loss side).
 
     The reference is the validation data for a pool and the training probe for the validation data; T is fitted
@@ -91,8 +94,10 @@ class OptimalTransport(Measure[LogitSample]):
         if fit is None or target.shape[0] == 0:
             return {}
         costs = transport_costs(target, fit.prior, fit.temperature, "error")
+        shifted_prior = label_shift_prior(target, fit.prior, fit.temperature)
         out = {
             "cot": Estimate(None, costs.mean()),
+            "cot_em": Estimate(None, transport_costs(target, shifted_prior, fit.temperature).mean()),
             "transport_loss": Estimate(transport_costs(target, fit.prior, fit.temperature, "loss").mean(), None),
         }
         if finite(reference):
@@ -100,10 +105,8 @@ class OptimalTransport(Measure[LogitSample]):
             out["cott"] = Estimate(None, (costs > t).double().mean())
             entropy = mean_entropy(target, fit.temperature)
             out["doe_ts"] = Estimate(reference.loss.double() + entropy - fit.entropy, None)
-            loss = out["transport_loss"].loss
-            assert loss is not None
-            out["transport_loss_shift"] = Estimate(reference.loss.double() + loss - fit.loss, None)
-            out["transport_loss_ratio"] = Estimate(reference.loss.double() * loss / fit.loss, None)
+            loss_em = transport_costs(target, shifted_prior, fit.temperature, "loss").mean()
+            out["transport_loss_ratio_em"] = Estimate(reference.loss.double() * loss_em / fit.loss, None)
         return out
 
     def _reference_fit(self, reference: Mapping[str, Tensor]) -> _ReferenceFit | None:

@@ -61,6 +61,11 @@ class TangentSensitivity(Measure[TangentSensitivityMetric]):
     def check(self, net: nn.Module) -> str | None:
         return None if self.method == "hutchinson" else relu_mlp_problem(net, self.name)
 
+    def describe(self, net: nn.Module) -> str | None:
+        if self.method != "auto":
+            return None
+        return f"{self.name}: method='auto' uses the exact closed form from the activation masks (a ReLU MLP)."
+
     def make_metric(self, net: nn.Module, settings: Settings) -> TangentSensitivityMetric:
         return TangentSensitivityMetric(self.method, self.n_probes, seed=settings.seed)
 

@@ -36,7 +36,11 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
             "linf_norm": ["linf_norm", "linf_lognorm"],
             "spectral_norm": ["spectral_norm"],
             "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"],
-            "optimal_transport": ["transport_loss", "transport_loss_shift", "transport_loss_ratio", "doe_ts"],
+            "optimal_transport": [
+                "transport_loss",
+                "transport_loss_ratio_em",
+                "doe_ts",
+            ],
         }
         values = {"optimal_transport": ["temperature"]}.get(m.name, ["train", "val"])
         expected += [f"gensens/{m.name}/{value}" for value in values]

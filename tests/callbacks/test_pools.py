@@ -9,7 +9,14 @@ from torch.utils.data import DataLoader, TensorDataset
 from lightning_gensens import GeneralizationMonitor
 from tests.callbacks.conftest import make_model, make_trainer
 
-ESTIMATORS = {"cot", "cott", "transport_loss", "transport_loss_shift", "transport_loss_ratio", "doe_ts"}
+ESTIMATORS = {
+    "cot",
+    "cot_em",
+    "cott",
+    "transport_loss",
+    "transport_loss_ratio_em",
+    "doe_ts",
+}
 
 
 def _pools(digits):
@@ -23,16 +30,19 @@ def _pools(digits):
 
 def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
     monitor = GeneralizationMonitor(
-        budget=None, measures=["trivial", "atc", "optimal_transport"], probe_size=256, unlabeled=_pools(digits)
+        budget=None,
+        measures=["trivial", "difference_of_confidences", "atc", "optimal_transport"],
+        probe_size=256,
+        unlabeled=_pools(digits),
     )
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
-    assert "pred_test_error is cot's prediction and pred_test_loss transport_loss's" in caplog.text
+    assert "pred_test_error is difference_of_confidences's prediction and pred_test_loss doe_ts's" in caplog.text
     last = monitor.history[-1]
     for pool in ("noisy", "few"):
         p = f"gensens/pool/{pool}"
-        assert last[f"{p}/pred_test_error"] == last[f"{p}/cot/pred_test_error"]
-        assert last[f"{p}/pred_test_loss"] == last[f"{p}/transport_loss/pred_test_loss"]
+        assert last[f"{p}/pred_test_error"] == last[f"{p}/difference_of_confidences/pred_test_error"]
+        assert last[f"{p}/pred_test_loss"] == last[f"{p}/doe_ts/pred_test_loss"]
         assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
     for row in monitor.history:
         for key, value in row.items():
@@ -64,7 +74,9 @@ def test_recommend_overrides_and_is_validated(tmp_path, digits):
 
 def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=["trivial"], probe_size=128, unlabeled=_pools(digits))
-    with pytest.warns(UserWarning, match="recommended error estimator 'cot' predicted nothing") as record:
+    with pytest.warns(
+        UserWarning, match="recommended error estimator 'difference_of_confidences' never predicted"
+    ) as record:
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     assert sum("recommended error" in str(w.message) for w in record) == 1
     assert not any(k.endswith("pool/noisy/pred_test_error") for k in monitor.history[-1])
@@ -73,7 +85,10 @@ def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, dig
 def test_resume_continues_the_pool_scores(tmp_path, digits):
     def monitor():
         return GeneralizationMonitor(
-            budget=None, measures=["trivial", "optimal_transport"], probe_size=128, unlabeled=_pools(digits)
+            budget=None,
+            measures=["trivial", "difference_of_confidences", "optimal_transport"],
+            probe_size=128,
+            unlabeled=_pools(digits),
         )
 
     trainer = make_trainer(tmp_path, [monitor()], max_epochs=2)

@@ -11,7 +11,18 @@ import torch
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.callbacks.reporting import Report, format_table
 from lightning_gensens.measures import Estimate, Trivial
-from lightning_gensens.plotting import ACTUAL, MAX_BEST, TRAIN, TRIVIAL, plot_predictions, shown_series
+from lightning_gensens.plotting import (
+    ACTUAL,
+    MAX_BEST,
+    RECOMMENDED,
+    TRAIN,
+    TRIVIAL,
+    plot_predictions,
+    pool_series,
+    prediction_series,
+    predictions_figure,
+    shown_series,
+)
 from tests.callbacks.conftest import make_model, make_trainer
 
 COLUMNS = ["estimator", "needs_labels", "mae_test_loss", "skill_loss", "mae_test_error", "skill_error", "epochs"]
@@ -141,6 +152,16 @@ def test_format_table_shows_every_column():
     assert "—" in lines[1]  # labelled predicts no error: no skill on it
 
 
+def test_format_table_keeps_its_columns_aligned_for_long_names():
+    report = _scored()
+    long = "pool/a_very_long_pool_name/transport_loss"
+    report.score(long, _estimate(1.0, 0.2), 1.0, 0.2)
+    header, rule, *lines = format_table(report.table()).splitlines()
+    assert {len(line) for line in lines} == {len(header)} == {len(rule)}  # every cell padded to its column's width
+    (row,) = [line for line in lines if line.startswith(long)]
+    assert row[len(long) : len(long) + 2] == "  " and row.split()[1] == "no"
+
+
 def _history(names: list[str], epochs: int = 5) -> list[dict[str, float]]:
     rows = []
     for e in range(epochs):
@@ -213,8 +234,9 @@ def test_fit_logs_the_baselines_and_the_skill_table(tmp_path, digits):
     by_name = {row["estimator"]: row for row in table}
     assert by_name["trivial"]["skill_loss"] == 0.0 and by_name["trivial"]["skill_error"] == 0.0
     assert not any(by_name[n]["needs_labels"] for n in ("trivial", "average_confidence", "atc"))
-    skills = [row["skill_loss"] for row in table if not math.isnan(row["skill_loss"])]
-    assert skills == sorted(skills, reverse=True) and len(skills) == len(table)
+    # every estimator of the loss has a skill, best first (error-only ones, as cot's, have none on the loss)
+    skills = [row["skill_loss"] for row in table if not math.isnan(row["mae_test_loss"])]
+    assert skills == sorted(skills, reverse=True) and not any(math.isnan(skill) for skill in skills)
 
     (csv_path,) = tmp_path.glob("lightning_logs/version_*/gensens_mae.csv")
     with open(csv_path) as f:
@@ -223,3 +245,35 @@ def test_fit_logs_the_baselines_and_the_skill_table(tmp_path, digits):
         assert [r["estimator"] for r in reader] == [row["estimator"] for row in table]
     (png,) = tmp_path.glob("lightning_logs/version_*/gensens_predicted_vs_actual.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def _pool_history(epochs: int = 4) -> list[dict[str, float]]:
+    rows = _history(["trivial", "a"], epochs)
+    for e, row in enumerate(rows):
+        row["gensens/pred_test_loss"] = 1.2  # a recommended key of the validation data: no estimator's curve
+        row["gensens/pool/shifted/test_loss"] = 3.0 - 0.1 * e
+        row["gensens/pool/shifted/trivial/pred_test_loss"] = 2.0
+        row["gensens/pool/shifted/pred_test_loss"] = 2.5
+        row["gensens/pool/shifted/atc/pred_test_loss"] = 2.4  # drawn as the recommended prediction only
+        row["gensens/pool/noise/trivial/pred_test_loss"] = 1.8  # labels not held back, no recommended key
+    return rows
+
+
+def test_pool_series_has_each_pools_actual_trivial_and_recommended_curves():
+    history = _pool_history()
+    pools = pool_series(history)
+    assert list(pools) == ["shifted", "noise"]
+    assert list(pools["shifted"]) == [ACTUAL, TRIVIAL, RECOMMENDED] and list(pools["noise"]) == [TRIVIAL]
+    assert pools["shifted"][RECOMMENDED] == ([0.0, 1.0, 2.0, 3.0], [2.5] * 4)
+    assert set(prediction_series(history)) == {ACTUAL, TRAIN, "trivial", "a"}
+
+
+def test_figure_has_a_panel_per_pool():
+    table = _table({"trivial": 0.0, "a": 0.2, "pool/shifted/trivial": 0.0, "pool/shifted/atc": 0.1})
+    fig = predictions_figure(iter(_pool_history()), table=table)
+    assert [ax.get_title() for ax in fig.axes][1:] == ["pool shifted", "pool noise", ""]  # then the skill bars
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes[1:3]]
+    assert legends == [
+        ["actual loss (labels held back)", "trivial (= reference loss)", "recommended estimator"],
+        ["trivial (= reference loss)"],
+    ]

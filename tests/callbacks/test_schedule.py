@@ -1,5 +1,5 @@
-"""When the monitor measures: once per epoch at its last validation run, every n-th validation run, under
-``trainer.validate()``, and without a validation loop from unlabeled pools; and when it says it cannot."""
+"""When the monitor measures: at every validation run, every n-th validation run, under ``trainer.validate()``, and
+without a validation loop from unlabeled pools; and when it says it cannot."""
 
 import math
 
@@ -17,12 +17,12 @@ def _measured_epochs(monitor):
     return [int(row["epoch"]) for row in monitor.history]
 
 
-def test_several_validation_runs_per_epoch_measure_once(tmp_path, digits):
+def test_every_validation_run_of_an_epoch_measures(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=["linf_norm"], probe_size=64)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3, val_check_interval=0.5)
     trainer.fit(make_model(digits), digits)
-    assert _measured_epochs(monitor) == [0, 1, 2]
-    assert monitor.mae_table[0]["epochs"] == 2  # the time-ratio estimators compare whole epochs
+    assert _measured_epochs(monitor) == [0, 0, 1, 1, 2, 2]
+    assert monitor.mae_table[0]["epochs"] == 5  # the time-ratio estimators compare consecutive runs
 
 
 def test_every_n_epochs_counts_validation_runs(tmp_path, digits):

@@ -13,6 +13,7 @@ from lightning_gensens.functional import (
     cott_threshold,
     difference_of_entropies,
     fit_temperature,
+    label_shift_prior,
     transport_costs,
     transport_loss,
     transport_plan,
@@ -147,3 +148,21 @@ def test_bad_inputs_are_refused():
         transport_plan(torch.ones(2, 3, dtype=torch.float64), torch.zeros(3))
     with pytest.raises(ValueError, match="temperature must be positive"):
         transport_loss(logits, torch.ones(4) / 4, 0.0)
+
+
+def test_label_shift_prior_recovers_the_class_distribution_of_a_shifted_split():
+    g = torch.Generator().manual_seed(12)
+    source, target = torch.tensor([0.2, 0.3, 0.5]), torch.tensor([0.6, 0.3, 0.1])
+    means = torch.tensor([0.0, 2.0, 4.0])
+    y = torch.multinomial(target, 20_000, replacement=True, generator=g)
+    x = means[y] + torch.randn(20_000, generator=g)
+    logits = (source.log() - (x[:, None] - means) ** 2 / 2).double()  # the Bayes posterior under the source prior
+    estimate = label_shift_prior(logits, source.double())
+    torch.testing.assert_close(estimate, target.double(), atol=0.02, rtol=0)
+    assert float(estimate.sum()) == pytest.approx(1.0)
+
+
+def test_label_shift_prior_keeps_a_prior_the_split_already_follows():
+    logits = _logits(13, n=30, k=3)
+    prior = torch.softmax(logits, 1).mean(0)  # the split's mean prediction: EM's fixed point
+    torch.testing.assert_close(label_shift_prior(logits, prior), prior, atol=1e-9, rtol=0)

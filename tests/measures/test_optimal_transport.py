@@ -8,13 +8,26 @@ import torch
 from torch import nn
 
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional import class_prior, cott_threshold, fit_temperature, transport_costs
+from lightning_gensens.functional import (
+    class_prior,
+    cott_threshold,
+    fit_temperature,
+    label_shift_prior,
+    transport_costs,
+)
 from lightning_gensens.measures import OptimalTransport, Reference, Settings
 from lightning_gensens.metrics import LogitSample
 from tests.helpers import run_ddp
 
 NET = nn.Linear(3, 4)
-ESTIMATORS = {"cot", "cott", "transport_loss", "transport_loss_shift", "transport_loss_ratio", "doe_ts"}
+ESTIMATORS = {
+    "cot",
+    "cot_em",
+    "cott",
+    "transport_loss",
+    "transport_loss_ratio_em",
+    "doe_ts",
+}
 
 
 def _data(seed: int, n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,15 +62,16 @@ def test_estimators_equal_the_functional_layer():
     t = values["temperature"]
     assert float(t) == pytest.approx(float(fit_temperature(ref, labels)), rel=1e-8)  # the same fit, other order
     prior = class_prior(labels, 4)
+    em = label_shift_prior(target, prior, t)
     costs = transport_costs(target, prior, t)
     loss = transport_costs(target, prior, t, "loss").mean()
     ref_loss = transport_costs(ref, prior, t, "loss").mean()
     expected = {
         "cot": (None, costs.mean()),
+        "cot_em": (None, transport_costs(target, em, t).mean()),
         "cott": (None, (costs > cott_threshold(transport_costs(ref, prior, t), 0.3)).double().mean()),
         "transport_loss": (loss, None),
-        "transport_loss_shift": (0.9 + loss - ref_loss, None),
-        "transport_loss_ratio": (0.9 * loss / ref_loss, None),
+        "transport_loss_ratio_em": (0.9 * transport_costs(target, em, t, "loss").mean() / ref_loss, None),
     }
     for name, (expected_loss, expected_error) in expected.items():
         got = estimates[name]
@@ -79,7 +93,7 @@ def test_an_unlabeled_reference_predicts_nothing_and_a_non_finite_one_only_the_l
     values, estimates = _estimate(OptimalTransport(), ref, None, target, _reference())
     assert values == {} and estimates == {}
     _, estimates = _estimate(OptimalTransport(), ref, labels, target, _reference(math.nan, math.nan))
-    assert set(estimates) == {"cot", "transport_loss"}
+    assert set(estimates) == {"cot", "cot_em", "transport_loss"}
 
 
 def test_bad_arguments():
