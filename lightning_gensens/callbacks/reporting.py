@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torch import Tensor
 
 from lightning_gensens.measures import Estimate, Trivial
-from lightning_gensens.plotting import ACTUAL, DPI, predictions_figure, shown_series
+from lightning_gensens.plotting import ACTUAL, PNG, predictions_figure, shown_series
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -230,7 +230,7 @@ class Report:
                 writer.writeheader()
                 writer.writerows(table)
             if figure is not None:
-                figure.savefig(os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"), dpi=DPI)
+                figure.savefig(os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"), **PNG)
 
     def _figure(self, table: list[dict[str, Any]], owner: str) -> Figure | None:
         """The predicted-versus-actual figure; None, said in one info line, where matplotlib is not installed."""

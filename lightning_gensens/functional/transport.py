@@ -157,7 +157,7 @@ def cott(
 
 
 def label_shift_prior(
-    logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0, max_iterations: int = 200, tol: float = 1e-10
+    logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0, max_iterations: int = 200, tol: float = 1e-8
 ) -> Tensor:
     """The split's class distribution under label shift, by EM on its temperature-scaled softmax (Saerens et al.,
     Neural Computation 2002): reweight p_ik by π̂_k/π_k, renormalise, π̂ = the mean; from π̂ = ``prior``."""
