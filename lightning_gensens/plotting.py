@@ -24,7 +24,7 @@ POOL_COLUMNS = 2
 """Pool panels side by side."""
 DPI = 80
 """Resolution of the PNG."""
-PNG = {"dpi": DPI, "pil_kwargs": {"compress_level": 1}}
+PNG: dict[str, Any] = {"dpi": DPI, "pil_kwargs": {"compress_level": 1}}
 """How the figure is written: fast compression (the fit-end report counts toward the monitor's time)."""
 
 _VALIDATION = ""

@@ -7,7 +7,7 @@ import csv
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any
 
@@ -26,24 +26,21 @@ if TYPE_CHECKING:
 MAX_HISTORY = 100_000
 TRIVIAL = Trivial.name
 """The estimator every skill is measured against."""
+MIN_SCORED = 3
+"""Scored runs below which a row of the MAE table is flagged (``reliable`` False) and sorted last."""
 
 
 @dataclass
-class _Mean:
-    """A running mean of absolute errors. The values are identical on every rank (computed from reduced states), so
-    there is nothing to synchronise: two floats do what a torchmetrics ``MeanMetric`` would at ~100× the cost."""
+class _Errors:
+    """One estimator's absolute errors on one quantity, per scored run. The values are identical on every rank
+    (computed from reduced states), so there is nothing to synchronise."""
 
-    total: float = 0.0
-    count: int = 0
+    by_run: dict[int, float] = field(default_factory=dict)
 
-    def update(self, value: float) -> None:
-        self.total += value
-        self.count += 1
-
-    @property
-    def value(self) -> float:
-        """The mean so far; NaN before any update."""
-        return self.total / self.count if self.count else math.nan
+    def mean(self, runs: set[int] | None = None) -> float:
+        """The mean over ``runs`` (all scored runs by default); NaN over none."""
+        values = [v for r, v in self.by_run.items() if runs is None or r in runs]
+        return sum(values) / len(values) if values else math.nan
 
 
 def _skill(mae: float, baseline: float | None, trivial: bool) -> float:
@@ -55,29 +52,28 @@ def _skill(mae: float, baseline: float | None, trivial: bool) -> float:
     return 1.0 - mae / baseline if baseline > 0 else math.nan
 
 
-def _rank(row: Mapping[str, Any]) -> tuple[str, bool, float, bool, float]:
-    """The validation rows, then each pool's; within each, best first: higher skill on the loss, then lower MAE;
-    NaN last."""
-    skill, mae = row["skill_loss"], row["mae_test_loss"]
+def _rank(row: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The validation rows, then each pool's; within each, rows with at least :data:`MIN_SCORED` scored runs first,
+    then best first: higher skill on the loss (then on the error), lower MAE; NaN last."""
     group = row["estimator"].rpartition("/")[0]
-    return (
-        group,
-        math.isnan(skill),
-        0.0 if math.isnan(skill) else -skill,
-        math.isnan(mae),
-        0.0 if math.isnan(mae) else mae,
-    )
+    keys: list[Any] = [group, not row["reliable"]]
+    for column in ("skill_loss", "skill_error", "mae_test_loss", "mae_test_error"):
+        value = row[column]
+        keys += [math.isnan(value), 0.0 if math.isnan(value) else (-value if column.startswith("skill") else value)]
+    return tuple(keys)
 
 
 class Report:
-    """Running mean absolute error of each estimator against the actual test loss and error, and the history of
+    """Each estimator's absolute error against the actual test loss and error per scored run, and the history of
     logged values (bounded), kept across resumes through :meth:`state_dict`."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.history: list[dict[str, float]] = []
-        self.mae: dict[str, dict[str, _Mean]] = {}
+        self.errors: dict[str, dict[str, _Errors]] = {}
         self.needs_labels: dict[str, bool] = {}
+        self.runs = 0
+        """Runs recorded so far: the index of the run being scored."""
         self._wandb_keys: set[str] = set()
 
     def score(
@@ -88,10 +84,11 @@ class Report:
         actual_error: float,
         *,
         needs_labels: bool = False,
+        scored: bool = True,
     ) -> dict[str, Tensor]:
-        """Log an estimate and fold its absolute errors into the running MAE; ``needs_labels`` says whether the
-        estimator's measure needs labels (a column of the table). A predicted loss is clipped at 0 and a predicted
-        error to [0, 1], so no number is wrong in kind."""
+        """Log an estimate and, when ``scored`` (not a timing run on a few samples), keep its absolute errors for the
+        MAE; ``needs_labels`` says whether the estimator's measure needs labels (a column of the table). A predicted
+        loss is clipped at 0 and a predicted error to [0, 1], so no number is wrong in kind."""
         p = self.prefix
         predicted_loss = None if estimate.loss is None else estimate.loss.clamp_min(0.0)
         predicted_error = None if estimate.error is None else estimate.error.clamp(0.0, 1.0)
@@ -100,20 +97,18 @@ class Report:
                 f"{estimator}: the predicted test loss is not finite ({float(predicted_loss)}); not logged this run."
             )
             return {}
-        if estimator not in self.mae:
-            self.mae[estimator] = {"loss": _Mean(), "error": _Mean()}
-        mae = self.mae[estimator]
+        errors = self.errors.setdefault(estimator, {"loss": _Errors(), "error": _Errors()})
         self.needs_labels[estimator] = bool(needs_labels)
         logs: dict[str, Tensor] = {}
         if predicted_loss is not None:
             logs[f"{p}/{estimator}/pred_test_loss"] = predicted_loss
-            if math.isfinite(actual_loss):
-                mae["loss"].update(abs(float(predicted_loss) - actual_loss))
-                logs[f"{p}/{estimator}/mae"] = torch.tensor(mae["loss"].value, dtype=torch.float64)
+            if scored and math.isfinite(actual_loss):
+                errors["loss"].by_run[self.runs] = abs(float(predicted_loss) - actual_loss)
+                logs[f"{p}/{estimator}/mae"] = torch.tensor(errors["loss"].mean(), dtype=torch.float64)
         if predicted_error is not None and bool(torch.isfinite(predicted_error)):
             logs[f"{p}/{estimator}/pred_test_error"] = predicted_error
-            if math.isfinite(actual_error):
-                mae["error"].update(abs(float(predicted_error) - actual_error))
+            if scored and math.isfinite(actual_error):
+                errors["error"].by_run[self.runs] = abs(float(predicted_error) - actual_error)
         return logs
 
     def record(self, epoch: int, logs: Mapping[str, Tensor]) -> None:
@@ -122,36 +117,38 @@ class Report:
         row.update({k: float(v) for k, v in logs.items() if v.numel() == 1})
         self.history.append(row)
         del self.history[:-MAX_HISTORY]
+        self.runs += 1
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per estimator, best first: whether it needs labels, the MAE of its predicted test loss and error,
-        its skill 1 − MAE/MAE(trivial) on each (NaN without a scored ``trivial`` estimator or when trivial's MAE is
-        0; exactly 0 for trivial itself), and the runs scored. Sorted by ``skill_loss`` (then MAE), NaN last."""
-        maes = {
-            estimator: (mae["loss"].value, mae["error"].value, max(mae["loss"].count, mae["error"].count))
-            for estimator, mae in self.mae.items()
-        }
+        """One row per estimator, reliable and best first (see :func:`_rank`): whether it needs labels, the MAE of its
+        predicted test loss and error and its skill 1 − MAE/MAE(trivial) on each, both over the scored runs where
+        trivial was scored too (comparable runs; NaN without them or when trivial's MAE is 0; exactly 0 for trivial
+        itself), ``epochs`` = those runs (its own scored runs without a trivial estimator) and ``reliable`` = at
+        least :data:`MIN_SCORED` of them."""
         rows = []
-        for estimator, (mae_loss, mae_error, runs) in maes.items():
+        for estimator, errors in self.errors.items():
             group, _, name = estimator.rpartition("/")  # a pool's rows ("pool/<name>/<estimator>") have their own
-            trivial = f"{group}/{TRIVIAL}" if group else TRIVIAL
-            base_loss, base_error = maes[trivial][:2] if trivial in maes else (None, None)
-            rows.append(
-                {
-                    "estimator": estimator,
-                    "needs_labels": self.needs_labels.get(estimator, False),
-                    "mae_test_loss": mae_loss,
-                    "skill_loss": _skill(mae_loss, base_loss, name == TRIVIAL),
-                    "mae_test_error": mae_error,
-                    "skill_error": _skill(mae_error, base_error, name == TRIVIAL),
-                    "epochs": runs,
-                }
-            )
+            baseline = self.errors.get(f"{group}/{TRIVIAL}" if group else TRIVIAL)
+            row: dict[str, Any] = {"estimator": estimator, "needs_labels": self.needs_labels.get(estimator, False)}
+            runs = 0
+            for kind in ("loss", "error"):
+                own = errors[kind]
+                common = set(own.by_run) & set(baseline[kind].by_run) if baseline else set(own.by_run)
+                mae = own.mean(common)
+                base = baseline[kind].mean(common) if baseline else None
+                row[f"mae_test_{kind}"] = mae
+                row[f"skill_{kind}"] = _skill(mae, base, name == TRIVIAL)
+                runs = max(runs, len(common))
+            rows.append({**row, "epochs": runs, "reliable": runs >= MIN_SCORED})
         return sorted(rows, key=_rank)
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "mae": {est: {kind: [m.total, float(m.count)] for kind, m in mae.items()} for est, mae in self.mae.items()},
+            "errors": {
+                est: {kind: [[float(r), v] for r, v in e.by_run.items()] for kind, e in kinds.items()}
+                for est, kinds in self.errors.items()
+            },
+            "runs": self.runs,
             "needs_labels": dict(self.needs_labels),
             "history": [dict(r) for r in self.history],
         }
@@ -159,9 +156,11 @@ class Report:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.history = [dict(r) for r in state.get("history", [])]
         self.needs_labels = {str(k): bool(v) for k, v in state.get("needs_labels", {}).items()}
-        self.mae = {}
-        for est, kinds in state.get("mae", {}).items():
-            self.mae[est] = {kind: _Mean(float(total), int(count)) for kind, (total, count) in kinds.items()}
+        self.runs = int(state.get("runs", len(self.history)))
+        self.errors = {
+            est: {kind: _Errors({int(r): float(v) for r, v in pairs}) for kind, pairs in kinds.items()}
+            for est, kinds in state.get("errors", {}).items()
+        }  # a checkpoint of 0.2 (running sums, no runs) starts the table afresh
 
     def log(self, trainer: Trainer, pl_module: LightningModule, logs: Mapping[str, Tensor]) -> None:
         """Log one run's values (computed from states reduced over ranks; rank 0's timings go to the loggers).
@@ -288,7 +287,8 @@ _COLUMNS = (  # key, title, least width in the text table, format
     ("skill_loss", "skill loss", 12, "+.3f"),
     ("mae_test_error", "MAE test error", 16, ".4g"),
     ("skill_error", "skill error", 13, "+.3f"),
-    ("epochs", "epochs", 8, "d"),
+    ("epochs", "runs", 6, "d"),
+    ("reliable", f"≥{MIN_SCORED} runs", 9, "s"),
 )
 
 
@@ -297,7 +297,7 @@ def _cells(row: Mapping[str, Any]) -> list[str]:
     cells = []
     for key, _, _, spec in _COLUMNS:
         value = row.get(key, math.nan)
-        if key == "needs_labels":
+        if key in ("needs_labels", "reliable"):
             cells.append("yes" if value else "no")
         elif isinstance(value, float) and math.isnan(value):
             cells.append("—")

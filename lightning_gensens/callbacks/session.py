@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import Metric
 
-from lightning_gensens.callbacks.budget import Need
+from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Need
 from lightning_gensens.callbacks.reporting import Report
 from lightning_gensens.capture import Captured, exclusive
 from lightning_gensens.measures import Measure, Reference, Requirement, Settings
@@ -417,9 +417,14 @@ class Session:
         if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
             estimates = {k: e for k, e in estimates.items() if e.loss is None or bool(torch.isfinite(e.loss))}
         needs_labels = measure.needs(Requirement.LABELS)
+        scored = slot.cap is None or slot.cap > TRIAL_SAMPLES  # a timing run on a few samples is logged, not scored
         actual_loss, actual_error = float(actual["loss"]), float(actual["error"])
         for name, estimate in estimates.items():
-            logs.update(report.score(group + name, estimate, actual_loss, actual_error, needs_labels=needs_labels))
+            logs.update(
+                report.score(
+                    group + name, estimate, actual_loss, actual_error, needs_labels=needs_labels, scored=scored
+                )
+            )
         return logs
 
     def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool) -> list[Measure[Any]]:

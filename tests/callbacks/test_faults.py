@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torchmetrics import MeanMetric
 
-from lightning_gensens import GeneralizationMonitor, JacobianNorm, OutputSensitivity
+from lightning_gensens import GeneralizationMonitor, JacobianNorm, OutputSensitivity, measures
 from lightning_gensens.callbacks.budget import Budget
 from lightning_gensens.measures import Estimate, Measure
 from lightning_gensens.models import Classifier
@@ -373,6 +373,27 @@ def test_a_capped_measure_takes_a_seeded_random_subset_of_the_validation_stream(
     assert torch.equal(first, torch.arange(40))  # before a run saw the split: its first samples
     assert len(second) == 40 and torch.equal(second, third)  # seeded: the same subset every run
     assert int(second.max()) >= 256  # spread over the stream's batches (of 256), not its head
+
+
+# -- 8. our own measures' programming errors fail the suite -------------------------------------------------------
+def _broken(self, metric, record, net):
+    return record.missing  # an AttributeError: a bug of ours, not the user's data
+
+
+def test_a_bug_in_our_own_measure_fails_the_suite(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(measures.AverageConfidence, "update", _broken)
+    monitor = GeneralizationMonitor(budget=None, measures=["average_confidence", "trivial"], probe_size=64)
+    with pytest.raises(AttributeError, match="missing"):
+        make_trainer(tmp_path, [monitor], max_epochs=1, limit_train_batches=2).fit(make_model(digits), digits)
+
+
+@pytest.mark.lenient
+def test_a_bug_in_our_own_measure_switches_it_off_for_users(tmp_path, digits, monkeypatch):
+    monkeypatch.setattr(measures.AverageConfidence, "update", _broken)
+    monitor = GeneralizationMonitor(budget=None, measures=["average_confidence", "trivial"], probe_size=64)
+    with pytest.warns(UserWarning, match="average_confidence raised AttributeError"):
+        make_trainer(tmp_path, [monitor], max_epochs=1, limit_train_batches=2).fit(make_model(digits), digits)
+    assert [m.name for m in monitor.active_measures] == ["trivial"]
 
 
 def test_the_deadline_fails_instead_of_hanging():

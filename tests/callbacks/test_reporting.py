@@ -25,7 +25,16 @@ from lightning_gensens.plotting import (
 )
 from tests.callbacks.conftest import make_model, make_trainer
 
-COLUMNS = ["estimator", "needs_labels", "mae_test_loss", "skill_loss", "mae_test_error", "skill_error", "epochs"]
+COLUMNS = [
+    "estimator",
+    "needs_labels",
+    "mae_test_loss",
+    "skill_loss",
+    "mae_test_error",
+    "skill_error",
+    "epochs",
+    "reliable",
+]
 
 
 def _estimate(loss: float, error: float | None = None) -> Estimate:
@@ -41,9 +50,10 @@ def _scored(report: Report | None = None) -> Report:
         {"trivial": (0.6, 0.1), "good": (1.1, 0.25), "bad": (3.0, 0.5), "labelled": (0.9, None)},
         {"trivial": (1.4, 0.1), "good": (2.1, 0.35), "bad": (4.0, 0.6), "labelled": (2.3, None)},
     ]
-    for (actual_loss, actual_error), run in zip([(1.0, 0.2), (2.0, 0.3)], runs, strict=True):
+    for epoch, ((actual_loss, actual_error), run) in enumerate(zip([(1.0, 0.2), (2.0, 0.3)], runs, strict=True)):
         for name, (loss, error) in run.items():
             report.score(name, _estimate(loss, error), actual_loss, actual_error, needs_labels=name == "labelled")
+        report.record(epoch, {})
     return report
 
 
@@ -70,6 +80,24 @@ def test_table_has_skill_columns_sorted_best_first():
     }
     assert all(row["epochs"] == 2 for row in table)
     assert all(type(row["needs_labels"]) is bool and type(row["epochs"]) is int for row in table)
+
+
+def test_skill_compares_only_the_runs_where_both_were_scored_and_timing_runs_are_not_scored():
+    report = Report("p")
+    for run, (trivial, estimate, scored) in enumerate([(0.5, None, True), (0.5, 0.1, False), (0.4, 0.2, True)]):
+        report.score("trivial", _estimate(trivial), 1.0, math.nan)
+        if estimate is not None:  # measured at runs 1 and 2; run 1 was a timing run on a few samples
+            report.score("late", _estimate(estimate), 1.0, math.nan, scored=scored)
+        report.record(run, {})
+    report.score("early", _estimate(0.9), 1.0, math.nan)  # a run where trivial was not measured
+    report.record(3, {})
+    rows = {row["estimator"]: row for row in report.table()}
+    assert rows["late"]["epochs"] == 1 and rows["late"]["mae_test_loss"] == pytest.approx(0.8)
+    assert rows["late"]["skill_loss"] == pytest.approx(1 - 0.8 / 0.6)  # trivial over run 2 only: |0.4 − 1|
+    assert rows["early"]["epochs"] == 0 and math.isnan(rows["early"]["skill_loss"])
+    assert rows["trivial"]["epochs"] == 3 and rows["trivial"]["reliable"]
+    assert not rows["late"]["reliable"]
+    assert [row["estimator"] for row in report.table()][0] == "trivial"  # flagged rows sort last
 
 
 def test_trivial_skill_is_exactly_zero_whatever_its_mae():
@@ -146,7 +174,7 @@ def test_old_checkpoints_without_needs_labels_load():
 def test_format_table_shows_every_column():
     text = format_table(_scored().table())
     header, _, *lines = text.splitlines()
-    for title in ("estimator", "labels", "MAE test loss", "skill loss", "MAE test error", "skill error", "epochs"):
+    for title in ("estimator", "labels", "MAE test loss", "skill loss", "MAE test error", "skill error", "runs"):
         assert title in header
     assert lines[0].split()[0] == "good" and "yes" in lines[1] and "+0.000" in lines[2]
     assert "—" in lines[1]  # labelled predicts no error: no skill on it

@@ -68,3 +68,10 @@ def test_hutchinson_tangent_sensitivity_on_a_cnn(tmp_path):
     stderr, value = (float(logged[f"gensens/tangent_sensitivity/{k}"]) for k in ("val_stderr", "val"))
     assert 0 < stderr < value
     assert "method='hutchinson'" in TangentSensitivity().measure.check(model)
+
+
+def test_auto_says_once_which_method_it_uses(tmp_path, digits, caplog):
+    monitor = GeneralizationMonitor(budget=None, measures=[TangentSensitivity()], probe_size=64)
+    with caplog.at_level("INFO"):
+        make_trainer(tmp_path, [monitor], max_epochs=2, limit_train_batches=2).fit(make_model(digits), digits)
+    assert caplog.text.count("tangent_sensitivity: method='auto' uses the exact closed form") == 1

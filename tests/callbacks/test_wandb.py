@@ -83,6 +83,7 @@ def test_offline_run_has_epoch_curves_chart_table_and_summary(wandb_run_dir):
         "mae_test_error",
         "skill_error",
         "epochs",
+        "reliable",
     ]
     assert {row[0] for row in table["data"]} == set(estimators)
 
