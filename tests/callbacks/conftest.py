@@ -4,6 +4,18 @@ import pytest
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier, mlp
 
+TABLE_COLUMNS = [
+    "estimator",
+    "needs_labels",
+    "mae_test_loss",
+    "skill_loss",
+    "mae_test_error",
+    "skill_error",
+    "epochs",
+    "reliable",
+]
+"""The MAE table's columns, in order."""
+
 
 @pytest.fixture(scope="session")
 def digits() -> ArrayDataModule:

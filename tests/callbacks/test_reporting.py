@@ -23,18 +23,9 @@ from lightning_gensens.plotting import (
     predictions_figure,
     shown_series,
 )
-from tests.callbacks.conftest import make_model, make_trainer
+from tests.callbacks.conftest import TABLE_COLUMNS, make_model, make_trainer
 
-COLUMNS = [
-    "estimator",
-    "needs_labels",
-    "mae_test_loss",
-    "skill_loss",
-    "mae_test_error",
-    "skill_error",
-    "epochs",
-    "reliable",
-]
+COLUMNS = TABLE_COLUMNS
 
 
 def _estimate(loss: float, error: float | None = None) -> Estimate:

@@ -11,7 +11,7 @@ import wandb
 from lightning.pytorch.loggers import WandbLogger
 
 from lightning_gensens import GeneralizationMonitor
-from tests.callbacks.conftest import make_model
+from tests.callbacks.conftest import TABLE_COLUMNS, make_model
 
 EPOCHS = 3
 
@@ -75,16 +75,7 @@ def test_offline_run_has_epoch_curves_chart_table_and_summary(wandb_run_dir):
 
     (mae_file,) = run_dir.glob("files/media/table/gensens/mae_table_*.table.json")
     table = json.loads(mae_file.read_text())
-    assert table["columns"] == [
-        "estimator",
-        "needs_labels",
-        "mae_test_loss",
-        "skill_loss",
-        "mae_test_error",
-        "skill_error",
-        "epochs",
-        "reliable",
-    ]
+    assert table["columns"] == TABLE_COLUMNS
     assert {row[0] for row in table["data"]} == set(estimators)
 
     (chart_file,) = run_dir.glob("files/media/table/gensens/predicted_vs_actual_table_*.table.json")
