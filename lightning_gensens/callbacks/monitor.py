@@ -34,8 +34,9 @@ from lightning_gensens.utilities import evaluation_mode, preserved_rng, synchron
 class GeneralizationMonitor(Callback):
     """Logs, every validation run, each measure's value on a training probe and on the validation data, its
     predicted test loss and error, the actual ones, and every estimator's running MAE; at the end of fit, the MAE
-    table. Measuring runs in eval mode, restores every module's mode and the global RNG state, never fills
-    ``.grad``, and a measure that raises is switched off with one warning while training goes on.
+    table. Measuring runs in eval mode, restores every module's mode, the global RNG state and the grad mode (on any
+    exception too, leaving no hook on the model), never fills ``.grad``, and a measure that raises is switched off
+    with one warning (under DDP on every rank) while training goes on. Each fit starts afresh.
 
     Args:
         measures: names (see ``lightning_gensens.measures.MEASURES``), :class:`~lightning_gensens.measures.Measure`
@@ -55,7 +56,8 @@ class GeneralizationMonitor(Callback):
         prefix: prefix of every logged key.
         unlabeled: a loader or ``{name: loader}`` of pools (or the datamodule's ``unlabeled_dataloader()``) whose
             loss the label-free estimators predict (``<prefix>/pool/<name>/…``); labels in a pool's batches only
-            score the pool. Without a validation loop the pools are measured at the end of each training epoch.
+            score the pool (labels that cannot score it leave it unscored, NaN/Inf inputs skip it, with one warning
+            each). Without a validation loop the pools are measured at the end of each training epoch.
         recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
             ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``difference_of_confidences`` and
             ``doe_ts``).
@@ -197,11 +199,21 @@ class GeneralizationMonitor(Callback):
                 f"{type(self).__name__}: each pool's {self.shared_prefix}/pool/<name>/pred_test_error is "
                 f"{self.recommend['error']}'s prediction and pred_test_loss {self.recommend['loss']}'s (`recommend=`)."
             )
-        self.probe.reset()
+        if stage == "fit" or self.probe.missing:  # trainer.validate() reuses the fit's probe
+            self.probe.reset()
         self._probe_batches: int | None = None
+        self._said_no_probe = False
         self._setup_seconds = time.perf_counter() - start
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._release()
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        """Whatever was raised (an interrupt included), no hook of ours stays on the model."""
+        self._release()
+
+    def _release(self) -> None:
+        """Detach every hook; after ``trainer.validate()``, put the fit's report and measure states back."""
         self._active = False
         if self._capture is not None:
             self._hooks.detach()
@@ -211,10 +223,6 @@ class GeneralizationMonitor(Callback):
             self._fit_state = None
             for m in self.measures:
                 m.load_state_dict(states[m.name])
-
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        """Whatever was raised (an interrupt included), no hook of ours stays on the model."""
-        self.teardown(trainer, pl_module, str(trainer.state.fn))
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._hooks.check_compiled()  # `configure_model` may have compiled a submodule after `setup`
@@ -371,6 +379,13 @@ class GeneralizationMonitor(Callback):
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Tensor]:
         assert self._capture is not None and self._session is not None
         batches = self.probe.get(trainer, self._probe_batches)  # under a budget, planned like the measures
+        if self.probe.missing and not self._said_no_probe:
+            self._said_no_probe = True
+            rank_zero_info(
+                f"{type(self).__name__}: there is no training data to draw the probe from (trainer.validate() before "
+                "any fit, with no training loader): measuring without it, so only the values and predictions that "
+                "need no train split are logged; pass `probe=` a Dataset or DataLoader of training samples for all."
+            )
         sizes = self.probe.sizes(trainer)[: len(batches)]
         progress = EpochEndProgress(trainer, len(batches))
         try:

@@ -21,7 +21,8 @@ class TrainingProbe:
     uniformly with ``seed`` and collated like the training loader's, a batch when it is first used (a run under a
     budget may use only the first); from anything else (an iterable dataset, a ``CombinedLoader``, a loader given
     as ``source``) the probe is the first batches the loader yields, up to ``size`` samples, read once and kept.
-    Drawing never touches the global RNG.
+    Drawing never touches the global RNG. Without any training data (``trainer.validate()`` of a model whose
+    training loader was given to ``fit`` only, before any fit) the probe is empty and :attr:`missing`.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, batch_to_xy: BatchToXY, source: Any = None) -> None:
@@ -31,10 +32,12 @@ class TrainingProbe:
         self._sizes: list[int] | None = None
         self._pending: list[Subset[Any]] = []
         self._collate: Any = None
+        self.missing = False
+        """Whether there was no training data to draw from."""
 
     def reset(self) -> None:
         """Forget the drawn samples (a new fit may train on other data)."""
-        self._batches, self._sizes, self._pending = [], None, []
+        self._batches, self._sizes, self._pending, self.missing = [], None, [], False
 
     def sizes(self, trainer: Trainer) -> list[int]:
         """The sizes of the probe's batches on this rank, drawn at the first call after :meth:`reset`."""
@@ -42,7 +45,7 @@ class TrainingProbe:
             with preserved_rng():  # iterating a DataLoader draws from the global RNG
                 self._draw(trainer)
             assert self._sizes is not None
-            if not self._sizes and trainer.world_size == 1:
+            if not self._sizes and trainer.world_size == 1 and not self.missing:
                 raise ValueError("the training probe is empty: the training data yielded no samples.")
         return self._sizes
 
@@ -64,10 +67,8 @@ class TrainingProbe:
                     source = owner.train_dataloader()
                     break
         if source is None:
-            raise ValueError(
-                "there is no training loader to draw the probe from (e.g. under trainer.validate()): pass `probe=` a "
-                "Dataset or DataLoader of training samples."
-            )
+            self._sizes, self.missing = [], True
+            return
         dataset = source if isinstance(source, Dataset) else getattr(source, "dataset", None)
         if isinstance(dataset, Dataset) and not isinstance(dataset, IterableDataset) and hasattr(dataset, "__len__"):
             self._draw_map_style(trainer, dataset, getattr(source, "collate_fn", None))

@@ -26,7 +26,7 @@ from lightning_gensens.replay import Replay
 from lightning_gensens.utilities import evaluation_mode, synchronized_time
 
 POOL_PROBLEMS = {
-    "inputs": "its inputs hold NaN or Inf values, so the pool is skipped this run",
+    "inputs": "its inputs hold NaN or Inf values, so it is not measured while they do",
     "range": "its labels lie outside the model's classes, so its loss and error are not scored",
     "labels": "the loss cannot score its labels (their dtype or shape does not suit the model's outputs), so its "
     "loss and error are not scored",
@@ -116,6 +116,7 @@ class Session:
         """Samples fed this run on this rank, per split."""
         self._sizes: dict[str, int] = {}
         self._priorities: dict[str, Tensor] = {}
+        """Per split, a seeded random order of its samples: the ones a limited measure takes (:meth:`_share`)."""
         self._problems: dict[str, set[str]] = {}
         """What was wrong with each pool's batches this run on this rank (keys of :data:`POOL_PROBLEMS`)."""
         self._agreed: Agreement | None = None
@@ -344,7 +345,7 @@ class Session:
             logs[f"{shared_prefix}/{name}_error"] = losses[split]["error"]
         logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
         train = losses["train"]
-        if not bool(torch.isfinite(train["loss"])) and not self._warned_unlabeled_probe:
+        if self._agreed.seen["train"] and not bool(torch.isfinite(train["loss"])) and not self._warned_unlabeled_probe:
             self._warned_unlabeled_probe = True
             rank_zero_warn(
                 f"{self.owner}: the training probe's batches carry no labels, so there is no train loss for the "

@@ -205,7 +205,8 @@ def test_an_exception_while_measuring_leaves_the_model_as_it_was(tmp_path, digit
     assert torch.equal(torch.get_rng_state(), spy.rng) and torch.is_grad_enabled()
 
 
-def test_an_interrupt_in_a_validation_batch_leaves_no_hook(tmp_path, digits, _sigint):
+@pytest.mark.usefixtures("_sigint")
+def test_an_interrupt_in_a_validation_batch_leaves_no_hook(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=[_Failing(KeyboardInterrupt)], probe_size=64)
     model = make_model(digits)
     with pytest.raises(SystemExit):

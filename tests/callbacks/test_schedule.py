@@ -1,6 +1,7 @@
 """When the monitor measures: at every validation run, every n-th validation run, under ``trainer.validate()``, and
 without a validation loop from unlabeled pools; and when it says it cannot."""
 
+import logging
 import math
 
 import pytest
@@ -45,6 +46,25 @@ def test_trainer_validate_measures_a_trained_model(tmp_path, digits):
     (results,) = trainer.validate(model, digits)
     assert math.isfinite(results["gensens/output_sensitivity/pred_test_loss"])
     assert math.isfinite(results["gensens/test_loss"])
+
+
+def test_trainer_validate_after_a_fit_on_loaders_reuses_the_fits_probe(tmp_path, digits):
+    monitor, model = GeneralizationMonitor(), make_model(digits)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
+    trainer.fit(model, digits.train_dataloader(), digits.val_dataloader())
+    (results,) = trainer.validate(model, digits.val_dataloader())
+    assert math.isfinite(results["gensens/train_loss"])
+    assert math.isfinite(results["gensens/trivial/pred_test_loss"])
+
+
+def test_trainer_validate_without_training_data_measures_without_a_probe(tmp_path, digits, caplog):
+    monitor, model = GeneralizationMonitor(), make_model(digits)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        (results,) = make_trainer(tmp_path, [monitor]).validate(model, digits.val_dataloader())
+    said = [r.getMessage() for r in caplog.records if "no training data to draw the probe" in r.getMessage()]
+    assert len(said) == 1
+    assert math.isfinite(results["gensens/test_loss"]) and "gensens/train_loss" not in results
+    assert math.isfinite(results["gensens/linf_norm/val"])  # a weight-only measure needs no probe
 
 
 class _NoValidation(Classifier):
