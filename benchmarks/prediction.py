@@ -66,7 +66,7 @@ RECOMMENDED = "recommended"
 OT = "optimal_transport"
 WIN = 0.2
 KINDS = ("error", "loss")
-CHEAP = ("trivial", "average_confidence", "difference_of_confidences", "atc", OT)
+CHEAP = ("trivial", "average_confidence", "difference_of_confidences", "atc", OT, "aline")
 SHIFTED = tuple(FAMILIES)
 COVARIATE = "natural + corruption"
 

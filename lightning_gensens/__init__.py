@@ -15,6 +15,7 @@ _EXPORTS = {
     "GeneralizationMonitor": "lightning_gensens.callbacks",
     "MeasureCallback": "lightning_gensens.callbacks",
     "ActiveNodeBound": "lightning_gensens.callbacks",
+    "AgreementOnTheLine": "lightning_gensens.callbacks",
     "FisherRaoNorm": "lightning_gensens.callbacks",
     "InputGradientNorm": "lightning_gensens.callbacks",
     "JacobianNorm": "lightning_gensens.callbacks",
@@ -38,6 +39,7 @@ _EXPORTS = {
 if TYPE_CHECKING:
     from lightning_gensens.callbacks import (
         ActiveNodeBound,
+        AgreementOnTheLine,
         AverageConfidence,
         AverageThresholdedConfidence,
         DifferenceOfConfidences,
@@ -71,6 +73,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "ActiveNodeBound",
+    "AgreementOnTheLine",
     "AverageConfidence",
     "AverageThresholdedConfidence",
     "DifferenceOfConfidences",

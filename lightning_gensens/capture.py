@@ -11,7 +11,7 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from lightning_gensens.replay import Call, input_embedding, locate_input
+from lightning_gensens.replay import Call, describe_call, input_embedding, locate_input
 from lightning_gensens.utilities import relu_modules, weight_layers
 
 OutputFn = Callable[[Any], Tensor]
@@ -102,6 +102,8 @@ class ForwardCapture:
         self._preacts: list[Tensor] = []
         self._embedded: Tensor | None = None
         self.records: list[Captured] = []
+        self.unread: str | None = None
+        """The arguments of the last call recorded without an input tensor found among them, in a few words."""
         self.enabled = False
         self.record_preactivations = preactivations
 
@@ -151,6 +153,8 @@ class ForwardCapture:
         # Calls without a tensor input or output are Lightning's strategy wrappers (DDP redirects the
         # LightningModule's __call__ to its *_step methods); the model's own forward is recorded.
         if site is None or output is None:
+            if output is not None:
+                self.unread = describe_call(args, kwargs)
             return
         call = Call(tuple(args), dict(kwargs), site)
         preacts, self._preacts = self._preacts, []

@@ -18,10 +18,12 @@ from typing import Any
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "inputs_embeds")
-"""Keyword arguments read as the model's input when it is called without a positional tensor."""
+INPUT_KEYS = ("x", "input", "inputs", "input_ids", "pixel_values", "inputs_embeds", "image", "images", "features")
+"""Keyword arguments (or keys of a mapping passed as the one argument) read as the model's input when it is called
+without a positional tensor."""
 
-Site = int | str
+Site = int | str | tuple[int, str]
+"""Where a call's input sits: a position, a keyword, or a key of the mapping at a position (``self(batch)``)."""
 
 
 @dataclass
@@ -34,7 +36,10 @@ class Call:
 
     @property
     def input(self) -> Tensor:
-        value = self.args[self.site] if isinstance(self.site, int) else self.kwargs[self.site]
+        if isinstance(self.site, tuple):
+            value = self.args[self.site[0]][self.site[1]]
+        else:
+            value = self.args[self.site] if isinstance(self.site, int) else self.kwargs[self.site]
         assert isinstance(value, Tensor)
         return value
 
@@ -44,9 +49,15 @@ class Call:
         return self.site == 0 and len(self.args) == 1 and not self.kwargs
 
     def with_input(self, x: Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        if isinstance(self.site, str):
+            return self.args, {**self.kwargs, self.site: x}
+        value: Any
         if isinstance(self.site, int):
-            return (*self.args[: self.site], x, *self.args[self.site + 1 :]), dict(self.kwargs)
-        return self.args, {**self.kwargs, self.site: x}
+            i, value = self.site, x
+        else:  # the input inside the mapping passed at that position
+            i, key = self.site
+            value = {**self.args[i], key: x}
+        return (*self.args[:i], value, *self.args[i + 1 :]), dict(self.kwargs)
 
     def head(self, n: int) -> Call:
         """The call on the first ``n`` samples."""
@@ -57,16 +68,36 @@ class Call:
         size = self.input.shape[0]
 
         def cut(v: Any) -> Any:
+            if isinstance(v, Mapping):
+                return {k: cut(e) for k, e in v.items()}
             return v[rows] if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == size else v
 
         return Call(tuple(cut(a) for a in self.args), {k: cut(v) for k, v in self.kwargs.items()}, self.site)
 
 
 def locate_input(args: Sequence[Any], kwargs: Mapping[str, Any]) -> Site | None:
-    """Where the input tensor of a call sits: the first positional argument, else a known keyword."""
+    """Where the input tensor of a call sits: the first positional argument, a known key of a mapping passed as
+    the one argument, else a known keyword."""
     if args:
-        return 0 if isinstance(args[0], Tensor) else None
+        if isinstance(args[0], Tensor):
+            return 0
+        if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+            return next(((0, k) for k in INPUT_KEYS if isinstance(args[0].get(k), Tensor)), None)
+        return None
     return next((k for k in INPUT_KEYS if isinstance(kwargs.get(k), Tensor)), None)
+
+
+def describe_call(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    """A call's arguments in a few words, for an error message: ``(dict with keys ['a', 'b'])``."""
+
+    def word(value: Any) -> str:
+        if isinstance(value, Tensor):
+            return f"Tensor{tuple(value.shape)}"
+        if isinstance(value, Mapping):
+            return f"{type(value).__name__} with keys {list(value)}"
+        return type(value).__name__
+
+    return "(" + ", ".join([*map(word, args), *(f"{k}={word(v)}" for k, v in kwargs.items())]) + ")"
 
 
 def input_embedding(net: nn.Module) -> nn.Module | None:
@@ -174,7 +205,10 @@ class CallTemplate:
             return (True, key) if key is not None else (False, value)
 
         args, kwargs = [source(a) for a in call.args], {k: source(v) for k, v in call.kwargs.items()}
-        from_batch = args[call.site][0] if isinstance(call.site, int) else kwargs[call.site][0]
+        if isinstance(call.site, str):
+            from_batch = kwargs[call.site][0]
+        else:
+            from_batch = args[call.site if isinstance(call.site, int) else call.site[0]][0]
         return cls(args, kwargs, call.site) if from_batch else None
 
     def call(self, batch: Any) -> Call | None:
@@ -190,10 +224,9 @@ class CallTemplate:
 
 
 def _elements(batch: Any) -> list[tuple[Any, Any]]:
-    if isinstance(batch, Tensor):
-        return [("batch", batch)]
+    """The batch's elements by key or position, and the batch itself (key ``...``)."""
     if isinstance(batch, Mapping):
-        return list(batch.items())
+        return [*batch.items(), (..., batch)]
     if isinstance(batch, Sequence) and not isinstance(batch, str):
-        return list(enumerate(batch))
-    return []
+        return [*enumerate(batch), (..., batch)]
+    return [(..., batch)]

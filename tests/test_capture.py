@@ -71,3 +71,37 @@ def test_refuses_what_it_cannot_capture():
     with ForwardCapture(Named(), output_fn=lambda out: out["scores"]) as cap:
         cap.model(x=torch.randn(4, 3))  # keyword calls are captured too
         assert cap.pop().logits.shape == (4, 2)
+
+
+class _DictNet(nn.Module):
+    """Called with one mapping, as ``self(batch)``; returns ``{"logits": …}``."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, batch):
+        return {"logits": self.linear(batch["x"]) + batch["shift"][:, None]}
+
+
+def test_a_call_with_one_mapping_is_recorded_and_replayed_with_the_input_changed_inside_it():
+    from lightning_gensens.replay import CallTemplate, Replay
+
+    net, batch = _DictNet(), {"x": torch.randn(6, 4), "shift": torch.arange(6.0), "y": torch.zeros(6)}
+    cap = ForwardCapture(net).attach()
+    cap.enabled = True
+    out = net(batch)
+    record = cap.pop()
+    cap.detach()
+    assert record.call.site == (0, "x") and torch.equal(record.x, batch["x"])
+    assert torch.equal(record.logits, out["logits"])
+    part = record.take(slice(2))
+    assert torch.equal(part.call.input, batch["x"][:2]) and torch.equal(part.call.args[0]["shift"], torch.arange(2.0))
+    replay = Replay(net, lambda o: o["logits"]).attach()
+    z = torch.randn(2, 4)
+    with replay.replaying(part.call):
+        assert torch.equal(net(z), net.linear(z) + torch.arange(2.0)[:, None])
+    replay.detach()
+    other = {"x": torch.randn(3, 4), "shift": torch.ones(3), "y": torch.zeros(3)}
+    call = CallTemplate.infer(batch, record.call).call(other)  # the probe's batches are called the same way
+    assert call.args[0] is other and torch.equal(call.input, other["x"])

@@ -2,6 +2,7 @@
 
 from lightning_gensens.callbacks.measure_callbacks import (
     ActiveNodeBound,
+    AgreementOnTheLine,
     AverageConfidence,
     AverageThresholdedConfidence,
     DifferenceOfConfidences,
@@ -22,6 +23,7 @@ from lightning_gensens.callbacks.monitor import GeneralizationMonitor
 
 __all__ = [
     "ActiveNodeBound",
+    "AgreementOnTheLine",
     "AverageConfidence",
     "AverageThresholdedConfidence",
     "DifferenceOfConfidences",

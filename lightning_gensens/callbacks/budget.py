@@ -19,6 +19,10 @@ MIN_SAMPLES = 64
 MIN_PROBE = 256
 """Probe samples a run evaluates at least (the train loss every estimator scales)."""
 
+RIDER_COST = 1.0
+"""The ``relative_cost`` up to which a measure is a rider: it only reads captured outputs or a few weights, and runs
+at every run."""
+
 PLANNED = 0.8
 """The part of the allowance the plans spend; the rest covers what the monitor cannot time itself (Lightning calling
 its hooks, the capture inside the model's own validation forward)."""
@@ -74,10 +78,11 @@ class Budget:
     spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
     accounts the time each measure took.
 
-    Every measure earns an equal share of the allowance, so an expensive measure's cost delays only itself. A run
-    costs work of its own besides its measures (the probe's forward passes, bookkeeping, logging; setting up is
-    charged to the first): the cheapest measures, as many as together cost no more than that, ride with every run
-    and pool their shares to pay for it, so runs happen as often as that pool affords. The other measures run when
+    Every measure earns an equal share of the allowance, so an expensive measure's cost delays only itself. The
+    riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured outputs or a few weights) run at every
+    run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh at every validation;
+    they pool their shares to pay for a run's own work (the probe's forward passes, bookkeeping, logging; setting up
+    is charged to the first), and where that pool runs short the overhead logged says so. The other measures run when
     their share, saved up, covers them: on every sample if it can, else on as many samples as it pays for (at least
     :data:`MIN_SAMPLES` per split), cheapest first with what cheaper ones left over; an expensive measure runs less
     often rather than never. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, once its
@@ -127,31 +132,18 @@ class Budget:
         # before a forward call is timed there is no unit for the guesses: only the cheapest measures start
         first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
         estimates = {name: self._estimate(name, need, first) for name, need in needs.items()}
-        # the run rides with the cheapest measures, as many as together cost no more than its own work
-        bundle: list[str] = []
-        ride = 0.0
-        for name in sorted(needs, key=lambda n: estimates[n]):
-            if ride + estimates[name] > self.base:
-                break
-            if name not in guessed or needs[name].relative_cost <= 1:  # others are first timed on a few samples
-                bundle.append(name)
-                ride += estimates[name]
-        # every measure earns an equal share of the allowance; the bundled ones pool theirs, paying the run's own
-        # work (setup, probe, logging) from it, so measuring happens only as often as that pool affords
+        # the riders run at every run, so that their keys are always fresh; they pool their shares, paying the run's
+        # own work (setup, probe, logging) from it; what the pool leaves pays for more of the probe
+        riders = [name for name in needs if needs[name].relative_cost <= RIDER_COST]
         allowance = PLANNED * self.fraction * self.training_time()
         share = allowance / max(len(needs), 1)
-        others = [name for name in needs if name not in bundle]
+        others = [name for name in needs if name not in riders]
         spent = {name: self.costs[name].seconds if name in self.costs else 0.0 for name in others}
         plan: dict[str, int | None] = {name: 0 for name in needs}
-        self._spare = 0.0
-        base_due = self.base  # paid by the pool, or else by the first other measure that runs
-        if bundle:
-            pool = share * len(bundle) - (self.measuring - sum(spent.values()))
-            if pool < self.base + ride:
-                return plan
-            plan.update(dict.fromkeys(bundle))
-            base_due = 0.0
-            self._spare = pool - self.base - ride
+        plan.update(dict.fromkeys(riders))
+        pool = share * len(riders) - (self.measuring - sum(spent.values()))
+        self._spare = max(pool - self.base - sum(estimates[name] for name in riders), 0.0)
+        base_due = 0.0 if riders else self.base  # without riders, paid by the first other measure that runs
         # the others: on everything while their share covers it, cheapest first, with what cheaper ones left over
         surplus = 0.0
         for name in sorted(others, key=lambda n: estimates[n]):
@@ -215,20 +207,25 @@ class Budget:
         for name, spent in seconds.items():
             self.costs.setdefault(name, Cost()).add(spent, samples.get(name, 1))
 
-    def report(self, owner: str) -> list[dict[str, Any]]:
-        """The cost table, printed through Lightning's rank-zero log, with one line naming the measures the budget
-        afforded at most once (their timing run) with their cost, and those it never afforded with the guess."""
+    def report(self, owner: str, measured: int, validations: int) -> list[dict[str, Any]]:
+        """The cost table, printed through Lightning's rank-zero log, with one line saying how many of the fit's
+        ``validations`` runs were ``measured`` and naming the measures the budget afforded once (their timing run)
+        with their cost, and those it never afforded with the guess."""
         table = self.table()
         if table:
             rank_zero_info(f"{owner}: time spent measuring\n{format_costs(table)}")
         if self.fraction is None:
             return table
-        starved = [f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in table if r["runs"] < 2]
+        once = [f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in table if r["runs"] < 2]
         never = [f"{name} (guessed {_seconds(g)})" for name, g in self.guesses.items() if name not in self.costs]
-        if starved or never:
+        if once or never:
+            runs = f"{measured} of {validations} validation runs" if validations else f"{self.runs} runs"
+            parts = [f"ran once (a first, timing run): {', '.join(once)}"] if once else []
+            parts += [f"never ran: {', '.join(never)}"] if never else []
             rank_zero_info(
-                f"{owner}: within budget={self.fraction} these measures ran at most once (a first, timing run) or "
-                "never; a longer fit or a larger budget runs them: " + ", ".join(starved + never)
+                f"{owner}: within budget={self.fraction} it measured {runs}; of the measures, "
+                + "; ".join(parts)
+                + ". A longer fit or a larger budget runs them."
             )
         return table
 

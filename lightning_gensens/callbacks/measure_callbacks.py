@@ -131,3 +131,10 @@ class AverageThresholdedConfidence(MeasureCallback):
     """Callback of :class:`lightning_gensens.measures.AverageThresholdedConfidence` (ATC; Garg et al., 2022)."""
 
     measure_class = measures.AverageThresholdedConfidence
+
+
+class AgreementOnTheLine(MeasureCallback):
+    """Callback of :class:`lightning_gensens.measures.AgreementOnTheLine` (ALine-D over the run's checkpoints; Baek
+    et al. 2022, §5.3)."""
+
+    measure_class = measures.AgreementOnTheLine

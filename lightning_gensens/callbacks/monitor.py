@@ -20,6 +20,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy, shard
 from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Budget, Need
 from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, recommended, resolve_measures
+from lightning_gensens.callbacks.feeding import Feeder
 from lightning_gensens.callbacks.hooks import RunHooks
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.callbacks.progress import EpochEndProgress
@@ -27,8 +28,8 @@ from lightning_gensens.callbacks.reporting import Report
 from lightning_gensens.callbacks.session import Session
 from lightning_gensens.capture import ForwardCapture, OutputFn, default_output_fn, exclusive
 from lightning_gensens.measures import LossFn, Measure, Requirement, Settings
-from lightning_gensens.replay import Call, CallTemplate, Replay
-from lightning_gensens.utilities import evaluation_mode, preserved_rng, synchronized_time, weight_layers
+from lightning_gensens.replay import INPUT_KEYS, Replay
+from lightning_gensens.utilities import evaluation_mode, preserved_rng, weight_layers
 
 
 class GeneralizationMonitor(Callback):
@@ -59,11 +60,14 @@ class GeneralizationMonitor(Callback):
             score the pool (labels that cannot score it leave it unscored, NaN/Inf inputs skip it, with one warning
             each). Without a validation loop the pools are measured at the end of each training epoch.
         recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
-            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``difference_of_confidences`` and
-            ``doe_ts``).
-        budget: the monitor's wall time stays within ``budget`` × the training time; ``None`` runs every measure
-            on everything every time.
+            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``difference_of_confidences`` for
+            both).
+        budget: the monitor's wall time stays within ``budget`` × the training time, but for the riders (the
+            measures that only read captured outputs or a few weights, on the probe's first 256 samples), which run
+            at every validation run (``<prefix>/overhead`` says what it all cost); ``None`` runs every measure on
+            everything every time. A key not logged at a run is taken out of ``trainer.callback_metrics``.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
+        dataloader_idx: the validation loader measured, where there are several (said in one info line).
     """
 
     def __init__(
@@ -84,6 +88,7 @@ class GeneralizationMonitor(Callback):
         recommend: Mapping[str, str] | None = None,
         budget: float | None = 0.1,
         strict: bool = False,
+        dataloader_idx: int = 0,
     ) -> None:
         for arg, value in (
             ("probe_size", probe_size),
@@ -92,6 +97,9 @@ class GeneralizationMonitor(Callback):
         ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{arg} must be a positive integer, got {value!r}.")
+        if not isinstance(dataloader_idx, int) or dataloader_idx < 0:
+            raise ValueError(f"dataloader_idx must be a non-negative integer, got {dataloader_idx!r}.")
+        self.dataloader_idx = dataloader_idx
         self.every_n_epochs, self.seed, self.module, self.prefix = every_n_epochs, seed, module, prefix
         self.unlabeled, self.strict, self.output_fn = unlabeled, strict, output_fn
         self.recommend = recommended(recommend)
@@ -116,6 +124,8 @@ class GeneralizationMonitor(Callback):
         self.cost_table: list[dict[str, Any]] = []
         self._run_seconds = 0.0
         self._fitting = True
+        self._validations = [0, 0]
+        """The fit's validation runs measured, and all of them."""
         self._state_key: str | None = None
 
     # -- configuration ----------------------------------------------------------------------------------------
@@ -159,6 +169,7 @@ class GeneralizationMonitor(Callback):
         if stage == "fit":  # a reused monitor starts afresh; a checkpoint loaded after setup continues its state
             self.report, self.schedule = Report(self.prefix), Schedule(self.every_n_epochs)
             self.mae_table, self.cost_table = [], []
+            self._validations = [0, 0]
             for m in self.measures:
                 m.load_state_dict(copy.deepcopy(self._fresh.setdefault(m.name, copy.deepcopy(m.state_dict()))))
         else:  # trainer.validate() leaves the fit's MAE and what its estimators remember as they were
@@ -173,7 +184,6 @@ class GeneralizationMonitor(Callback):
             unlabeled = getattr(getattr(trainer, "datamodule", None), "unlabeled_dataloader", lambda: None)()
         self._pools = pools(unlabeled)
         self._replay = Replay(self._net, self.output_fn or default_output_fn)
-        self._template: CallTemplate | None = None
         self._session = Session(
             type(self).__name__,
             self._net,
@@ -193,6 +203,7 @@ class GeneralizationMonitor(Callback):
             output_fn=self.output_fn,
         )
         self._hooks = RunHooks(self._net, self._capture, self._replay)
+        self._feeder = Feeder(self._net, self._capture, self._session, self.batch_to_xy)
         self._hooks.check_compiled()
         if self._pools:
             rank_zero_info(
@@ -202,7 +213,7 @@ class GeneralizationMonitor(Callback):
         if stage == "fit" or self.probe.missing:  # trainer.validate() reuses the fit's probe
             self.probe.reset()
         self._probe_batches: int | None = None
-        self._said_no_probe = False
+        self._said_no_probe = self._said_loader = False
         self._setup_seconds = time.perf_counter() - start
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -234,8 +245,13 @@ class GeneralizationMonitor(Callback):
 
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._validated = self._validated or not trainer.sanity_checking
+        self._validations[1] += not trainer.sanity_checking and trainer.state.fn == "fit"
         self._active = self._capture is not None and self.schedule.at_validation(trainer)
+        if self._active:
+            self._check_loaders(trainer)
         self._start(trainer)
+        if not self._active and not trainer.sanity_checking:
+            self.report.forget(trainer)
 
     def on_validation_batch_end(
         self,
@@ -249,32 +265,47 @@ class GeneralizationMonitor(Callback):
         if not self._active or self._capture is None or self._session is None:
             return
         record = self._capture.pop()
-        if record is None or dataloader_idx != 0:
+        if record is None or dataloader_idx != self.dataloader_idx:
             return
         start = time.perf_counter()
-        record.y = self.batch_to_xy(batch)[1]
-        if self._template is None and record.call is not None:  # how to call the model on the probe's batches
-            self._template = CallTemplate.infer(batch, record.call)
-        if record.y is not None and record.y.shape[0] != record.logits.shape[0]:
-            raise ValueError(
-                f"the validation batch has {record.y.shape[0]} labels but the model's last forward call saw "
-                f"{record.logits.shape[0]} samples; pass `batch_to_xy=` or `module=` to match them."
-            )
-        self._session.feed("val", record)
+        self._feeder.validation(batch, record)
         self._run_seconds += time.perf_counter() - start
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._capture is not None:
             self._capture.enabled = False
-        if not self._active or self._session is None:
+        if not self._active or self._session is None or self._capture is None:
             return
         self._active = False
-        if self._session.example is None and sum(trainer.num_val_batches) > 0:
+        if self._session.example is None and trainer.num_val_batches[self.dataloader_idx] > 0:
+            name = type(self._net).__name__
+            seen = f"it was called as {name}{self._capture.unread}" if self._capture.unread else "it was not called"
             raise RuntimeError(
-                f"{type(self).__name__} saw no forward call of {type(self._net).__name__} during validation: "
-                "call the model as self(x) in validation_step, or pass `module=` naming the submodule to measure."
+                f"{type(self).__name__} found no input tensor in the forward calls of {name} during validation ({seen}"
+                f"): call it with the input tensor first (self(x)), as a keyword among {list(INPUT_KEYS)}, or with one "
+                "mapping holding it under one of those keys; or pass `module=` naming the submodule that takes the "
+                "input tensor (`batch_to_xy=` only reads the labels and the probe's inputs from a batch)."
             )
+        runs = self.report.runs
         self._finish(trainer, pl_module)
+        self._validations[0] += self.report.runs > runs and self._fitting and not trainer.sanity_checking
+
+    def _check_loaders(self, trainer: Trainer) -> None:
+        """Where there are several validation loaders, name the one measured, once per fit."""
+        batches = trainer.num_val_batches
+        if self.dataloader_idx >= len(batches):
+            raise ValueError(
+                f"dataloader_idx={self.dataloader_idx}, but there are {len(batches)} validation loaders: pass "
+                f"`dataloader_idx=` of 0 to {len(batches) - 1}."
+            )
+        if len(batches) > 1 and not self._said_loader:
+            self._said_loader = True
+            loaders = trainer.val_dataloaders
+            name = f" ({list(loaders)[self.dataloader_idx]!r})" if isinstance(loaders, Mapping) else ""
+            rank_zero_info(
+                f"{type(self).__name__}: of the {len(batches)} validation loaders, loader {self.dataloader_idx}{name} "
+                "is measured (`dataloader_idx=` chooses another)."
+            )
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Without a validation run this epoch, the unlabeled pools are measured against the training probe."""
@@ -360,7 +391,7 @@ class GeneralizationMonitor(Callback):
                 "the measures, and does the reference carry labels?)."
             )
         self.mae_table = self.report.publish(trainer, type(self).__name__)
-        self.cost_table = self.budget.report(type(self).__name__)
+        self.cost_table = self.budget.report(type(self).__name__, *self._validations)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -394,15 +425,15 @@ class GeneralizationMonitor(Callback):
                 start, measures = time.perf_counter(), self._session.measure_seconds()
                 calls = []
                 for batch in batches:
-                    calls.append(self._feed_batch(move_data_to_device(batch, pl_module.device), "train"))
+                    calls.append(self._feeder.batch(move_data_to_device(batch, pl_module.device), "train"))
                     progress.advance()
                 forward = time.perf_counter() - start - (self._session.measure_seconds() - measures)
                 self.budget.probe_timed(forward, sum(sizes))
                 if self._fitting and self.budget.call is None and calls:  # the unit of the budget's guesses
-                    self.budget.call_timed(self._time_call(calls[0].head(TRIAL_SAMPLES)))
+                    self.budget.call_timed(self._feeder.time_call(calls[0].head(TRIAL_SAMPLES), self._net_device()))
                 for name, loader in self._pools.items():  # labels only score the pool's loss
                     for batch in shard(loader, self.batch_to_xy, trainer.global_rank, trainer.world_size):
-                        self._feed_batch(move_data_to_device(batch, pl_module.device), f"pool/{name}")
+                        self._feeder.batch(move_data_to_device(batch, pl_module.device), f"pool/{name}")
                 self._capture.enabled = False
             with exclusive(None):
                 self._session.agree(trainer.strategy.all_gather if trainer.world_size > 1 else None)
@@ -410,33 +441,3 @@ class GeneralizationMonitor(Callback):
         finally:
             self._capture.enabled = False
             progress.close()
-
-    def _time_call(self, call: Call) -> float:
-        """Seconds of one forward call of the model, recorded by no capture."""
-        device = self._net_device()
-        with exclusive(None), torch.no_grad():
-            start = synchronized_time(device)
-            self._net(*call.args, **call.kwargs)
-            return synchronized_time(device) - start
-
-    def _feed_batch(self, batch: Any, split: str) -> Call:
-        """Call the model on ``batch`` as it was called on the validation batches, and feed the record."""
-        assert self._capture is not None and self._session is not None
-        x, y = self.batch_to_xy(batch)
-        example = self._session.example
-        if example is not None and example.call is not None and x.shape[1:] != example.call.input.shape[1:]:
-            raise ValueError(
-                f"the {split} batches have inputs of shape {tuple(x.shape[1:])}, but the model was measured on "
-                f"inputs of shape {tuple(example.call.input.shape[1:])}."
-            )
-        call = self._template.call(batch) if self._template is not None else None
-        call = call or Call((x,))
-        if not x.shape[0]:  # nothing to measure, and a model may refuse an empty batch
-            return call
-        with torch.no_grad():  # the measures differentiate what they need themselves
-            self._net(*call.args, **call.kwargs)
-        record = self._capture.pop()
-        if record is not None:
-            record.y = y
-            self._session.feed(split, record)
-        return call

@@ -75,6 +75,8 @@ class Report:
         self.runs = 0
         """Runs recorded so far: the index of the run being scored."""
         self._wandb_keys: set[str] = set()
+        self._current: set[str] = set()
+        """The keys the last run put in ``trainer.callback_metrics``."""
 
     def score(
         self,
@@ -165,27 +167,38 @@ class Report:
     def log(self, trainer: Trainer, pl_module: LightningModule, logs: Mapping[str, Tensor]) -> None:
         """Log one run's values (computed from states reduced over ranks; rank 0's timings go to the loggers).
 
-        While fitting they go to ``trainer.callback_metrics`` (for EarlyStopping and ModelCheckpoint) and straight
-        to every logger at the step Lightning logs at, as Lightning's ``LearningRateMonitor`` does: ``self.log``
-        costs about 0.3 ms per key, which for the ~80 keys of a run is more than the cheap measures themselves.
-        Under ``trainer.validate()`` they go through ``self.log``, so that ``validate()`` returns them."""
+        While fitting they go to ``trainer.callback_metrics`` (for EarlyStopping and ModelCheckpoint), replacing the
+        last run's (:meth:`forget`), and straight to every logger at the step Lightning logs at, as Lightning's
+        ``LearningRateMonitor`` does: ``self.log`` costs about 0.3 ms per key, which for the ~80 keys of a run is
+        more than the cheap measures themselves. Under ``trainer.validate()`` they go through ``self.log``, so that
+        ``validate()`` returns them."""
         self._define_wandb_step(trainer, logs)
         if trainer.state.fn != "fit":
             pl_module.log_dict(dict(logs), sync_dist=trainer.world_size > 1)
             return
+        self.forget(trainer)
         trainer.callback_metrics.update(logs)
+        self._current = set(logs)
         self._to_loggers(trainer, logs)
+
+    def forget(self, trainer: Trainer) -> None:
+        """Take the last run's values out of ``trainer.callback_metrics``, so that no callback compares a value
+        measured at another run (a key this run does not log, or a validation run that measures nothing)."""
+        for key in self._current:
+            trainer.callback_metrics.pop(key, None)
+        self._current = set()
 
     @rank_zero_only
     def _to_loggers(self, trainer: Trainer, logs: Mapping[str, Tensor]) -> None:
         if not trainer.loggers:
             return
         scalars = {key: float(value) for key, value in logs.items()}
-        scalars["epoch"] = float(trainer.current_epoch)
-        # the step of Lightning's own epoch-end logging (as its LearningRateMonitor reads it)
+        # the step of Lightning's own epoch-end logging (as its LearningRateMonitor reads it), which logs `epoch`
         step = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", trainer.global_step)
         for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=step)
+            # each W&B call is a row of its own, which needs the step metric our keys are plotted against
+            epoch = {"epoch": float(trainer.current_epoch)} if isinstance(logger, WandbLogger) else {}
+            logger.log_metrics({**scalars, **epoch}, step=step)
             logger.save()
 
     @rank_zero_only

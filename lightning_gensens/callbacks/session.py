@@ -440,8 +440,8 @@ class Session:
                         rank_zero_info(f"{self.owner}: {note}")
                 elif explicit:
                     raise ValueError(problem)
-                else:
-                    rank_zero_info(f"{self.owner}: skipping {m.name}: {problem}")
+                else:  # a measure's problem may name it already
+                    rank_zero_info(f"{self.owner}: skipping {m.name}: {problem.removeprefix(f'{m.name}: ')}")
         return chosen
 
     def _slot(self, measure: Measure[Any]) -> Slot:

@@ -6,6 +6,7 @@ from lightning_gensens.functional.active_node_bound import (
     log_abs_normal_moment,
     log_psi_star,
 )
+from lightning_gensens.functional.agreement import agreement_rates, aline_d
 from lightning_gensens.functional.attacks import adversarial_loss_increase, fgsm, pgd
 from lightning_gensens.functional.confidence import (
     atc_threshold,
@@ -53,6 +54,8 @@ __all__ = [
     "active_node_bound",
     "active_node_counts",
     "adversarial_loss_increase",
+    "agreement_rates",
+    "aline_d",
     "atc_threshold",
     "average_confidence",
     "average_thresholded_confidence",

@@ -31,8 +31,9 @@ def agreement_rates(predictions: Tensor) -> Tensor:
     """Pairwise agreement A_ij = share of samples on which checkpoints i and j predict the same class, from class
     ``predictions`` [C, N] of C checkpoints on the same N samples (float64 [C, C], ones on the diagonal)."""
     if predictions.dim() != 2 or predictions.is_floating_point() or predictions.is_complex():
-        raise ValueError(f"predictions must be integer classes of shape [C, N], got {predictions.dtype} "
-                         f"{tuple(predictions.shape)}.")
+        raise ValueError(
+            f"predictions must be integer classes of shape [C, N], got {predictions.dtype} {tuple(predictions.shape)}."
+        )
     if predictions.shape[1] == 0:
         raise ValueError("predictions hold no samples.")
     same = predictions[:, None, :] == predictions[None, :, :]
@@ -45,6 +46,13 @@ def _probit(rates: Tensor, eps: float, name: str) -> Tensor:
     if bool(((rates < 0) | (rates > 1)).any()):
         raise ValueError(f"{name} must lie in [0, 1].")
     return torch.special.ndtri(rates.clamp(eps, 1.0 - eps))
+
+
+def _slope(x: Tensor, y: Tensor) -> Tensor:
+    """The least-squares slope of y on x; 0 where x does not vary (no line to fit)."""
+    dx = x - x.mean()
+    spread = (dx * dx).sum()
+    return (dx * (y - y.mean())).sum() / spread if bool(spread > 0) else spread
 
 
 def aline_d(
@@ -68,11 +76,10 @@ def aline_d(
     ref = _probit(reference_agreement.cpu(), eps, "reference_agreement")[i, j]
     tgt = _probit(target_agreement.cpu(), eps, "target_agreement")[i, j]
     acc = _probit(reference_accuracy.cpu(), eps, "reference_accuracy")
-    line = torch.stack([ref, torch.ones_like(ref)], dim=1)
-    slope = torch.linalg.lstsq(line, tgt[:, None]).solution[0, 0]
+    slope = _slope(ref, tgt)
     rhs = tgt + slope * ((acc[i] + acc[j]) / 2 - ref)
-    pairs = torch.zeros(i.shape[0], c, dtype=torch.float64)
-    rows = torch.arange(i.shape[0])
-    pairs[rows, i] = pairs[rows, j] = 0.5
-    x = torch.linalg.lstsq(pairs, rhs[:, None]).solution[:, 0]
+    # the least-squares solution of (x_i + x_j)/2 = rhs_ij over all pairs, in closed form (the normal equations'
+    # matrix is ((C − 2)·I + 11ᵀ)/4): x_i = (2·s_i − S/(C − 1))/(C − 2), s_i = Σ_j rhs_ij, S = Σ_i s_i
+    sums = torch.zeros(c, dtype=torch.float64).index_add_(0, i, rhs).index_add_(0, j, rhs)
+    x = (2 * sums - sums.sum() / (c - 1)) / (c - 2)
     return torch.special.ndtr(x).to(reference_accuracy.device)

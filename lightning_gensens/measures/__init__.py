@@ -7,6 +7,7 @@ adds one (a measure can also be handed to the monitor as an instance without reg
 from __future__ import annotations
 
 from lightning_gensens.measures.active_node_bound import ActiveNodeBound
+from lightning_gensens.measures.agreement import AgreementOnTheLine
 from lightning_gensens.measures.atc import AverageThresholdedConfidence
 from lightning_gensens.measures.average_confidence import AverageConfidence
 from lightning_gensens.measures.base import (
@@ -40,6 +41,7 @@ MEASURES: dict[str, type[Measure]] = {
         DifferenceOfConfidences,
         AverageThresholdedConfidence,
         OptimalTransport,
+        AgreementOnTheLine,
         LinfNorm,
         ActiveNodeBound,
         TangentSensitivity,
@@ -68,6 +70,7 @@ def register_measure(cls: type[Measure]) -> type[Measure]:
 __all__ = [
     "MEASURES",
     "ActiveNodeBound",
+    "AgreementOnTheLine",
     "AverageConfidence",
     "AverageThresholdedConfidence",
     "DifferenceOfConfidences",

@@ -65,19 +65,22 @@ def test_first_runs_start_with_the_cheapest_and_time_an_expensive_one_when_its_s
     assert per_split is not None and MIN_SAMPLES <= per_split < 500
 
 
-def test_runs_wait_until_the_pool_of_the_cheap_measures_pays_the_monitors_own_work():
+def test_the_riders_run_at_every_run_and_what_their_pool_leaves_pays_for_more_of_the_probe():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
     budget.fit_start()
-    needs = _needs(cheap=1, weights=1)
+    needs = _needs(cheap=1, weights=1, slow=10)
     clock.now = 1.0
     budget.probe_timed(0.01, 256)
     budget.call_timed(0.01)
     budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
-    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 80% planned; 100 ms spent: 20 ms < 80 + 20 ms
-    assert set(budget.plan(needs).values()) == {0}
-    clock.now += 1.0  # 2.5 s allow 250 ms, 200 ms planned: 100 ms left pays for a run
-    assert budget.plan(needs) == {"cheap": None, "weights": None}
+    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 80% planned; 100 ms spent: the pool is overdrawn
+    assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": 0}  # the riders run all the same
+    assert budget.probe_batches([256] * 8) == 1  # on the probe's first MIN_PROBE samples
+    assert budget.overhead() == pytest.approx(0.1 / 1.5)  # what they cost is said, not hidden
+    clock.now += 100.0  # the pool leaves enough for the whole probe
+    assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": TRIAL_SAMPLES}
+    assert budget.probe_batches([256] * 8) == 8
 
 
 def test_without_cheap_measures_the_first_that_runs_pays_the_monitors_own_work():
@@ -167,5 +170,8 @@ def test_a_short_fit_names_what_it_never_afforded_and_builds_no_metric_for_it(tm
     assert {"trivial", "average_confidence", "difference_of_confidences", "atc"} <= ran
     slots = {slot.measure.name: slot for slot in monitor._session.slots}
     assert "relative_flatness" not in ran and not slots["relative_flatness"].metrics
-    (line,) = [r.getMessage() for r in caplog.records if "ran at most once" in r.getMessage()]
-    assert "relative_flatness (guessed" in line
+    (line,) = [r.getMessage() for r in caplog.records if "validation runs" in r.getMessage()]
+    assert "within budget=0.1 it measured 3 of 3 validation runs; of the measures, " in line  # the riders: each
+    assert "never ran: " in line and "relative_flatness (guessed" in line.split("never ran")[1]
+    once = [row["measure"] for row in monitor.cost_table if row["runs"] == 1]
+    assert all(f"{name} (" in line.split("never ran")[0] for name in once)  # "ran once (a first, timing run)"

@@ -108,9 +108,10 @@ def _hooked(model: nn.Module) -> bool:
 
 # -- 1. measure callbacks side by side ------------------------------------------------------------------------------
 def test_two_measure_callbacks_side_by_side_measure_as_each_alone(tmp_path, digits):
-    trainer = make_trainer(tmp_path / "budget", [OutputSensitivity(), JacobianNorm()], max_epochs=2)
-    trainer.fit(make_model(digits), digits)  # budget trials: the other's 16-sample forward passes are never taken
-    assert {"gensens/output_sensitivity/test_loss", "gensens/jacobian_norm/test_loss"} <= set(trainer.callback_metrics)
+    callbacks = [OutputSensitivity(), JacobianNorm()]
+    make_trainer(tmp_path / "budget", callbacks, max_epochs=2).fit(make_model(digits), digits)
+    for callback in callbacks:  # budget trials: the other's 16-sample forward passes are never taken
+        assert any(f"{callback.shared_prefix}/test_loss" in row for row in callback.history)
 
     def logged(directory, *callbacks):
         trainer = make_trainer(tmp_path / directory, callbacks, max_epochs=1, limit_train_batches=4)

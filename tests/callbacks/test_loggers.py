@@ -1,12 +1,15 @@
 """The end-of-fit figure and MAE table in each logger's own form: TensorBoard's images and text, MLflow's
 artifacts."""
 
+import csv
+import os
+
 import lightning as L
 import pytest
 from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger
 
 from lightning_gensens import GeneralizationMonitor
-from tests.callbacks.conftest import make_model
+from tests.callbacks.conftest import make_model, make_trainer
 from tests.test_plain_install import hide_matplotlib
 
 
@@ -56,3 +59,15 @@ def test_mlflow_gets_the_figure_and_the_table_as_artifacts(tmp_path, digits, mon
     assert {"gensens_predicted_vs_actual.png", "gensens_mae_table.json"} <= artifacts
     table = logger.experiment.load_table(logger.experiment_id, "gensens_mae_table.json", run_ids=[logger.run_id])
     assert list(table["estimator"]) == [row["estimator"] for row in monitor.mae_table]
+
+
+def test_each_key_is_written_once_per_step(tmp_path, digits):
+    """Lightning writes ``epoch`` with its own epoch-end values at the step our values go to; we do not repeat it."""
+    monitor = GeneralizationMonitor()
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
+    trainer.fit(make_model(digits), digits)
+    with open(os.path.join(trainer.logger.log_dir, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    ours = [row for row in rows if row.get("gensens/test_loss")]
+    assert len(ours) == len({row["step"] for row in ours}) == len(monitor.history)  # one row per measured run
+    assert all(not row["epoch"] for row in ours)

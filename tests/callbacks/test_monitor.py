@@ -41,13 +41,14 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
                 "transport_loss_ratio_em",
                 "doe_ts",
             ],
+            "aline": [],  # error only
         }
-        values = {"optimal_transport": ["temperature"]}.get(m.name, ["train", "val"])
+        values = {"optimal_transport": ["temperature"], "aline": []}.get(m.name, ["train", "val"])
         expected += [f"gensens/{m.name}/{value}" for value in values]
         for est in estimator_names.get(m.name, [m.name]):
             expected += [f"gensens/{est}/pred_test_loss", f"gensens/{est}/mae"]
     expected += ["gensens/linf_norm/pred_test_error", "gensens/output_sensitivity/pred_test_error"]
-    expected += ["gensens/cot/pred_test_error", "gensens/cott/pred_test_error"]
+    expected += ["gensens/cot/pred_test_error", "gensens/cott/pred_test_error", "gensens/aline/pred_test_error"]
     for key in expected:
         assert key in metrics, key
         assert math.isfinite(float(metrics[key])), key
@@ -221,9 +222,8 @@ def test_empty_or_unsized_probe_source():
     batches = _probe().get(stream)  # an iterable dataset: its first batches, up to `size` samples
     assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.arange(8.0))
     assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(8))
-    nothing = SimpleNamespace(train_dataloader=None, global_rank=0, world_size=1)
-    with pytest.raises(ValueError, match="probe="):
-        _probe().get(nothing)
+    nothing, probe = SimpleNamespace(train_dataloader=None, global_rank=0, world_size=1), _probe()
+    assert probe.get(nothing) == [] and probe.missing  # trainer.validate() measures without it
 
 
 def test_a_map_style_probe_collates_only_the_batches_a_run_uses():

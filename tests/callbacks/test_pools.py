@@ -37,12 +37,14 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
     )
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
-    assert "pred_test_error is difference_of_confidences's prediction and pred_test_loss doe_ts's" in caplog.text
+    doc = "difference_of_confidences"
+    expected = f"pred_test_error is {doc}'s prediction and pred_test_loss {doc}'s"
+    assert expected in caplog.text
     last = monitor.history[-1]
     for pool in ("noisy", "few"):
         p = f"gensens/pool/{pool}"
         assert last[f"{p}/pred_test_error"] == last[f"{p}/difference_of_confidences/pred_test_error"]
-        assert last[f"{p}/pred_test_loss"] == last[f"{p}/doe_ts/pred_test_loss"]
+        assert last[f"{p}/pred_test_loss"] == last[f"{p}/difference_of_confidences/pred_test_loss"]
         assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
     for row in monitor.history:
         for key, value in row.items():

@@ -169,3 +169,73 @@ def test_dropout_a_held_loss_module_and_a_metric_attribute_never_disable_a_measu
     assert not _skips(caplog)
     for name in ("tangent_sensitivity", "region_sensitivity", "active_node_bound"):
         assert _finite(trainer.callback_metrics, f"gensens/{name}/pred_test_loss"), name
+
+
+class _Samples(torch.utils.data.Dataset):
+    """The digits as ``{"x": …, "y": …}`` samples."""
+
+    def __init__(self, tensors, key="x"):
+        self.tensors, self.key = tensors, key
+
+    def __len__(self):
+        return len(self.tensors[0])
+
+    def __getitem__(self, i):
+        return {self.key: self.tensors[0][i], "y": self.tensors[1][i]}
+
+
+class _DictCalled(Classifier):
+    """Called as ``self(batch)`` with the whole dict batch; returns ``{"logits": …}``."""
+
+    def forward(self, batch):
+        return {"logits": self.net(next(v for k, v in batch.items() if k != "y"))}
+
+    def training_step(self, batch, batch_idx):
+        return torch.nn.functional.cross_entropy(self(batch)["logits"], batch["y"])
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", torch.nn.functional.cross_entropy(self(batch)["logits"], batch["y"]))
+
+
+def _dict_loaders(digits, key="x"):
+    train = torch.utils.data.DataLoader(_Samples(digits.train_set.tensors, key), batch_size=64, shuffle=True)
+    return train, torch.utils.data.DataLoader(_Samples(digits.val_set.tensors, key), batch_size=128)
+
+
+def test_a_model_called_with_one_dict_is_measured(tmp_path, digits):
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor()], max_epochs=2)
+    trainer.fit(_DictCalled(make_model(digits).net), *_dict_loaders(digits))
+    for key in ("gensens/train_loss", "gensens/test_loss", "gensens/trivial/pred_test_loss"):
+        assert _finite(trainer.callback_metrics, key), key
+
+
+def test_a_model_called_with_one_dict_is_measured_as_called_with_its_tensor(tmp_path, digits):
+    """The measures that call the model replay the dict call with their own input in it."""
+
+    def measured(model, loaders):
+        monitor = GeneralizationMonitor(measures=["output_sensitivity"], probe=loaders[0], probe_size=128)
+        (logged,) = make_trainer(tmp_path, [monitor]).validate(model, loaders[1])
+        return logged["gensens/output_sensitivity/train"], logged["gensens/output_sensitivity/val"]
+
+    net = make_model(digits).net
+    plain = measured(Classifier(net), (digits.train_dataloader(), digits.val_dataloader()))
+    assert measured(_DictCalled(net), _dict_loaders(digits)) == pytest.approx(plain, rel=1e-5)
+
+
+def test_a_forward_call_without_an_input_tensor_found_says_what_it_saw(tmp_path, digits):
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor()], max_epochs=3)
+    with pytest.raises(RuntimeError, match=r"_DictCalled\(dict with keys \['pixels', 'y'\]\).*`module=`.*batch_to_xy="):
+        trainer.fit(_DictCalled(make_model(digits).net), *_dict_loaders(digits, key="pixels"))
+
+
+def test_a_skip_names_the_measure_once(tmp_path, caplog):
+    caplog.set_level("INFO")
+    L.seed_everything(0, verbose=False)
+    trainer = make_trainer(tmp_path, [GeneralizationMonitor()], max_epochs=1, limit_train_batches=2)
+    trainer.fit(Classifier(ResidualNet()), ArrayDataModule("digits", image=True))
+    skips = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert {"tangent_sensitivity", "region_sensitivity"} <= _skips(caplog)
+    for line in skips:
+        name = line.split("skipping ")[1].split(":")[0]
+        assert line.count(name) == 1 or "TangentSensitivity" in line, line
+        assert f"skipping {name}: {name}:" not in line

@@ -4,9 +4,10 @@ without a validation loop from unlabeled pools; and when it says it cannot."""
 import logging
 import math
 
+import lightning as L
 import pytest
 import torch
-from lightning.pytorch.callbacks import EarlyStopping
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
@@ -148,3 +149,94 @@ def test_a_pool_with_another_feature_shape_is_an_error_naming_it(tmp_path, digit
     monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=64, unlabeled=pools)
     with pytest.raises(ValueError, match="pool/wrong"):
         make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
+
+
+class _TwoLoaders(Classifier):
+    def validation_step(self, batch, batch_idx, dataloader_idx=0):
+        x, y = batch
+        self.log("val/loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+@pytest.mark.parametrize("dataloader_idx", [0, 1])
+def test_of_several_validation_loaders_the_chosen_one_is_measured_and_named(tmp_path, digits, caplog, dataloader_idx):
+    x, y = digits.val_set.tensors
+    halves = [DataLoader(TensorDataset(x[:200], y[:200]), batch_size=64), DataLoader(TensorDataset(x[200:], y[200:]))]
+    monitor = GeneralizationMonitor(dataloader_idx=dataloader_idx)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        trainer.fit(_TwoLoaders(make_model(digits).net), digits.train_dataloader(), halves)
+    said = [r.getMessage() for r in caplog.records if "validation loaders" in r.getMessage()]
+    assert said == [
+        f"GeneralizationMonitor: of the 2 validation loaders, loader {dataloader_idx} is measured "
+        "(`dataloader_idx=` chooses another)."
+    ]
+    measured = monitor.history[-1]["gensens/trivial/val"]  # trivial's value on a split: its samples
+    assert measured == (200 if dataloader_idx == 0 else len(x) - 200)
+
+
+def test_a_validation_loader_index_out_of_range_is_refused(tmp_path, digits):
+    with pytest.raises(ValueError, match="dataloader_idx=1, but there are 1 validation loaders"):
+        make_trainer(tmp_path, [GeneralizationMonitor(dataloader_idx=1)], max_epochs=1).fit(make_model(digits), digits)
+
+
+RIDER_KEYS = [
+    *(
+        f"gensens/{name}/pred_test_loss"
+        for name in ("trivial", "average_confidence", "difference_of_confidences", "atc")
+    ),
+    "gensens/pool/unlabeled/pred_test_error",
+    "gensens/pool/unlabeled/pred_test_loss",
+]
+"""Keys of the riders, which the default monitor logs at every validation run."""
+
+
+class _Fresh(L.Callback):
+    """After each validation run, which of our keys ``trainer.callback_metrics`` holds and whether each is the value
+    the monitor measured at this run."""
+
+    def __init__(self, monitor):
+        self.monitor, self.runs = monitor, []
+
+    def on_validation_end(self, trainer, pl_module):
+        if trainer.sanity_checking:
+            return
+        ours = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gensens/")}
+        row = self.monitor.history[-1] if self.monitor.history else {}
+        current = row.get("epoch") == trainer.current_epoch and len(self.monitor.history) == len(self.runs) + 1
+        self.runs.append((current, ours, row))
+
+
+def _pool(digits):
+    return DataLoader(TensorDataset(digits.val_set.tensors[0][::2]), batch_size=128)
+
+
+def test_early_stopping_and_checkpoints_on_the_riders_keys_work_from_the_first_run(tmp_path, digits):
+    monitor = GeneralizationMonitor(unlabeled=_pool(digits))
+    stop = EarlyStopping(monitor="gensens/trivial/pred_test_loss", strict=True, patience=3)
+    checkpoints = [ModelCheckpoint(tmp_path / str(i), monitor=key) for i, key in enumerate(RIDER_KEYS)]
+    fresh = _Fresh(monitor)
+    trainer = make_trainer(tmp_path, [monitor, stop, *checkpoints, fresh], max_epochs=8)
+    trainer.fit(make_model(digits), digits)
+    assert len(fresh.runs) == trainer.current_epoch
+    for current, ours, _ in fresh.runs:  # every value compared was measured at that run
+        assert current and set(RIDER_KEYS) <= set(ours)
+    assert math.isfinite(float(stop.best_score))
+    for checkpoint in checkpoints:
+        assert checkpoint.best_model_score is not None and math.isfinite(float(checkpoint.best_model_score))
+
+
+def test_every_value_under_our_prefix_in_callback_metrics_was_computed_at_the_current_run(tmp_path, digits):
+    monitor = GeneralizationMonitor(unlabeled=_pool(digits))
+    fresh = _Fresh(monitor)
+    make_trainer(tmp_path, [monitor, fresh], max_epochs=6).fit(make_model(digits), digits)
+    assert len(fresh.runs) == 6
+    for current, ours, row in fresh.runs:
+        assert current
+        assert ours == {k: v for k, v in row.items() if k != "epoch"}  # nothing left from an earlier run
+
+
+def test_a_validation_run_that_measures_nothing_leaves_none_of_our_keys(tmp_path, digits):
+    monitor = GeneralizationMonitor(every_n_epochs=2)
+    fresh = _Fresh(monitor)
+    make_trainer(tmp_path, [monitor, fresh], max_epochs=4).fit(make_model(digits), digits)
+    assert [bool(ours) for _, ours, _ in fresh.runs] == [False, True, False, True]

@@ -61,7 +61,7 @@ def test_offline_run_has_epoch_curves_chart_table_and_summary(wandb_run_dir):
         est = row["estimator"]
         key = f"gensens/{est}/pred_test_{'loss' if math.isfinite(row['mae_test_loss']) else 'error'}"
         points = [(h["epoch"], h[key]) for h in history if key in h]
-        first = 1 if est in ("linf_norm", "linf_lognorm", "spectral_norm") else 0
+        first = {"linf_norm": 1, "linf_lognorm": 1, "spectral_norm": 1, "aline": 2}.get(est, 0)  # runs it needs
         assert [e for e, _ in points] == list(range(first, EPOCHS)), est  # one point per validation epoch
         assert defined[key] == "epoch"
     assert defined["gensens/test_loss"] == "epoch"

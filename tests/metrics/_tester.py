@@ -158,6 +158,13 @@ CASES: dict[str, Case] = {
             seeded=True,
         ),
         Case(
+            "PredictionSample",
+            lambda r, **kw: metrics.PredictionSample(max_samples=12, seed=5 + 7919 * r, **kw),
+            _relu_net,
+            lambda m, b: (_no_grad_logits(m, b[0]), b[1]),
+            seeded=True,
+        ),
+        Case(
             "RegionSensitivity",
             lambda r, **kw: metrics.RegionSensitivity(mode="soft", temperature=0.5, **kw),
             _relu_net,
