@@ -51,6 +51,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from _common import package_origin
 from _shifts import FAMILIES, LEVELS, NATURAL, NaturalShifts, Pool, corruptions, label_shifts
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
@@ -328,28 +329,6 @@ def out_of_range(runs: Iterable[Run]) -> dict[str, list[int]]:
                 if parsed is not None and parsed[2] == "error":
                     counts.setdefault(parsed[1], [0, 0])[parsed[0] != ""] += not 0.0 <= value <= 1.0
     return counts
-
-
-def package_origin() -> str:
-    """Where ``lightning_gensens`` was imported from, with the repository's commit and whether it was modified."""
-    import subprocess
-
-    import lightning_gensens
-
-    root = Path(lightning_gensens.__file__).resolve().parent
-    repo = Path(__file__).resolve().parent.parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "lightning_gensens"], capture_output=True, text=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return f"`{root}`"
-    if root == repo / "lightning_gensens":
-        return f"this checkout at {commit}" + (" with uncommitted changes to `lightning_gensens/`" if dirty else "")
-    return f"`{root}`, not this checkout's (which is at {commit})"
 
 
 # -- output ---------------------------------------------------------------------------------------------------------

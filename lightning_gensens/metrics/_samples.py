@@ -9,6 +9,15 @@ from __future__ import annotations
 from torch import Tensor
 
 
+def check_limit(max_samples: int | None) -> int | None:
+    """``max_samples`` if it is a positive int or None, else a ValueError."""
+    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)):
+        raise ValueError(f"max_samples must be an int or None, got {max_samples!r}.")
+    if max_samples is not None and max_samples < 1:
+        raise ValueError(f"max_samples must be positive or None, got {max_samples}.")
+    return max_samples
+
+
 def rows(tensors: list[Tensor] | Tensor) -> int:
     """Number of rows kept in a list state (a single tensor once synced)."""
     return tensors.shape[0] if isinstance(tensors, Tensor) else sum(t.shape[0] for t in tensors)

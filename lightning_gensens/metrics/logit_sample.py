@@ -14,10 +14,24 @@ from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_gensens.functional.confidence import _check_logits
 from lightning_gensens.metrics._random import device_generator
+from lightning_gensens.metrics._samples import check_limit
 
 UNLABELED = -1
 """The label kept for a sample that came without one."""
 _DTYPES = {"logits": torch.float64, "labels": torch.long, "keys": torch.float64}
+
+
+def class_labels(labels: Tensor | None, logits: Tensor) -> Tensor:
+    """Class indices [B] of a batch with ``logits`` [B, K]: integer labels as given, class probabilities [B, K] as
+    their argmax, ``None`` as :data:`UNLABELED` (shapes only: no host sync)."""
+    n = logits.shape[0]
+    if labels is None:
+        return torch.full((n,), UNLABELED, dtype=torch.long, device=logits.device)
+    if labels.is_floating_point() and labels.shape == logits.shape:
+        return labels.argmax(dim=1)
+    if labels.dim() == 1 and labels.shape[0] == n and not labels.is_floating_point():
+        return labels.long()
+    raise ValueError(f"labels must be [B] class indices or [B, K] probabilities, got {tuple(labels.shape)}.")
 
 
 class LogitSample(Metric):
@@ -47,11 +61,7 @@ class LogitSample(Metric):
 
     def __init__(self, max_samples: int | None = 4096, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)):
-            raise ValueError(f"max_samples must be an int or None, got {max_samples!r}.")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be positive or None, got {max_samples}.")
-        self.max_samples, self.seed = max_samples, seed
+        self.max_samples, self.seed = check_limit(max_samples), seed
         self._generators: dict[torch.device, torch.Generator] = {}
         for state in _DTYPES:
             self.add_state(state, [], dist_reduce_fx="cat")
@@ -62,14 +72,7 @@ class LogitSample(Metric):
         """Add a batch of logits [B, K] (K ≥ 2) and optionally its labels [B] or class probabilities [B, K]."""
         z = _check_logits(logits, allow_empty=True)
         n, k = z.shape
-        if labels is None:
-            y = torch.full((n,), UNLABELED, dtype=torch.long, device=z.device)
-        elif labels.is_floating_point() and labels.shape == z.shape:
-            y = labels.argmax(dim=1)
-        elif labels.dim() == 1 and labels.shape[0] == n and not labels.is_floating_point():
-            y = labels.long()
-        else:
-            raise ValueError(f"labels must be [B] class indices or [B, K] probabilities, got {tuple(labels.shape)}.")
+        y = class_labels(labels, z)
         generator = device_generator(self._generators, self.seed, z.device)
         self.keys.append(torch.rand(n, generator=generator, device=z.device, dtype=torch.float64))
         self.logits.append(z.reshape(-1))

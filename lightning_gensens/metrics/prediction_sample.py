@@ -15,7 +15,8 @@ from torchmetrics.utilities import dim_zero_cat
 from torchmetrics.utilities.distributed import gather_all_tensors
 
 from lightning_gensens.functional.confidence import _check_logits
-from lightning_gensens.metrics.logit_sample import UNLABELED
+from lightning_gensens.metrics._samples import check_limit
+from lightning_gensens.metrics.logit_sample import class_labels
 
 _DTYPES = {"predictions": torch.long, "labels": torch.long, "keys": torch.float64}
 _GOLDEN = 0x9E3779B97F4A7C15 - 2**64
@@ -68,11 +69,7 @@ class PredictionSample(Metric):
 
     def __init__(self, max_samples: int | None = 4096, seed: int = 0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)):
-            raise ValueError(f"max_samples must be an int or None, got {max_samples!r}.")
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples must be positive or None, got {max_samples}.")
-        self.max_samples, self.seed = max_samples, seed
+        self.max_samples, self.seed = check_limit(max_samples), seed
         for state in _DTYPES:
             self.add_state(state, [], dist_reduce_fx="cat")
         self.add_state("count", torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
@@ -81,14 +78,7 @@ class PredictionSample(Metric):
         """Add a batch of logits [B, K] (K ≥ 2) and optionally its labels [B] or class probabilities [B, K]."""
         z = _check_logits(logits, allow_empty=True)
         n = z.shape[0]
-        if labels is None:
-            y = torch.full((n,), UNLABELED, dtype=torch.long, device=z.device)
-        elif labels.is_floating_point() and labels.shape == z.shape:
-            y = labels.argmax(dim=1)
-        elif labels.dim() == 1 and labels.shape[0] == n and not labels.is_floating_point():
-            y = labels.long()
-        else:
-            raise ValueError(f"labels must be [B] class indices or [B, K] probabilities, got {tuple(labels.shape)}.")
+        y = class_labels(labels, z)
         rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
         positions = self.count.long() + torch.arange(n, device=z.device)
         self.keys.append(position_keys(positions, self.seed + 7919 * rank))

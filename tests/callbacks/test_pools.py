@@ -8,15 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
 from tests.callbacks.conftest import make_model, make_trainer
-
-ESTIMATORS = {
-    "cot",
-    "cot_em",
-    "cott",
-    "transport_loss",
-    "transport_loss_ratio_em",
-    "doe_ts",
-}
+from tests.measures.test_optimal_transport import ESTIMATORS
 
 
 def _pools(digits):
