@@ -126,7 +126,9 @@ class Fit:
     history: list[dict[str, float]] = field(default_factory=list)
     cost_table: list[dict[str, Any]] = field(default_factory=list)
     measuring: float = 0.0
-    """The monitor's time as its budget accounts it: its setup and its measuring runs."""
+    """The monitor's time as its budget accounts it: every section of its stopwatch (setup, hooks, runs, report)."""
+    closing: float = math.nan
+    """The monitor's own overhead at the end of the fit (its time over the training time, the report included)."""
     setup: float = 0.0
     fit_end: float = 0.0
     """The monitor's fit-end report (``on_fit_end``: the MAE and cost tables, the CSV and figure in the log dir)."""
@@ -143,7 +145,10 @@ class Fit:
     def summary(self) -> str:
         if not self.fixed:  # no monitor
             return f"{self.seconds:.2f} s"
-        return f"{self.seconds:.2f} s (fixed {self.fixed:.2f} s, {PREFIX}/overhead {self.overhead:.3f})"
+        return (
+            f"{self.seconds:.2f} s (fixed {self.fixed:.2f} s, last {PREFIX}/overhead {self.overhead:.3f}, "
+            f"final {self.closing:.3f})"
+        )
 
 
 def fit(
@@ -162,7 +167,8 @@ def fit(
     if monitor is None:
         return Fit(seconds)
     history, costs = [dict(row) for row in monitor.history], list(monitor.cost_table)
-    return Fit(seconds, history, costs, monitor.budget.measuring, hooks["setup"], hooks["on_fit_end"])
+    closing = math.nan if monitor.budget.closing is None else monitor.budget.closing
+    return Fit(seconds, history, costs, monitor.budget.measuring, closing, hooks["setup"], hooks["on_fit_end"])
 
 
 # -- timing -------------------------------------------------------------------------------------------------------
@@ -247,6 +253,11 @@ def estimator_counts(history: list[dict[str, float]]) -> dict[str, int]:
     return dict(counts)
 
 
+def measure_rows(cost_table: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of a cost table that are measures (the others, ``monitor: <section>``, are the monitor's own work)."""
+    return [r for r in cost_table if not str(r["measure"]).startswith("monitor: ")]
+
+
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 
@@ -254,10 +265,10 @@ def median(values: Iterable[float]) -> float:
 def measure_table(default: Sequence[Fit], unbudgeted: Sequence[Fit]) -> list[str]:
     """Per measure: its runs in each fit under the default budget (``cost_table``), their median seconds in all and
     per run, and the median seconds per run with ``budget=None``; the costliest without a budget first."""
-    tables = [{r["measure"]: r for r in f.cost_table} for f in default]
+    tables = [{r["measure"]: r for r in measure_rows(f.cost_table)} for f in default]
     none: dict[str, list[float]] = defaultdict(list)
     for f in unbudgeted:
-        for r in f.cost_table:
+        for r in measure_rows(f.cost_table):
             none[r["measure"]].append(r["seconds_per_run"])
     rows = []
     for m in sorted({m for t in tables for m in t} | set(none), key=lambda m: -median(none[m] or [0.0])):
@@ -282,8 +293,9 @@ BREAKDOWN_TEXT = (
     "*added*: fit time minus plain training's. The monitor's fixed cost, once per fit: *setup* "
     "(its `setup` hook) and *fit-end report* (its `on_fit_end`: the MAE and cost tables, the CSV and figure written "
     "to the logger's directory); *ratio without fixed cost*: (fit − both) / plain training, what a longer fit tends "
-    "to. *measuring runs*: their wall time as the budget accounts it; *measures*: the sum of `cost_table` seconds; "
-    "*monitor's own work*: measuring runs minus measures (the probe's forward passes, the captures, logging); "
+    "to. *measuring runs*: the monitor's time as its stopwatch accounts it, less the fixed cost; *measures*: the "
+    "sum of the measures' `cost_table` seconds; *monitor's own work*: measuring runs minus measures (the probe's "
+    "forward passes, the captures, logging); "
     "*elsewhere*: added minus all of these (hooks on every forward, Lightning, noise)."
 )
 
@@ -293,11 +305,11 @@ def breakdown(plain: Sequence[Fit], fits: Sequence[Fit]) -> tuple[str, ...]:
     base = median(f.seconds for f in plain)
     added = median(f.seconds for f in fits) - base
     setup, end = median(f.setup for f in fits), median(f.fit_end for f in fits)
-    measuring = median(f.measuring - f.setup for f in fits)
-    measures = median(sum(r["seconds"] for r in f.cost_table) for f in fits)
+    measuring = median(f.measuring - f.fixed for f in fits)
+    measures = median(sum(r["seconds"] for r in measure_rows(f.cost_table)) for f in fits)
     per_measure: dict[str, list[float]] = defaultdict(list)
     for f in fits:
-        for r in f.cost_table:
+        for r in measure_rows(f.cost_table):
             per_measure[r["measure"]].append(r["seconds"])
     top = max(per_measure, key=lambda m: median(per_measure[m])) if per_measure else "—"
     share = median(per_measure[top]) / measures if per_measure and measures > 0 else math.nan

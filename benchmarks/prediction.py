@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.estimators import skill as _skill
 from lightning_gensens.measures import MEASURES
 from lightning_gensens.models import Classifier, mlp
 
@@ -68,6 +69,10 @@ OT = "optimal_transport"
 WIN = 0.2
 KINDS = ("error", "loss")
 CHEAP = ("trivial", "average_confidence", "difference_of_confidences", "atc", OT, "aline")
+FINAL = ("perturbation_disagreement",)
+"""Measures run at the last epoch only, by a second monitor (96 forward passes per sample: every epoch would
+multiply the benchmark's time); its keys join the last row of the history."""
+FINAL_PREFIX = "final"
 SHIFTED = tuple(FAMILIES)
 COVARIATE = "natural + corruption"
 
@@ -139,11 +144,27 @@ def fit(
     model = Classifier(net, lr=setup.lr, weight_decay=setup.weight_decay, optimizer=setup.optimizer)
     loaders = {p.name: DataLoader(TensorDataset(p.x, p.y), batch_size=256) for p in pools}
     monitor = GeneralizationMonitor(measures, probe_size=probe_size, seed=seed, unlabeled=loaders, budget=None)
+    finals = [m for m in FINAL if m in MEASURES and (measures is None or m not in measures)]
+    callbacks = [monitor]
+    if finals:
+        recommend = dict.fromkeys(KINDS, finals[0])
+        callbacks.append(
+            GeneralizationMonitor(
+                finals,
+                probe_size=probe_size,
+                seed=seed,
+                unlabeled=loaders,
+                budget=None,
+                every_n_epochs=epochs,
+                prefix=FINAL_PREFIX,
+                recommend=recommend,
+            )
+        )
     with tempfile.TemporaryDirectory() as logs, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = L.Trainer(
             max_epochs=epochs,
-            callbacks=[monitor],
+            callbacks=callbacks,
             logger=CSVLogger(logs),
             enable_checkpointing=False,
             enable_progress_bar=False,
@@ -157,9 +178,16 @@ def fit(
         seconds = time.perf_counter() - start
     noise = ("num_workers", "does not have many workers", "log_every_n_steps", "sync_dist")
     messages = [str(w.message) for w in caught if not any(s in str(w.message) for s in noise)]
-    needs = {row["estimator"]: bool(row["needs_labels"]) for row in monitor.mae_table}
+    needs = {row["estimator"]: bool(row["needs_labels"]) for cb in callbacks for row in cb.mae_table}
+    history = list(monitor.history)
+    for cb in callbacks[1:]:  # the last-epoch measures' predictions join the main monitor's last row
+        for key, value in (cb.history[-1] if cb.history and history else {}).items():
+            key = PREFIX + key[len(FINAL_PREFIX) :]
+            parsed = parse(key)
+            if (parsed is not None and parsed[1] != RECOMMENDED) or key.endswith("/seconds"):
+                history[-1].setdefault(key, value)
     meta = {p.name: (p.family, p.kind, p.level) for p in pools}
-    return Run(setup.name, seed, list(monitor.history), needs, meta, seconds, messages)
+    return Run(setup.name, seed, history, needs, meta, seconds, messages)
 
 
 # -- scoring --------------------------------------------------------------------------------------------------------
@@ -201,12 +229,6 @@ def _actual(group: str, kind: str) -> str:
 def _abs_error(row: dict[str, float], group: str, estimator: str, kind: str) -> float:
     pred, actual = row.get(_key(group, estimator, kind), math.nan), row.get(_actual(group, kind), math.nan)
     return abs(pred - actual) if math.isfinite(pred) and math.isfinite(actual) else math.nan
-
-
-def _skill(mae: float, trivial: float) -> float:
-    if not (math.isfinite(mae) and math.isfinite(trivial)) or trivial <= 0:
-        return math.nan
-    return 1.0 - mae / trivial
 
 
 def _finite_mean(values: Iterable[float]) -> float:
@@ -513,7 +535,14 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "probe_size": args.probe_size,
             "pool_size": pool_size,
-            "measures": "every default measure" if measures is None else ", ".join(f"`{m}`" for m in measures),
+            "measures": (
+                "every default measure"
+                if measures is None
+                else ", ".join(f"`{m}`" for m in measures)
+                + " every epoch and "
+                + ", ".join(f"`{m}`" for m in FINAL if m in MEASURES)
+                + " at the last"
+            ),
         }
     if args.save_runs:
         Path(args.save_runs).write_text(json.dumps({"runs": [asdict(r) for r in runs], "meta": meta}))
@@ -571,7 +600,7 @@ def main() -> None:
         [
             "# Which label-free estimator to trust, under shift and in distribution",
             f"`{meta['command']}`: {len(setups)} setups × {seeds} seed(s), {epochs} epochs, measures "
-            f"{meta['measures']} every epoch (`budget=None`, a `CSVLogger` attached), probe of "
+            f"{meta['measures']} (`budget=None`, a `CSVLogger` attached), probe of "
             f"{meta['probe_size']} training samples, "
             + (f"pools of {meta['pool_size']} samples" if meta["pool_size"] else "pools as large as the test split")
             + f", torch {torch.__version__} with {meta['threads']} thread(s) on {os.cpu_count()} CPU cores "

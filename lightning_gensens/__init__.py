@@ -1,7 +1,8 @@
 """lightning_gensens: predicted versus actual test loss from sensitivity measures, logged while a network trains.
 
 Names are imported on first use, so ``lightning_gensens.functional`` and ``lightning_gensens.metrics`` load without
-Lightning.
+Lightning. The callback of every built-in measure (:data:`lightning_gensens.registry.BUILT_IN`) is exported under its
+class name.
 """
 
 from __future__ import annotations
@@ -9,56 +10,27 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from lightning_gensens.registry import BUILT_IN_NAMES
+
 __version__ = "0.2.0"
 
 _EXPORTS = {
     "GeneralizationMonitor": "lightning_gensens.callbacks",
     "MeasureCallback": "lightning_gensens.callbacks",
-    "ActiveNodeBound": "lightning_gensens.callbacks",
-    "AgreementOnTheLine": "lightning_gensens.callbacks",
-    "FisherRaoNorm": "lightning_gensens.callbacks",
-    "InputGradientNorm": "lightning_gensens.callbacks",
-    "JacobianNorm": "lightning_gensens.callbacks",
-    "LinfNorm": "lightning_gensens.callbacks",
-    "OutputSensitivity": "lightning_gensens.callbacks",
-    "RegionSensitivity": "lightning_gensens.callbacks",
-    "RelativeFlatness": "lightning_gensens.callbacks",
-    "SpectralNorm": "lightning_gensens.callbacks",
-    "TangentSensitivity": "lightning_gensens.callbacks",
-    "AverageConfidence": "lightning_gensens.callbacks",
-    "AverageThresholdedConfidence": "lightning_gensens.callbacks",
-    "DifferenceOfConfidences": "lightning_gensens.callbacks",
-    "Trivial": "lightning_gensens.callbacks",
-    "OptimalTransport": "lightning_gensens.callbacks",
+    **dict.fromkeys(BUILT_IN_NAMES, "lightning_gensens.callbacks"),
     "Measure": "lightning_gensens.measures",
     "register_measure": "lightning_gensens.measures",
     "RankedModel": "lightning_gensens.ranking",
     "rank_architectures": "lightning_gensens.ranking",
 }
 
-if TYPE_CHECKING:
-    from lightning_gensens.callbacks import (
-        ActiveNodeBound,
-        AgreementOnTheLine,
-        AverageConfidence,
-        AverageThresholdedConfidence,
-        DifferenceOfConfidences,
-        FisherRaoNorm,
-        GeneralizationMonitor,
-        InputGradientNorm,
-        JacobianNorm,
-        LinfNorm,
-        MeasureCallback,
-        OptimalTransport,
-        OutputSensitivity,
-        RegionSensitivity,
-        RelativeFlatness,
-        SpectralNorm,
-        TangentSensitivity,
-        Trivial,
-    )
-    from lightning_gensens.measures import Measure, register_measure
-    from lightning_gensens.ranking import RankedModel, rank_architectures
+if TYPE_CHECKING:  # the exports other than the measure callbacks, which `__getattr__` types as Any
+    from lightning_gensens.callbacks import GeneralizationMonitor as GeneralizationMonitor
+    from lightning_gensens.callbacks import MeasureCallback as MeasureCallback
+    from lightning_gensens.measures import Measure as Measure
+    from lightning_gensens.measures import register_measure as register_measure
+    from lightning_gensens.ranking import RankedModel as RankedModel
+    from lightning_gensens.ranking import rank_architectures as rank_architectures
 
 
 def __getattr__(name: str) -> Any:
@@ -71,28 +43,4 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-__all__ = [
-    "ActiveNodeBound",
-    "AgreementOnTheLine",
-    "AverageConfidence",
-    "AverageThresholdedConfidence",
-    "DifferenceOfConfidences",
-    "FisherRaoNorm",
-    "GeneralizationMonitor",
-    "InputGradientNorm",
-    "JacobianNorm",
-    "LinfNorm",
-    "Measure",
-    "MeasureCallback",
-    "OptimalTransport",
-    "OutputSensitivity",
-    "RankedModel",
-    "RegionSensitivity",
-    "RelativeFlatness",
-    "SpectralNorm",
-    "TangentSensitivity",
-    "Trivial",
-    "__version__",
-    "rank_architectures",
-    "register_measure",
-]
+__all__ = ["__version__", *_EXPORTS]

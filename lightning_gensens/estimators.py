@@ -7,6 +7,8 @@ space.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -39,3 +41,10 @@ def spectral_norm(log_prod_previous: Tensor, log_prod_current: Tensor, train_val
 def output_sensitivity_label_free(s: Tensor, input_second_moment: Tensor, sigma: float, num_classes: int) -> Tensor:
     """Forouzesh eq. 9 with Σ neglected: √(½·(K−1)/K·S·σ_x²/σ_ε²); needs no labels and no training loss."""
     return (0.5 * (num_classes - 1) / num_classes * s * input_second_moment / sigma**2).sqrt()
+
+
+def skill(mae: float, mae_trivial: float) -> float:
+    """1 − MAE/MAE(trivial), the skill of an estimator over trivial's ("test = reference"); NaN where undefined."""
+    if not (math.isfinite(mae) and math.isfinite(mae_trivial)) or mae_trivial <= 0:
+        return math.nan
+    return 1.0 - mae / mae_trivial

@@ -7,12 +7,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from lightning_gensens.measures.trivial import Trivial
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 ACTUAL = "actual test loss"
 TRAIN = "train loss (probe)"
-TRIVIAL = "trivial"
+TRIVIAL = Trivial.name
 """The baseline estimator (test loss ≈ the probe's), which every skill is measured against."""
 RECOMMENDED = "recommended"
 """A pool's prediction by the recommended estimator (``<prefix>/pool/<name>/pred_test_loss``)."""
@@ -152,10 +154,14 @@ def predictions_figure(
     for i, (pool, curves) in enumerate(pools.items()):
         ax = fig.add_subplot(grid[1 + i // columns, i % columns])
         _draw(ax, curves, _colors(curves), _POOL_LABELS, f"pool {pool}", {"fontsize": 7, "framealpha": 0.85})
-    if skills:
-        _skill_bars(fig.add_subplot(grid[-1, :]), skills, colors)
+    bars = fig.add_subplot(grid[-1, :]) if skills else None
+    if bars is not None:
+        _skill_bars(bars, skills, colors)
     # fixed margins (a layout pass draws the figure once more); room on the right for an outside legend
     fig.subplots_adjust(left=0.07, right=0.98 if table else 0.72, bottom=0.04, top=0.97, hspace=0.45, wspace=0.2)
+    if bars is not None:  # room on the left for the estimators' names and skills
+        box = bars.get_position()
+        bars.set_position((0.34, box.y0, 0.98 - 0.34, box.height))
     return fig
 
 
@@ -176,7 +182,7 @@ def _draw(
 ) -> None:
     """One panel's curves over epochs: the actual loss thick and below, the references dashed; ``legend`` holds the
     legend's options."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     for name, (xs, ys) in series.items():
         actual, reference = name == ACTUAL, name in (TRIVIAL, TRAIN)
@@ -195,10 +201,19 @@ def _draw(
     values = [y for _, ys in series.values() for y in ys if y > 0]
     if values and max(values) > 3 * min(values):  # a log axis only where the curves span a factor of 3
         ax.set_yscale("log")
+        # plain numbers, no minor labels: mathtext labels cost a parse each, and the figure is drawn within budget
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(_minor_label))
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     if series:  # a panel with no curve logged (no labels anywhere) has no legend
         ax.legend(**legend)
+
+
+def _minor_label(value: float, _: Any) -> str:
+    """A log axis' minor tick labelled where its leading digit is 2 or 5."""
+    leading = f"{value:.0e}"[0]
+    return f"{value:g}" if leading in "25" else ""
 
 
 def _skills(table: Iterable[Mapping[str, Any]]) -> list[tuple[str, float, bool]]:
@@ -230,14 +245,15 @@ def _skill_bars(ax: Any, skills: list[tuple[str, float, bool]], colors: Mapping[
     bar_colors = [colors.get(name, "#bbbbbb") if name != TRIVIAL else "gray" for name, _, _ in skills]
     ax.barh(ys, shown, color=bar_colors, height=0.7)
     ax.axvline(0.0, color="black", linewidth=1)
-    for y, value, cut in zip(ys, values, shown, strict=True):
-        text = f"{value:+.2f}" + (" ◂" if value < cut else "")
-        offset = 0.01 * span if cut >= 0 else -0.01 * span
-        ax.text(cut + offset, y, text, va="center", ha="left" if cut >= 0 else "right", fontsize=7)
-    ax.set_yticks(ys, [f"{name} · labels" if labels else name for name, _, labels in skills], fontsize=8)
+    # each value in its bar's label (one text per bar: text is what drawing the figure costs)
+    names = [
+        f"{name}{' · labels' if labels else ''}  {value:+.2f}{' ◂' if value < cut else ''}"
+        for (name, _, labels), value, cut in zip(skills, values, shown, strict=True)
+    ]
+    ax.set_yticks(ys, names, fontsize=8)
     ax.set_xlim(low - 0.18 * span, high + 0.18 * span)
     ax.set_ylim(-0.6, len(skills) - 0.4)
-    ax.set_xlabel("skill on the test loss: 1 − MAE / MAE(trivial)   (> 0 beats trivial; · labels: needs labels)")
+    ax.set_xlabel("skill on the test loss: 1 − MAE / MAE(trivial)   (> 0 beats trivial; · labels: needs labels; ◂ cut)")
     ax.grid(axis="x", alpha=0.3)
 
 

@@ -5,10 +5,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_gensens.callbacks.costs import Cost, Need, format_costs
+from lightning_gensens.callbacks.stopwatch import MEASURE, Stopwatch
+
+__all__ = ["Budget", "Cost", "Need", "format_costs"]
 
 TRIAL_SAMPLES = 16
 """Samples per split of a measure's first run, which times it."""
@@ -24,142 +28,173 @@ RIDER_COST = 1.0
 at every run."""
 
 PLANNED = 0.8
-"""The part of the allowance the plans spend; the rest covers what the monitor cannot time itself (Lightning calling
-its hooks, the capture inside the model's own validation forward)."""
+"""The part of the allowance the plans spend; the rest covers what the plans cannot foresee (a period kept up to
+:data:`GROW` × past its ratio, the fit-end report, the capture inside the model's own validation forward)."""
 
-
-@dataclass(frozen=True)
-class Need:
-    """What one measure would use this run: its samples over all its splits at full size (as of the last run; 1
-    for a weight-only measure), its number of splits, and its ``relative_cost`` (a guess of its first run's cost
-    in forward calls of the model on as many samples)."""
-
-    samples: int
-    splits: int
-    relative_cost: float
-
-
-@dataclass
-class Cost:
-    """What one measure has cost in this fit, and a model of what a run on ``n`` samples costs: affine in ``n``
-    through the smallest and the largest run timed (proportional above the one size seen, before a second)."""
-
-    runs: int = 0
-    seconds: float = 0.0
-    timed: dict[int, float] = field(default_factory=dict)
-    """Seconds of the last run at the smallest and at the largest sample count timed."""
-
-    def add(self, seconds: float, samples: int) -> None:
-        self.runs += 1
-        self.seconds += seconds
-        self.timed[samples] = seconds
-        self.timed = {n: self.timed[n] for n in {min(self.timed), max(self.timed)}}
-
-    def _line(self) -> tuple[int, float, float]:
-        """The smallest size timed, its seconds, and seconds per extra sample."""
-        (n0, c0), (n1, c1) = min(self.timed.items()), max(self.timed.items())
-        slope = max((c1 - c0) / (n1 - n0), 0.0) if n1 > n0 else c0 / max(n0, 1)
-        return n0, c0, slope
-
-    def estimate(self, samples: int) -> float:
-        n0, c0, slope = self._line()
-        return max(c0 + slope * (samples - n0), 0.0)
-
-    def samples_for(self, seconds: float) -> int:
-        """The most samples a run may use within ``seconds`` (0 if not even the smallest timed run fits)."""
-        n0, c0, slope = self._line()
-        if seconds < c0:
-            return 0
-        return n0 + int((seconds - c0) / slope) if slope > 0 else 2**62
+CALLS = 3
+"""Forward calls timed for the unit of the guesses; the fastest counts."""
 
 
 class Budget:
-    """Plans, before each measuring run, which measures run and on how many samples per split, so that the time
-    spent measuring stays within ``fraction`` × the training time (the fit's wall time minus measuring), and
-    accounts the time each measure took.
+    """Plans, before each measuring run, which measures run and on how many samples per split, so that the monitor's
+    time (every section of its :class:`~lightning_gensens.callbacks.stopwatch.Stopwatch`: setting up, its hooks,
+    the probe, the measures, logging, the fit-end report) stays within ``fraction`` × the training time (the fit's
+    wall time minus the monitor's), and accounts the time each measure took.
 
-    Every measure earns an equal share of the allowance, so an expensive measure's cost delays only itself. The
-    riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured outputs or a few weights) run at every
-    run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh at every validation;
-    they pool their shares to pay for a run's own work (the probe's forward passes, bookkeeping, logging; setting up
-    is charged to the first), and where that pool runs short the overhead logged says so. The other measures run when
-    their share, saved up, covers them: on every sample if it can, else on as many samples as it pays for (at least
-    :data:`MIN_SAMPLES` per split), cheapest first with what cheaper ones left over; an expensive measure runs less
-    often rather than never. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, once its
-    share covers a guess of that run: its ``relative_cost`` × the time of one forward call of the model on as many
-    samples (before that call is timed only measures guessed at one call or less start, on everything).
+    The plans are made per run, from rates: the allowance of a run is ``fraction`` × the training time per run so
+    far. The riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured outputs or a few weights) run
+    at every run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh at every
+    validation; their shares pay for a run's own work (the probe, bookkeeping, logging), and what they leave at the
+    second run pays for more of the probe for the rest of the fit (a power of two times :data:`MIN_PROBE`). Where
+    their shares run short the overhead logged says so.
+
+    The other measures are spread evenly over the fit: each gets an equal share of the allowance per run (so that
+    one measure's cost never moves another's runs), and runs at every ``k``-th run, ``k`` the smallest power of two
+    for which ``k`` shares cover a run of it (or, where that would be fewer than four runs in a fit of known length,
+    on a power-of-two fraction of its samples, at least :data:`MIN_SAMPLES` per split, at that many runs). Its runs
+    are every ``k``-th, counted back from the fit's last run where the Trainer says which it is (so the last run
+    measures everything the fit affords; else runs 1, 2, … whose index is a multiple of ``k``), from run ``k`` on
+    (its share paid for it). ``k`` only changes when its ratio moves a margin past a power of two (:data:`GROW`,
+    :data:`SHRINK`), so timing noise of ±20% moves no run: identical seeded fits measure the same runs, and runs do
+    not bunch. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, planned the same way
+    from a guess of that run: its ``relative_cost`` × the time of a forward call of the model on as many samples
+    (the fastest of :data:`CALLS` calls; before it is timed only measures guessed at one call or less start).
     ``fraction=None`` runs every measure on everything, every time.
     """
 
     def __init__(self, fraction: float | None, clock: Callable[[], float] = time.perf_counter) -> None:
         if fraction is not None and not fraction > 0:
             raise ValueError(f"budget must be a positive fraction of the training time or None, got {fraction!r}.")
-        self.fraction, self.clock = fraction, clock
+        self.fraction = fraction
+        self.stopwatch = Stopwatch(clock)
+        """The one clock of the monitor's work."""
         self.costs: dict[str, Cost] = {}
         self.guesses: dict[str, float] = {}
         """The guessed cost of each measure's first run, while it waits for it."""
         self.measuring = 0.0
+        """The monitor's seconds in this fit: every section of the stopwatch charged so far."""
         self.runs = 0
-        self.base = 0.0
-        """What the last run cost besides its measures: the probe's forward passes, bookkeeping, logging."""
+        self.index = 0
+        """Runs planned in this fit (measuring opportunities)."""
+        self.expected: int | None = None
+        """Runs this fit will offer, where the Trainer says."""
+        self.own = 0.0
+        """What a run costs besides its measures and the probe: bookkeeping, logging, the hooks."""
         self.probe_per_sample: float | None = None
         self.call: float | None = None
         """Seconds of a forward call of the model on :data:`TRIAL_SAMPLES` samples (timed once per fit)."""
+        self.closing: float | None = None
+        """The overhead at the end of the fit, the fit-end report included."""
         self._start: float | None = None
-        self._last_base = 0.0
-        self._spare = 0.0
-        """What the planned run leaves of its pool, for more of the probe."""
+        self._owns: list[float] = []
+        self._periods: dict[str, int] = {}
+        self._divisors: dict[str, int] = {}
+        self._probe: int | None = None
+        """The probe's samples this run, in units of :data:`MIN_PROBE` (a power of two)."""
+
+    @property
+    def clock(self) -> Callable[[], float]:
+        return self.stopwatch.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], float]) -> None:
+        self.stopwatch.clock = clock
 
     def fit_start(self, setup: float = 0.0) -> None:
-        """Start the clock of a fit, counting ``setup`` seconds the monitor already spent on it."""
-        self._start, self.measuring, self.runs, self.base = self.clock(), setup, 0, 0.0
-        self.probe_per_sample = self.call = None
-        self.costs, self.guesses = {}, {}
+        """Start the clock of a fit (when the monitor starts setting up), counting ``setup`` seconds spent already."""
+        self._start, self.measuring, self.runs, self.index = self.clock(), setup, 0, 0
+        self.probe_per_sample = self.call = self.expected = self.closing = None
+        self.costs, self.guesses, self._owns, self._periods, self._divisors = {}, {}, [], {}, {}
+        self.own, self._probe = 0.0, None
+        self.stopwatch.reset()
+
+    def expect(self, runs: int | None) -> None:
+        """The fit will offer ``runs`` more measuring runs (None: unknown)."""
+        self.expected = None if runs is None else self.index + runs
 
     def training_time(self) -> float:
         return 0.0 if self._start is None else max(self.clock() - self._start - self.measuring, 0.0)
 
-    def overhead(self, pending: float = 0.0) -> float:
-        """Measuring time over training time so far, counting ``pending`` seconds of a run not yet recorded."""
-        training = self.training_time() - pending
-        return (self.measuring + pending) / training if training > 0 else math.inf
+    def overhead(self) -> float:
+        """The monitor's time over the training time so far."""
+        training = self.training_time()
+        return self.measuring / training if training > 0 else math.inf
+
+    def charge(self, seconds: float) -> None:
+        """Count ``seconds`` of the monitor's work outside a run's record (a hook, the fit-end report)."""
+        self.measuring += seconds
+
+    def affords(self, seconds: float) -> bool:
+        """Whether the allowance left now (``fraction`` × the training time, less the monitor's time, the sections
+        still open included) covers ``seconds`` more; always without a budget."""
+        if self.fraction is None:
+            return True
+        return self.fraction * self.training_time() - self.measuring - self.stopwatch.pending() >= seconds
+
+    def close(self) -> float:
+        """The fit is over: keep its overhead (:attr:`closing`)."""
+        self.closing = self.overhead()
+        return self.closing
 
     def plan(self, needs: Mapping[str, Need]) -> dict[str, int | None]:
         """Per measure the samples per split it may use this run: ``None`` for all, 0 to skip (all 0: no run)."""
         if self.fraction is None:
             return {name: None for name in needs}
+        self.index += 1
+        n = self.index
         guessed = {name for name in needs if name not in self.costs}
         # before a forward call is timed there is no unit for the guesses: only the cheapest measures start
         first = max(1.0, min((needs[name].relative_cost for name in guessed), default=1.0))
         estimates = {name: self._estimate(name, need, first) for name, need in needs.items()}
-        # the riders run at every run, so that their keys are always fresh; they pool their shares, paying the run's
-        # own work (setup, probe, logging) from it; what the pool leaves pays for more of the probe
         riders = [name for name in needs if needs[name].relative_cost <= RIDER_COST]
-        allowance = PLANNED * self.fraction * self.training_time()
-        share = allowance / max(len(needs), 1)
-        others = [name for name in needs if name not in riders]
-        spent = {name: self.costs[name].seconds if name in self.costs else 0.0 for name in others}
-        plan: dict[str, int | None] = {name: 0 for name in needs}
+        others = sorted((name for name in needs if name not in riders), key=lambda name: estimates[name])
+        share = PLANNED * self.fraction * self.training_time() / n / max(len(needs), 1)
+        plan: dict[str, int | None] = dict.fromkeys(needs, 0)
         plan.update(dict.fromkeys(riders))
-        pool = share * len(riders) - (self.measuring - sum(spent.values()))
-        self._spare = max(pool - self.base - sum(estimates[name] for name in riders), 0.0)
-        base_due = 0.0 if riders else self.base  # without riders, paid by the first other measure that runs
-        # the others: on everything while their share covers it, cheapest first, with what cheaper ones left over
-        surplus = 0.0
-        for name in sorted(others, key=lambda n: estimates[n]):
-            available = share - spent[name] + surplus
-            trial = TRIAL_SAMPLES if name in guessed else None
-            if estimates[name] + base_due <= available:
-                plan[name], surplus, base_due = trial, available - estimates[name] - base_due, 0.0
-                continue
-            need, cost = needs[name], self.costs.get(name)
-            if cost is not None and need.samples > need.splits:  # a data measure, on a share of its samples
-                per_split = cost.samples_for(available - base_due) // need.splits
-                if per_split >= MIN_SAMPLES:
-                    plan[name] = per_split
-                    surplus, base_due = available - base_due - cost.estimate(per_split * need.splits), 0.0
-                    continue
+        minimum_probe = MIN_PROBE * (self.probe_per_sample or 0.0)
+        spare = share * len(riders) - sum(estimates[name] for name in riders) - self.own - minimum_probe
+        self._plan_probe(spare)
+        # equal shares, so that one measure's cost never moves another's runs; without riders the others pay the
+        # run's own work
+        own_share = max(share + (0.0 if riders else min(spare, 0.0) / max(len(others), 1)), 0.0)
+        longest = _longest_period(self.expected)
+        for name in others:
+            cap, period = self._schedule(name, needs[name], estimates[name], own_share, longest)
+            if self._due(n, period):
+                plan[name] = cap
         return plan
+
+    def _due(self, index: int, period: int) -> bool:
+        """Whether run ``index`` is on the grid of ``period``: every ``period``-th run, counted back from the fit's
+        last run where the Trainer says which it is (so the last run measures), once ``period`` runs have earned it."""
+        if period >= NEVER or index < period:
+            return False
+        if self.expected is not None and index <= self.expected:
+            return (self.expected - index) % period == 0
+        return index % period == 0
+
+    def _schedule(self, name: str, need: Need, estimate: float, share: float, longest: int) -> tuple[int | None, int]:
+        """The samples per split and the period of a measure's runs on ``share`` seconds per run."""
+        ratio = estimate / share if share > 0 else math.inf
+        period = self._periods[name] = _steady(self._periods.get(name), ratio)
+        cost = self.costs.get(name)
+        if cost is None:
+            return TRIAL_SAMPLES, period
+        if period <= longest or need.samples <= need.splits:  # on everything, or a weight-only measure
+            return None, period
+        # on a power-of-two fraction of its samples, at the longest period that still runs it four times
+        affordable = cost.samples_for(longest * share)
+        divisor = self._divisors[name] = _steady(self._divisors.get(name), need.samples / max(affordable, 1))
+        per_split = math.ceil(need.samples / need.splits / divisor) if divisor < NEVER else 0
+        return (None, period) if per_split < MIN_SAMPLES else (per_split, longest)
+
+    def _plan_probe(self, spare: float) -> None:
+        """The probe's size: :data:`MIN_PROBE` samples at the first run, which times it; from the second on, for the
+        rest of the fit, :data:`MIN_PROBE` times the largest power of two the riders' spare share per run paid for
+        then. One size per fit: every run's train loss, and the estimators' history, stay on the same samples."""
+        if self._probe is None and self.probe_per_sample is not None:
+            wanted = 1.0 + max(spare, 0.0) / (max(self.probe_per_sample, 1e-12) * MIN_PROBE)
+            self._probe = _steady(None, wanted, up=False)
 
     def _estimate(self, name: str, need: Need, first: float) -> float:
         """What a run of the measure costs: from its timed runs, else guessed (and kept for the report); before the
@@ -176,11 +211,10 @@ class Budget:
 
     def probe_batches(self, sizes: list[int]) -> int:
         """How many of the probe's batches (of ``sizes`` samples) the planned run evaluates: all without a budget;
-        otherwise :data:`MIN_PROBE` samples and as many more as what the planned run leaves of its pool pays for
-        (in a long fit, the whole probe)."""
+        otherwise the planned multiple of :data:`MIN_PROBE` samples (in a long fit, the whole probe)."""
         if self.fraction is None:
             return len(sizes)
-        wanted = MIN_PROBE + (self._spare / self.probe_per_sample if self.probe_per_sample else 0.0)
+        wanted = MIN_PROBE * (self._probe or 1)
         kept, total = 0, 0
         for size in sizes:
             if total >= wanted:
@@ -196,13 +230,15 @@ class Budget:
         """Note what one forward call of the model on :data:`TRIAL_SAMPLES` samples costs: the unit of the guesses."""
         self.call = seconds
 
-    def record(self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float) -> None:
-        """Account a run: each measure's seconds and samples, and the run's total wall time."""
+    def record(
+        self, seconds: Mapping[str, float], samples: Mapping[str, int], total: float, probe: float = 0.0
+    ) -> None:
+        """Account a run: each measure's seconds and samples, the probe's seconds, and the run's total (everything
+        the stopwatch charged since the last record)."""
         self.measuring += total
-        base = max(total - sum(seconds.values()), 0.0)
         # the cheaper of the last two runs' own work: the first also paid one-time costs (drawing the probe)
-        self.base = base if self.runs == 0 else min(base, self._last_base)
-        self._last_base = base
+        self._owns = [*self._owns[-1:], max(total - sum(seconds.values()) - probe, 0.0)]
+        self.own = min(self._owns)
         self.runs += 1
         for name, spent in seconds.items():
             self.costs.setdefault(name, Cost()).add(spent, samples.get(name, 1))
@@ -213,10 +249,15 @@ class Budget:
         with their cost, and those it never afforded with the guess."""
         table = self.table()
         if table:
-            rank_zero_info(f"{owner}: time spent measuring\n{format_costs(table)}")
+            closing = "" if self.closing is None else f" (in all {self.closing:.1%} of the training time)"
+            rank_zero_info(f"{owner}: time spent measuring{closing}\n{format_costs(table)}")
         if self.fraction is None:
             return table
-        once = [f"{r['measure']} ({r['seconds_per_run']:.3g} s)" for r in table if r["runs"] < 2]
+        once = [
+            f"{r['measure']} ({r['seconds_per_run']:.3g} s)"
+            for r in table
+            if r["runs"] < 2 and r["measure"] in self.costs
+        ]
         never = [f"{name} (guessed {_seconds(g)})" for name, g in self.guesses.items() if name not in self.costs]
         if once or never:
             runs = f"{measured} of {validations} validation runs" if validations else f"{self.runs} runs"
@@ -230,18 +271,68 @@ class Budget:
         return table
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per measure: runs, total seconds, seconds per run."""
-        return [
-            {"measure": name, "runs": c.runs, "seconds": c.seconds, "seconds_per_run": c.seconds / max(c.runs, 1)}
-            for name, c in sorted(self.costs.items(), key=lambda item: -item[1].seconds)
-        ]
+        """One row per measure (runs, total seconds, seconds per run), then one per section of the monitor's own
+        work (``monitor: <section>``), so that the table adds up to everything the monitor spent."""
+        # a measure's seconds as the stopwatch timed them (a run it failed in included), its runs as accounted
+        timed = {s.removeprefix(MEASURE): t for s, t in self.stopwatch.totals.items() if s.startswith(MEASURE)}
+        spent_by = {name: timed.get(name, c.seconds) for name, c in self.costs.items()}
+        spent_by.update({name: t for name, t in timed.items() if name not in spent_by})
+        rows = []
+        for name, spent in sorted(spent_by.items(), key=lambda item: -item[1]):
+            runs = self.costs[name].runs if name in self.costs else 0
+            rows.append({"measure": name, "runs": runs, "seconds": spent, "seconds_per_run": spent / max(runs, 1)})
+        own = {s: t for s, t in self.stopwatch.totals.items() if not s.startswith(MEASURE)}
+        for section, seconds in sorted(own.items(), key=lambda item: -item[1]):
+            runs = 1 if section in ONCE else self.runs
+            rows.append(
+                {
+                    "measure": f"{OWN}{section}",
+                    "runs": runs,
+                    "seconds": seconds,
+                    "seconds_per_run": seconds / max(runs, 1),
+                }
+            )
+        return rows
+
+
+NEVER = 2**62
+"""The period of a measure that never runs."""
+
+GROW = 1.25
+"""A period (or a divisor of the samples) grows only when the ratio it covers exceeds it by this factor: at most 25%
+over the plan, which :data:`PLANNED` leaves room for."""
+
+SHRINK = 1.5
+"""A period shrinks only when the ratio it covers falls this factor below the next smaller power of two."""
+
+OWN = "monitor: "
+"""Prefix of the cost table's rows of the monitor's own work."""
+
+ONCE = ("setup", "report")
+"""Sections of the monitor's work that happen once per fit."""
+
+
+def _steady(previous: int | None, ratio: float, up: bool = True) -> int:
+    """A power of two for ``ratio``: the smallest at or above it (``up``), else the largest at or below it (at least
+    1); ``previous`` is kept while ``ratio`` stays within a margin of it, so that noise does not move it."""
+    if not math.isfinite(ratio) or ratio >= NEVER:
+        return NEVER if up else 1
+    if previous is not None and previous < NEVER:
+        low, high = (previous / 2 / SHRINK, previous * GROW) if up else (previous / GROW, previous * 2 * SHRINK)
+        if low < ratio <= high:
+            return previous
+    if ratio <= 1:
+        return 1
+    exponent = math.ceil(math.log2(ratio)) if up else math.floor(math.log2(ratio))
+    return 2 ** min(exponent, 61)
+
+
+def _longest_period(expected: int | None) -> int:
+    """The longest period that still runs a measure four times in a fit of ``expected`` runs (8 if unknown)."""
+    if expected is None:
+        return 8
+    return 2 ** max(int(math.log2(max(expected // 4, 1))), 0)
 
 
 def _seconds(guess: float) -> str:
     return f"{guess:.3g} s" if math.isfinite(guess) else "not yet: the probe was never timed"
-
-
-def format_costs(table: list[dict[str, Any]]) -> str:
-    header = f"{'measure':<30}{'runs':>6}{'seconds':>12}{'s per run':>12}"
-    rows = [f"{r['measure']:<30}{r['runs']:>6}{r['seconds']:>12.3f}{r['seconds_per_run']:>12.4f}" for r in table]
-    return "\n".join([header, "-" * len(header), *rows])

@@ -113,8 +113,9 @@ class Schedule:
         has_pools: bool,
         measures: Sequence[Measure[Any]],
         owner: str,
-    ) -> None:
-        """Say at fit start, once, when nothing will be measured, and when a time-ratio estimator can never log."""
+    ) -> int | None:
+        """Say at fit start, once, when nothing will be measured, and when a time-ratio estimator can never log;
+        return how many runs this fit will measure at most (None where the Trainer cannot tell)."""
         if not is_overridden("validation_step", pl_module):
             why = f"{type(pl_module).__name__} has no validation_step"
         elif trainer.limit_val_batches == 0:
@@ -126,7 +127,7 @@ class Schedule:
                 f"{owner} will measure nothing: {why} and there is no unlabeled pool (pass `unlabeled=` or define "
                 "`unlabeled_dataloader()` on the datamodule)."
             )
-            return
+            return 0
         if why:
             rank_zero_info(f"{owner}: {why}; the unlabeled pools are measured at the end of each training epoch.")
             left = _epochs_left(trainer)
@@ -139,7 +140,7 @@ class Schedule:
                     "`Trainer(val_check_interval=k)`."
                 )
         if left is None:
-            return
+            return None
         measured = (self.runs + left) // self.every_n - self.runs // self.every_n
         if measured == 0:
             rank_zero_warn(
@@ -147,13 +148,14 @@ class Schedule:
                 f"{'training epochs' if why else 'validation runs'} left, and it measures every "
                 f"{self.every_n}-th (`every_n_epochs`)."
             )
-            return
+            return 0
         time_ratio = [m.name for m in measures if m.needs(Requirement.WEIGHT_ONLY)]
         if time_ratio and measured < 2:
             rank_zero_warn(
                 f"{owner}: {time_ratio} compare consecutive measured runs, but this fit measures fewer than two "
                 "times; their estimators will not log."
             )
+        return measured
 
     def state_dict(self) -> dict[str, int]:
         return {"runs": self.runs}

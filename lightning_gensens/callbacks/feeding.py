@@ -3,6 +3,7 @@ pools' batches as it was called on the validation batches."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,7 +13,6 @@ from lightning_gensens.batches import BatchToXY
 from lightning_gensens.callbacks.session import Session
 from lightning_gensens.capture import Captured, ForwardCapture, exclusive
 from lightning_gensens.replay import Call, CallTemplate
-from lightning_gensens.utilities import synchronized_time
 
 
 class Feeder:
@@ -56,9 +56,15 @@ class Feeder:
             self.session.feed(split, record)
         return call
 
-    def time_call(self, call: Call, device: torch.device) -> float:
-        """Seconds of one forward call of the model, recorded by no capture."""
+    def time_call(self, call: Call, clock: Callable[[], float]) -> float:
+        """Seconds of one forward call of the model on ``clock``, recorded by no capture (synchronised on CUDA: the
+        unit of the budget's guesses is timed a few times once per fit)."""
+        cuda = call.input.device.type == "cuda"
         with exclusive(None), torch.no_grad():
-            start = synchronized_time(device)
+            if cuda:
+                torch.cuda.synchronize(call.input.device)
+            start = clock()
             self.net(*call.args, **call.kwargs)
-            return synchronized_time(device) - start
+            if cuda:
+                torch.cuda.synchronize(call.input.device)
+            return clock() - start

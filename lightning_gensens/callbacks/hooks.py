@@ -17,13 +17,16 @@ class RunHooks:
     compiled submodules they stay attached from :meth:`check_compiled` to :meth:`detach`.
     """
 
-    def __init__(self, net: nn.Module, capture: ForwardCapture, replay: Replay) -> None:
+    def __init__(self, net: nn.Module, capture: ForwardCapture, replay: Replay, root: nn.Module | None = None) -> None:
         self.net, self.capture, self.replay = net, capture, replay
+        self.root = net if root is None else root
+        """Where compiled modules are looked for: the LightningModule, which holds ``net`` itself compiled when the
+        monitor measures the module a ``torch.compile`` wrapper unwraps to."""
         self.always = False
 
     def check_compiled(self) -> None:
-        """Keep the hooks attached if ``net`` holds a compiled submodule (call before its first forward)."""
-        if not self.always and any(hasattr(m, "_orig_mod") for m in self.net.modules()):
+        """Keep the hooks attached if ``root`` holds a compiled module (call before its first forward)."""
+        if not self.always and any(hasattr(m, "_orig_mod") for m in self.root.modules()):
             self.always = True
             self.attach()
 

@@ -1,10 +1,12 @@
 """One Lightning Callback per measure: a :class:`GeneralizationMonitor` of that one measure, under the measure's
-CamelCase name, so each measure is a torchmetrics Metric wrapped in a Callback."""
+CamelCase name, so each measure is a torchmetrics Metric wrapped in a Callback. The callbacks of the built-in
+measures are made here from :data:`lightning_gensens.registry.BUILT_IN`."""
 
 from __future__ import annotations
 
 import inspect
-from typing import Any, ClassVar
+import sys
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from lightning_gensens import measures
 from lightning_gensens.callbacks.monitor import GeneralizationMonitor
@@ -42,99 +44,38 @@ class MeasureCallback(GeneralizationMonitor):
         return f"{self.prefix}/{self.measure.name}"
 
 
-class LinfNorm(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.LinfNorm` (Daróczy eq. 1, estimators eq. 5 and log-norm)."""
-
-    measure_class = measures.LinfNorm
-
-
-class ActiveNodeBound(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.ActiveNodeBound` (Daróczy eq. 2, estimator eq. 6)."""
-
-    measure_class = measures.ActiveNodeBound
+def _summary(measure: type[measures.Measure]) -> str:
+    """The first paragraph of the measure's module docstring (it names the paper and its equation), on one line."""
+    doc = inspect.getdoc(sys.modules[measure.__module__]) or ""
+    return " ".join(doc.split("\n\n")[0].split())
 
 
-class TangentSensitivity(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.TangentSensitivity` (Daróczy Definition 3.1)."""
+def _measure_callback(measure: type[measures.Measure]) -> type[MeasureCallback]:
+    """The :class:`MeasureCallback` of the built-in ``measure``: named as the measure class, bound in this module
+    under that name (:data:`CALLBACKS`; so its instances pickle), documented by the measure's paper reference and
+    docstring."""
 
-    measure_class = measures.TangentSensitivity
+    class Callback(MeasureCallback):
+        measure_class = measure
 
-
-class RegionSensitivity(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.RegionSensitivity` (Daróczy eq. 3, 4, 7)."""
-
-    measure_class = measures.RegionSensitivity
-
-
-class OutputSensitivity(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.OutputSensitivity` (Forouzesh eq. 2, estimator eq. 9)."""
-
-    measure_class = measures.OutputSensitivity
-
-
-class RelativeFlatness(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.RelativeFlatness` (Petzka et al., Table 1)."""
-
-    measure_class = measures.RelativeFlatness
+    name = measure.__name__
+    Callback.__name__ = Callback.__qualname__ = name
+    Callback.__module__ = __name__
+    doc = inspect.getdoc(measure) or ""
+    Callback.__doc__ = (
+        f"Callback of :class:`lightning_gensens.measures.{name}` (``{measure.name}``): {_summary(measure)}\n\n"
+        "A :class:`GeneralizationMonitor` of this one measure; it takes the measure's arguments and the monitor's "
+        f"keyword arguments (``probe_size``, ``budget``, ``prefix``, …). The measure:\n\n{doc}"
+    )
+    return Callback
 
 
-class InputGradientNorm(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.InputGradientNorm` (Simon-Gabriel et al., Lemma 2)."""
+CALLBACKS: dict[str, type[MeasureCallback]] = {
+    cls.__name__: _measure_callback(cls) for cls in measures.BUILT_IN_MEASURES
+}
+"""The callback of every built-in measure, by class name."""
+globals().update(CALLBACKS)
 
-    measure_class = measures.InputGradientNorm
+if TYPE_CHECKING:  # the callbacks bound above, typed as Any (usable in annotations and as base classes)
 
-
-class JacobianNorm(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.JacobianNorm` (the follow-up paper's l⁴)."""
-
-    measure_class = measures.JacobianNorm
-
-
-class FisherRaoNorm(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.FisherRaoNorm` (the follow-up paper's eq. 10, l⁵)."""
-
-    measure_class = measures.FisherRaoNorm
-
-
-class SpectralNorm(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.SpectralNorm` (the follow-up paper's l⁶)."""
-
-    measure_class = measures.SpectralNorm
-
-
-class Trivial(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.Trivial` (test = train: the yardstick of skill)."""
-
-    measure_class = measures.Trivial
-
-
-class OptimalTransport(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.OptimalTransport` (COT and COTT, Lu et al. 2023; transport
-    loss)."""
-
-    measure_class = measures.OptimalTransport
-
-
-class AverageConfidence(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.AverageConfidence` (AC; Hendrycks and Gimpel)."""
-
-    measure_class = measures.AverageConfidence
-
-
-class DifferenceOfConfidences(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.DifferenceOfConfidences` (DoC; Guillory et al., 2021)."""
-
-    measure_class = measures.DifferenceOfConfidences
-
-
-class AverageThresholdedConfidence(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.AverageThresholdedConfidence` (ATC; Garg et al., 2022)."""
-
-    measure_class = measures.AverageThresholdedConfidence
-
-
-class AgreementOnTheLine(MeasureCallback):
-    """Callback of :class:`lightning_gensens.measures.AgreementOnTheLine` (ALine-D over the run's checkpoints; Baek
-    et al. 2022, §5.3)."""
-
-    measure_class = measures.AgreementOnTheLine
+    def __getattr__(name: str) -> Any: ...

@@ -17,17 +17,25 @@ from lightning.pytorch.loggers import MLFlowLogger, TensorBoardLogger, WandbLogg
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torch import Tensor
 
+from lightning_gensens import estimators
+from lightning_gensens.callbacks.keys import FINAL_MAE, MAE, Keys, predicted
+from lightning_gensens.callbacks.tables import MIN_SCORED, format_table, markdown_table
 from lightning_gensens.measures import Estimate, Trivial
 from lightning_gensens.plotting import ACTUAL, PNG, predictions_figure, shown_series
+
+__all__ = ["FIGURE_SECONDS", "MIN_SCORED", "Report", "format_table", "markdown_table"]
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MAX_HISTORY = 100_000
+FIGURE, TABLE = "predicted_vs_actual", "mae_table"
+FIGURE_SECONDS = 0.3
+"""What drawing and writing the figure costs at most (0.25–0.45 s on 2 busy CPU cores): drawn under a budget only
+where the allowance left at the end of the fit covers it."""
+"""Names of the figure and of the MAE table in the loggers and the log directory."""
 TRIVIAL = Trivial.name
 """The estimator every skill is measured against."""
-MIN_SCORED = 3
-"""Scored runs below which a row of the MAE table is flagged (``reliable`` False) and sorted last."""
 
 
 @dataclass
@@ -44,12 +52,10 @@ class _Errors:
 
 
 def _skill(mae: float, baseline: float | None, trivial: bool) -> float:
-    """1 − MAE/MAE(trivial): 0 for trivial itself, NaN where undefined."""
-    if not math.isfinite(mae) or baseline is None or not math.isfinite(baseline):
-        return math.nan
-    if trivial:
+    """:func:`~lightning_gensens.estimators.skill`, 0 for trivial itself."""
+    if trivial and math.isfinite(mae) and baseline is not None and math.isfinite(baseline):
         return 0.0
-    return 1.0 - mae / baseline if baseline > 0 else math.nan
+    return math.nan if baseline is None else estimators.skill(mae, baseline)
 
 
 def _rank(row: Mapping[str, Any]) -> tuple[Any, ...]:
@@ -68,7 +74,7 @@ class Report:
     logged values (bounded), kept across resumes through :meth:`state_dict`."""
 
     def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
+        self.prefix, self.keys = prefix, Keys(prefix)
         self.history: list[dict[str, float]] = []
         self.errors: dict[str, dict[str, _Errors]] = {}
         self.needs_labels: dict[str, bool] = {}
@@ -91,7 +97,6 @@ class Report:
         """Log an estimate and, when ``scored`` (not a timing run on a few samples), keep its absolute errors for the
         MAE; ``needs_labels`` says whether the estimator's measure needs labels (a column of the table). A predicted
         loss is clipped at 0 and a predicted error to [0, 1], so no number is wrong in kind."""
-        p = self.prefix
         predicted_loss = None if estimate.loss is None else estimate.loss.clamp_min(0.0)
         predicted_error = None if estimate.error is None else estimate.error.clamp(0.0, 1.0)
         if predicted_loss is not None and not bool(torch.isfinite(predicted_loss)):
@@ -103,12 +108,12 @@ class Report:
         self.needs_labels[estimator] = bool(needs_labels)
         logs: dict[str, Tensor] = {}
         if predicted_loss is not None:
-            logs[f"{p}/{estimator}/pred_test_loss"] = predicted_loss
+            logs[self.keys.estimator(estimator, predicted("loss"))] = predicted_loss
             if scored and math.isfinite(actual_loss):
                 errors["loss"].by_run[self.runs] = abs(float(predicted_loss) - actual_loss)
-                logs[f"{p}/{estimator}/mae"] = torch.tensor(errors["loss"].mean(), dtype=torch.float64)
+                logs[self.keys.estimator(estimator, MAE)] = torch.tensor(errors["loss"].mean(), dtype=torch.float64)
         if predicted_error is not None and bool(torch.isfinite(predicted_error)):
-            logs[f"{p}/{estimator}/pred_test_error"] = predicted_error
+            logs[self.keys.estimator(estimator, predicted("error"))] = predicted_error
             if scored and math.isfinite(actual_error):
                 errors["error"].by_run[self.runs] = abs(float(predicted_error) - actual_error)
         return logs
@@ -184,8 +189,10 @@ class Report:
     def forget(self, trainer: Trainer) -> None:
         """Take the last run's values out of ``trainer.callback_metrics``, so that no callback compares a value
         measured at another run (a key this run does not log, or a validation run that measures nothing)."""
-        for key in self._current:
-            trainer.callback_metrics.pop(key, None)
+        if self._current:
+            metrics = trainer.callback_metrics  # a property that merges on every read: read once
+            for key in self._current:
+                metrics.pop(key, None)
         self._current = set()
 
     @rank_zero_only
@@ -198,8 +205,7 @@ class Report:
         for logger in trainer.loggers:
             # each W&B call is a row of its own, which needs the step metric our keys are plotted against
             epoch = {"epoch": float(trainer.current_epoch)} if isinstance(logger, WandbLogger) else {}
-            logger.log_metrics({**scalars, **epoch}, step=step)
-            logger.save()
+            logger.log_metrics({**scalars, **epoch}, step=step)  # saved with Lightning's own rows, as they are
 
     @rank_zero_only
     def _define_wandb_step(self, trainer: Trainer, logs: Mapping[str, Tensor]) -> None:
@@ -210,22 +216,33 @@ class Report:
                     logger.experiment.define_metric(key, step_metric="epoch")
                 self._wandb_keys |= set(logs)
 
-    def publish(self, trainer: Trainer, owner: str) -> list[dict[str, Any]]:
-        """Write the MAE table to every sink at the end of fit; return it."""
+    def publish(self, trainer: Trainer, owner: str, figure: bool = True) -> list[dict[str, Any]]:
+        """Write the MAE table to every sink at the end of fit, and the figure where a logger keeps it and
+        ``figure`` (the budget affords it); return the table."""
         table = self.table()
         if table:
             # log_dir broadcasts, so it is read on every rank; without a logger nothing is written to disk
-            self._publish(trainer, table, owner, trainer.log_dir if trainer.loggers else None)
+            self._publish(trainer, table, owner, trainer.log_dir if trainer.loggers else None, figure)
         return table
 
     @rank_zero_only
-    def _publish(self, trainer: Trainer, table: list[dict[str, Any]], owner: str, log_dir: str | None) -> None:
+    def _publish(
+        self, trainer: Trainer, table: list[dict[str, Any]], owner: str, log_dir: str | None, allowed: bool
+    ) -> None:
         rank_zero_info(f"{owner}: mean absolute error of the predicted test loss and error\n{format_table(table)}")
-        finals = {f"{self.prefix}/{r['estimator']}/final_mae": r["mae_test_loss"] for r in table}
+        finals = {self.keys.estimator(r["estimator"], FINAL_MAE): r["mae_test_loss"] for r in table}
         # W&B draws its own chart; with any other logger the figure goes to the log dir and to the logger
         figure = None
         if not all(isinstance(logger, WandbLogger) for logger in trainer.loggers):
-            figure = self._figure(table, owner)
+            if allowed:
+                figure = self._figure(table, owner)
+            else:
+                rank_zero_info(
+                    f"{owner}: the predicted-versus-actual figure (about {FIGURE_SECONDS} s) does not fit in what the "
+                    "budget leaves of this fit's allowance, so it is not drawn; draw it with lightning_gensens."
+                    "plotting.plot_predictions(monitor.history, path, table=monitor.mae_table), or give a larger "
+                    "`budget=` (`budget=None` always draws it)."
+                )
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 self._publish_wandb(logger, table, finals)
@@ -237,12 +254,12 @@ class Report:
                 self._publish_mlflow(logger, table, figure)
         if log_dir is not None:
             os.makedirs(log_dir, exist_ok=True)
-            with open(os.path.join(log_dir, f"{self.prefix}_mae.csv"), "w", newline="") as f:
+            with open(os.path.join(log_dir, self.keys.file("mae.csv")), "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=list(table[0]))
                 writer.writeheader()
                 writer.writerows(table)
             if figure is not None:
-                figure.savefig(os.path.join(log_dir, f"{self.prefix}_predicted_vs_actual.png"), **PNG)
+                figure.savefig(os.path.join(log_dir, self.keys.file("predicted_vs_actual.png")), **PNG)
 
     def _figure(self, table: list[dict[str, Any]], owner: str) -> Figure | None:
         """The predicted-versus-actual figure; None, said in one info line, where matplotlib is not installed."""
@@ -259,16 +276,16 @@ class Report:
     ) -> None:
         """The figure as an image and the MAE table as Markdown text."""
         if figure is not None:
-            logger.experiment.add_figure(f"{self.prefix}/predicted_vs_actual", figure, step, close=False)
-        logger.experiment.add_text(f"{self.prefix}/mae_table", markdown_table(table), step)
+            logger.experiment.add_figure(self.keys(FIGURE), figure, step, close=False)
+        logger.experiment.add_text(self.keys(TABLE), markdown_table(table), step)
 
     def _publish_mlflow(self, logger: MLFlowLogger, table: list[dict[str, Any]], figure: Figure | None) -> None:
         """The figure and the MAE table (as columns) as artifacts of the run."""
         client, run_id = logger.experiment, logger.run_id
         if figure is not None:
-            client.log_figure(run_id, figure, f"{self.prefix}_predicted_vs_actual.png")
+            client.log_figure(run_id, figure, self.keys.file(f"{FIGURE}.png"))
         columns = {key: [row[key] for row in table] for key in table[0]}
-        client.log_table(run_id, data=columns, artifact_file=f"{self.prefix}_mae_table.json")
+        client.log_table(run_id, data=columns, artifact_file=self.keys.file(f"{TABLE}.json"))
 
     def _publish_wandb(self, logger: WandbLogger, table: list[dict[str, Any]], finals: Mapping[str, float]) -> None:
         """One line chart of the actual test loss, trivial's and the best few estimators' predictions; the MAE
@@ -279,67 +296,15 @@ class Report:
         run = logger.experiment
         run.log(
             {
-                f"{self.prefix}/predicted_vs_actual": wandb.plot.line_series(
+                self.keys(FIGURE): wandb.plot.line_series(
                     xs=[xs for xs, _ in series.values()],
                     ys=[ys for _, ys in series.values()],
                     keys=list(series),
                     title=f"Predicted versus {ACTUAL}: trivial and the best estimators",
                     xname="epoch",
                 ),
-                f"{self.prefix}/mae_table": wandb.Table(columns=list(table[0]), data=[list(r.values()) for r in table]),
+                self.keys(TABLE): wandb.Table(columns=list(table[0]), data=[list(r.values()) for r in table]),
             }
         )
         for key, value in finals.items():
             run.summary[key] = value
-
-
-_COLUMNS = (  # key, title, least width in the text table, format
-    ("estimator", "estimator", 34, "s"),
-    ("needs_labels", "labels", 7, "s"),
-    ("mae_test_loss", "MAE test loss", 15, ".4g"),
-    ("skill_loss", "skill loss", 12, "+.3f"),
-    ("mae_test_error", "MAE test error", 16, ".4g"),
-    ("skill_error", "skill error", 13, "+.3f"),
-    ("epochs", "runs", 6, "d"),
-    ("reliable", f"≥{MIN_SCORED} runs", 9, "s"),
-)
-
-
-def _cells(row: Mapping[str, Any]) -> list[str]:
-    """One row of the MAE table as text: labels as yes/no, NaN as —."""
-    cells = []
-    for key, _, _, spec in _COLUMNS:
-        value = row.get(key, math.nan)
-        if key in ("needs_labels", "reliable"):
-            cells.append("yes" if value else "no")
-        elif isinstance(value, float) and math.isnan(value):
-            cells.append("—")
-        else:
-            cells.append(format(value, spec))
-    return cells
-
-
-def format_table(table: list[dict[str, Any]]) -> str:
-    """The MAE table as text, one line per estimator, each column as wide as its longest cell needs; skill =
-    1 − MAE/MAE(trivial), higher is better."""
-    rows = [_cells(row) for row in table]
-    widths = [max([width, *(len(cells[i]) + 2 for cells in rows)]) for i, (_, _, width, _) in enumerate(_COLUMNS)]
-
-    def line(cells: list[str]) -> str:
-        # the estimator left-aligned, the numbers right-aligned
-        return "".join(
-            f"{text:>{width}}" if i else f"{text:<{width}}"
-            for i, (text, width) in enumerate(zip(cells, widths, strict=True))
-        )
-
-    header = line([title for _, title, _, _ in _COLUMNS])
-    return "\n".join([header, "-" * len(header), *map(line, rows)])
-
-
-def markdown_table(table: list[dict[str, Any]]) -> str:
-    """The MAE table in Markdown, as TensorBoard's text tab shows it."""
-    lines = ["| " + " | ".join(title for _, title, _, _ in _COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
-    for row in table:
-        name, *numbers = _cells(row)
-        lines.append(f"| `{name}` | " + " | ".join(numbers) + " |")
-    return "\n".join(lines)

@@ -1,11 +1,10 @@
-"""One fit's measuring: the measures defined for the model, their Metrics per split, fault isolation, the ranks'
-agreement on what to compute, and turning computed Metrics into logged values and scored predictions."""
+"""One fit's measuring: the measures defined for the model, their Metrics per split, feeding them, and fault
+isolation; the ranks' agreement and the evaluation are :class:`~lightning_gensens.callbacks.evaluation.Evaluation`'s."""
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -16,71 +15,21 @@ from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torchmetrics import Metric
 
-from lightning_gensens.callbacks.budget import TRIAL_SAMPLES, Need
-from lightning_gensens.callbacks.reporting import Report
+from lightning_gensens.callbacks.budget import Need
+from lightning_gensens.callbacks.evaluation import Evaluation
+from lightning_gensens.callbacks.slots import POOL_PROBLEMS, Agreement, Slot, label_problem, no_labels
+from lightning_gensens.callbacks.stopwatch import MEASURE, Stopwatch
 from lightning_gensens.capture import Captured, exclusive
-from lightning_gensens.measures import Measure, Reference, Requirement, Settings
+from lightning_gensens.measures import Measure, Requirement, Settings
 from lightning_gensens.measures.base import SPLITS, WEIGHTS
 from lightning_gensens.metrics.split_loss import SplitLoss
 from lightning_gensens.replay import Replay
-from lightning_gensens.utilities import evaluation_mode, synchronized_time
+from lightning_gensens.utilities import evaluation_mode
 
-POOL_PROBLEMS = {
-    "inputs": "its inputs hold NaN or Inf values, so it is not measured while they do",
-    "range": "its labels lie outside the model's classes, so its loss and error are not scored",
-    "labels": "the loss cannot score its labels (their dtype or shape does not suit the model's outputs), so its "
-    "loss and error are not scored",
-}
-"""What can be wrong with an unlabeled pool's batches, and what the monitor does about it."""
+__all__ = ["POOL_PROBLEMS", "Session", "Slot"]
 
 
-@dataclass
-class Slot:
-    """A measure during one fit: its resolved settings, its Metrics, and whether it was switched off."""
-
-    measure: Measure[Any]
-    settings: Settings
-    keys: Sequence[str]
-    """Its Metrics' keys: splits, or the weights."""
-    metrics: dict[str, Metric] = field(default_factory=dict)
-    """Created before its first run (a measure a budget never runs costs nothing)."""
-    failed: bool = False
-    cap: int | None = None
-    """Samples per split it may use this run (None: all, 0: it does not run)."""
-    seconds: float = 0.0
-    """Time it took this run."""
-    fed: dict[str, int] = field(default_factory=dict)
-    """Samples it was fed this run, per split."""
-    agreed: dict[str, int] = field(default_factory=dict)
-    """Samples every rank fed it this run, per split (the fewest of any rank), once the ranks agreed."""
-    ran: bool = False
-    """Whether some rank fed it this run (a weight-only measure: whether it runs), once the ranks agreed."""
-    error: str | None = None
-    """Why it was switched off, until that is said."""
-
-    @property
-    def runs(self) -> bool:
-        return not self.failed and self.cap != 0
-
-    def wants(self, split: str) -> bool:
-        return split in self.keys and self.runs and (self.cap is None or self.fed.get(split, 0) < self.cap)
-
-
-@dataclass
-class Agreement:
-    """One run's splits as every rank sees them once the ranks agreed (:meth:`Session.agree`)."""
-
-    seen: dict[str, int]
-    """Samples fed over all ranks, per split."""
-    labelled: dict[str, int]
-    """Labelled samples scored over all ranks, per split."""
-    problems: dict[str, set[str]]
-    """Each pool's problems on any rank (keys of :data:`POOL_PROBLEMS`)."""
-    outputs: int
-    """The model's outputs per sample; 0 where a rank saw no forward pass."""
-
-
-class Session:
+class Session(Evaluation):
     """The measures of one fit on ``net``, fed from captured forward passes split by split.
 
     Applicability is checked in eval mode, the state measuring runs in. A measure that raises while measuring is
@@ -101,7 +50,10 @@ class Session:
         explicit: bool,
         strict: bool,
         rank: int | None = None,
+        stopwatch: Stopwatch | None = None,
     ) -> None:
+        self.stopwatch = stopwatch or Stopwatch()
+        """Each step of a measure is timed in its section (``measure/<name>``)."""
         self.owner, self.net, self.defaults, self.strict, self.replay = owner, net, defaults, strict, replay
         self.explicit, self.rank = explicit, rank
         self.pools = [f"pool/{name}" for name in pools]
@@ -141,11 +93,6 @@ class Session:
                 metric.to(device)
             self._device = device
 
-    def seen(self, split: str) -> bool:
-        """Whether ``split`` was fed this run on some rank, and is measured (once the ranks agreed)."""
-        assert self._agreed is not None
-        return self._agreed.seen[split] > 0 and "inputs" not in self._agreed.problems.get(split, ())
-
     def budget_needs(self) -> dict[str, Need]:
         """Per running measure, what it would use this run (see :class:`~lightning_gensens.callbacks.budget.Need`)."""
         needs = {}
@@ -174,15 +121,9 @@ class Session:
         """Whether a measure that runs this run needs ``requirement``."""
         return any(slot.runs and slot.measure.needs(requirement) for slot in self.slots)
 
-    def measure_seconds(self) -> float:
-        """The time the measures took so far this run."""
-        return sum(slot.seconds for slot in self.slots)
-
-    def costs(self) -> tuple[dict[str, float], dict[str, int]]:
-        """This run's seconds and samples of every measure that ran (on some rank: the same keys on every rank)."""
-        ran = [slot for slot in self.slots if slot.runs and slot.ran]
-        seconds = {slot.measure.name: slot.seconds for slot in ran}
-        return seconds, {slot.measure.name: sum(slot.fed.values()) or 1 for slot in ran}
+    def ran(self) -> dict[str, int]:
+        """This run's samples of every measure that ran (on some rank: the same keys on every rank)."""
+        return {slot.measure.name: sum(slot.fed.values()) or 1 for slot in self.slots if slot.runs and slot.ran}
 
     def reset(self) -> None:
         self.example = None
@@ -190,7 +131,7 @@ class Session:
             self._sizes = dict(self._seen)
         self._seen, self._problems, self._agreed = {}, {}, None
         for slot in self.slots:
-            slot.seconds, slot.fed, slot.agreed, slot.ran = 0.0, {}, {}, False
+            slot.fed, slot.agreed, slot.ran = {}, {}, False
         self.replay.clear()
         for split_loss in self.split_loss.values():  # computed (and cached) on every rank, updated or not
             split_loss.reset()
@@ -231,7 +172,7 @@ class Session:
                     self._remember(part)
                 slot.fed[split] = slot.fed.get(split, 0) + part.logits.shape[0]
                 if slot.measure.needs(Requirement.LABELS) and record.y is None:
-                    self._guard(slot, "reading labels", _no_labels, slot.measure, split)
+                    self._guard(slot, "reading labels", no_labels, slot.measure, split)
                 with self.replay.replaying(part.call):
                     metric = slot.metrics[split]
                     self._guard(slot, f"updating on {split} data", slot.measure.update, metric, part, self.net)
@@ -250,7 +191,7 @@ class Session:
             problems.add("inputs")
             return False
         if record.y is not None and not problems:
-            problem = _label_problem(record.logits, record.y)
+            problem = label_problem(record.logits, record.y)
             if problem is None:
                 try:
                     self.split_loss[split].update(record.logits, record.y)
@@ -283,151 +224,6 @@ class Session:
             return None
         return record if taken == size else record.take(rows)
 
-    def agree(self, gather: Callable[[Tensor], Tensor] | None = None) -> None:
-        """After feeding, make this run the same on every rank before the collectives of :meth:`evaluate`, with one
-        gather (``gather``: the strategy's ``all_gather``; None in one process) of each measure's flags and samples
-        fed and each split's counts and problems. A measure that failed on any rank is switched off on all (the
-        lowest failing rank says why), one some rank was not fed on a split is not computed on it, a split is scored
-        where some rank scored labelled samples, and each pool's problems are said once per fit."""
-        local = torch.tensor(list(self._local_view()), dtype=torch.float64)
-        table = local[None] if gather is None else gather(local.to(self._device)).reshape(-1, local.numel()).cpu()
-        columns = iter(table.T)
-        for slot in self.slots:
-            failed = next(columns)
-            fed = {key: next(columns) for key in slot.keys}
-            slot.agreed = {key: int(n.min()) for key, n in fed.items()}
-            slot.ran = slot.measure.needs(Requirement.WEIGHT_ONLY) or any(bool(n.any()) for n in fed.values())
-            if bool(failed.any()):
-                if slot.error is not None and self.rank in (None, int(failed.nonzero()[0])):
-                    self._announce(slot)
-                slot.error = None
-                self._switch_off(slot)
-        seen = {split: int(next(columns).sum()) for split in self.split_loss}
-        labelled = {split: int(next(columns).sum()) for split in self.split_loss}
-        problems = {pool: {p for p in POOL_PROBLEMS if bool(next(columns).any())} for pool in self.pools}
-        outputs = next(columns)  # 0 on a rank that saw no forward pass: then nothing is evaluated
-        self._agreed = Agreement(seen, labelled, problems, int(outputs.min()) and int(outputs.max()))
-        self._say_pool_problems(self._agreed)
-
-    def _local_view(self) -> Iterator[float]:
-        """This rank's side of :meth:`agree`, in the order it reads the ranks' sides."""
-        for slot in self.slots:
-            yield float(slot.failed)
-            yield from (float(slot.fed.get(key, 0)) for key in slot.keys)
-        yield from (float(self._seen.get(split, 0)) for split in self.split_loss)
-        yield from (float(metric.count) for metric in self.split_loss.values())
-        for pool in self.pools:
-            yield from (float(p in self._problems.get(pool, ())) for p in POOL_PROBLEMS)
-        yield float(0 if self.example is None else self.example.logits[0].numel())
-
-    def _say_pool_problems(self, agreed: Agreement) -> None:
-        """One warning per pool and problem per fit."""
-        for pool in self.pools:
-            found = sorted(agreed.problems[pool]) or ([] if agreed.seen[pool] else ["empty"])
-            for problem in found:
-                if (pool, problem) in self._warned:
-                    continue
-                self._warned.add((pool, problem))
-                why = POOL_PROBLEMS.get(problem, "it yielded no samples, so there is nothing to measure")
-                rank_zero_warn(f"{self.owner}: pool {pool.removeprefix('pool/')!r}: {why}.")
-
-    def evaluate(self, prefix: str, shared_prefix: str, report: Report) -> dict[str, Tensor]:
-        """Compute every measure, log its values, and score its predictions against the actual test loss; for each
-        pool, predict its loss from the validation data where there was a validation run, else from the probe.
-        Called on every rank once they agreed (:meth:`agree`)."""
-        assert self._agreed is not None
-        if not self._agreed.outputs:
-            return {}
-        losses = {split: self._losses(split) for split in self.split_loss}
-        logs: dict[str, Tensor] = {}
-        for split, name in (("train", "train"), ("val", "test"), *((pool, f"{pool}/test") for pool in self.pools)):
-            logs[f"{shared_prefix}/{name}_loss"] = losses[split]["loss"]
-            logs[f"{shared_prefix}/{name}_error"] = losses[split]["error"]
-        logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
-        train = losses["train"]
-        if self._agreed.seen["train"] and not bool(torch.isfinite(train["loss"])) and not self._warned_unlabeled_probe:
-            self._warned_unlabeled_probe = True
-            rank_zero_warn(
-                f"{self.owner}: the training probe's batches carry no labels, so there is no train loss for the "
-                "estimators to scale: measures are logged, predicted test losses only where they need no train loss."
-            )
-        outputs = self._agreed.outputs
-        pairs = [("", "train", "val")] if self.seen("val") else []
-        reference = "val" if self.seen("val") and bool(torch.isfinite(losses["val"]["loss"])) else "train"
-        pairs += [(f"{pool}/", reference, pool) for pool in self.pools if self.seen(pool)]
-        with self.replay.replaying():
-            for group, ref, target in pairs:
-                ref_losses = Reference(losses[ref]["loss"], losses[ref]["error"], num_outputs=outputs)
-                for slot in self.slots:
-                    if not slot.runs:
-                        continue
-                    if target in slot.keys or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
-                        logs.update(
-                            self._evaluate(slot, group, ref, target, ref_losses, losses[target], prefix, report)
-                        )
-        logs.update(self._recommended(logs, prefix, shared_prefix))
-        return logs
-
-    def _recommended(self, logs: Mapping[str, Tensor], prefix: str, shared_prefix: str) -> dict[str, Tensor]:
-        """Each measured pool's ``pred_test_<kind>``: the recommended estimator's prediction, where it gave one."""
-        out = {}
-        for kind, estimator in self.recommend.items():
-            for pool in (p for p in self.pools if self.seen(p)):
-                self._pools_measured = True
-                key = f"{prefix}/{pool}/{estimator}/pred_test_{kind}"
-                if key in logs:
-                    out[f"{shared_prefix}/{pool}/pred_test_{kind}"] = logs[key]
-                    self._recommended_logged.add(kind)
-        return out
-
-    def unlogged_recommendations(self) -> dict[str, str]:
-        """The recommended estimators (per kind) that never predicted for a pool measured in this fit."""
-        if not self._pools_measured:
-            return {}
-        return {kind: e for kind, e in self.recommend.items() if kind not in self._recommended_logged}
-
-    def _evaluate(
-        self,
-        slot: Slot,
-        group: str,
-        ref: str,
-        target: str,
-        reference: Reference,
-        actual: dict[str, Tensor],
-        prefix: str,
-        report: Report,
-    ) -> dict[str, Tensor]:
-        """One measure's values (``<prefix>/<name>/…``) and its predictions for ``target`` scored as ``group+name``;
-        the measure sees ``ref`` as its ``train`` split and ``target`` as its ``val`` split."""
-        measure = slot.measure
-        if measure.needs(Requirement.WEIGHT_ONLY):
-            self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], self.example, self.net)
-            metrics = slot.metrics
-        else:
-            metrics = {"train": slot.metrics[ref], "val": slot.metrics[target]}
-            if not all(slot.agreed.get(split) for split in (ref, target)):
-                return {}  # a split some rank did not feed it (its share of samples ran out, or it has none)
-        computed = self._guard(slot, "computing", measure.compute, metrics, self.net, slot.settings)
-        if computed is None:
-            return {}
-        logs: dict[str, Tensor] = {}
-        if not group:
-            values = self._guard(slot, "reporting", measure.values, computed) or {}
-            logs = {f"{prefix}/{measure.name}/{k}": v.double() for k, v in values.items()}
-        estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
-        if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
-            estimates = {k: e for k, e in estimates.items() if e.loss is None or bool(torch.isfinite(e.loss))}
-        needs_labels = measure.needs(Requirement.LABELS)
-        scored = slot.cap is None or slot.cap > TRIAL_SAMPLES  # a timing run on a few samples is logged, not scored
-        actual_loss, actual_error = float(actual["loss"]), float(actual["error"])
-        for name, estimate in estimates.items():
-            logs.update(
-                report.score(
-                    group + name, estimate, actual_loss, actual_error, needs_labels=needs_labels, scored=scored
-                )
-            )
-        return logs
-
     def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool) -> list[Measure[Any]]:
         chosen = []
         with evaluation_mode(self.net):
@@ -457,10 +253,10 @@ class Session:
         (said once the ranks agreed, :meth:`agree`). Out of CUDA memory, the cache is emptied too."""
         if slot.failed:
             return None
-        start = synchronized_time(self._device)
         out_of_memory = False
         try:
-            return fn(*args)
+            with self.stopwatch(MEASURE + slot.measure.name):
+                return fn(*args)
         except Exception as err:
             if self.strict:
                 raise
@@ -473,7 +269,6 @@ class Session:
         finally:  # the error and its frames are gone: what they held can be freed
             if out_of_memory and torch.cuda.is_initialized():
                 torch.cuda.empty_cache()
-            slot.seconds += synchronized_time(self._device) - start
 
     def _announce(self, slot: Slot) -> None:
         """Say why ``slot`` was switched off, prefixed by this rank under DDP (any rank may be the one to say it)."""
@@ -517,29 +312,3 @@ class Session:
             raise ValueError(message)
         self._switch_off(slot)
         (rank_zero_warn if self.explicit else rank_zero_info)(message)
-
-    def _losses(self, split: str) -> dict[str, Tensor]:
-        """A split's loss and error over every rank, NaN where no rank scored a labelled sample, or a pool's
-        labels could not be scored."""
-        assert self._agreed is not None
-        metric = self.split_loss[split]
-        if self._agreed.labelled[split] and not self._agreed.problems.get(split):
-            with warnings.catch_warnings():  # a rank that scored none still syncs
-                warnings.filterwarnings("ignore", message=".*before the ``update`` method")
-                return metric.compute()
-        nan = torch.tensor(float("nan"), dtype=torch.float64, device=metric.count.device)
-        return {"loss": nan, "error": nan}
-
-
-def _label_problem(logits: Tensor, y: Tensor) -> str | None:
-    """What keeps a pool's labels from scoring class logits [B, K] (a key of :data:`POOL_PROBLEMS`), or None."""
-    if logits.ndim != 2 or logits.shape[1] < 2 or y.is_floating_point():
-        return None  # any other scoring is the loss's to refuse
-    if y.shape != logits.shape[:1] or y.dtype == torch.bool or y.is_complex():
-        return "labels"
-    low, high = torch.aminmax(y)  # an index out of range is a device-side assert on CUDA: never hand it over
-    return "range" if int(low) < 0 or int(high) >= logits.shape[1] else None
-
-
-def _no_labels(measure: Measure[Any], split: str) -> None:
-    raise ValueError(f"{measure.name} needs labels, but a {split} batch carries none.")

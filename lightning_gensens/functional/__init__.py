@@ -25,6 +25,12 @@ from lightning_gensens.functional.linf_norm import (
     log_linf_sensitivity_bound,
 )
 from lightning_gensens.functional.output_sensitivity import output_sensitivity
+from lightning_gensens.functional.perturbation import (
+    calibrated_log_sigma,
+    perturbation_curves,
+    perturbation_disagreement,
+    read_curve,
+)
 from lightning_gensens.functional.region_sensitivity import count_activation_patterns, region_sensitivity
 from lightning_gensens.functional.relative_flatness import relative_flatness
 from lightning_gensens.functional.spectral_norm import (
@@ -58,6 +64,7 @@ __all__ = [
     "aline_d",
     "atc_threshold",
     "average_confidence",
+    "calibrated_log_sigma",
     "average_thresholded_confidence",
     "class_prior",
     "cot",
@@ -81,8 +88,11 @@ __all__ = [
     "log_psi_star",
     "log_spectral_norm_product",
     "output_sensitivity",
+    "perturbation_curves",
+    "perturbation_disagreement",
     "pgd",
     "predictive_entropy",
+    "read_curve",
     "region_sensitivity",
     "relative_flatness",
     "softmax_confidence",

@@ -1,15 +1,16 @@
 """Measures as plug-ins: one module per measure, each a :class:`Measure` (not a Callback) that the monitor runs.
 
-:data:`MEASURES` maps the name of every measure the monitor runs by default to its class; :func:`register_measure`
-adds one (a measure can also be handed to the monitor as an instance without registering it).
+The built-in measures are declared once, in :data:`lightning_gensens.registry.BUILT_IN`; this package imports them
+from there and exports each under its class name. :data:`MEASURES` maps the name of every measure the monitor runs
+by default to its class; :func:`register_measure` adds one (a measure can also be handed to the monitor as an
+instance without registering it).
 """
 
 from __future__ import annotations
 
-from lightning_gensens.measures.active_node_bound import ActiveNodeBound
-from lightning_gensens.measures.agreement import AgreementOnTheLine
-from lightning_gensens.measures.atc import AverageThresholdedConfidence
-from lightning_gensens.measures.average_confidence import AverageConfidence
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from lightning_gensens.measures.base import (
     Estimate,
     LossFn,
@@ -20,40 +21,30 @@ from lightning_gensens.measures.base import (
     Settings,
     TimeRatioMeasure,
 )
-from lightning_gensens.measures.difference_of_confidences import DifferenceOfConfidences
-from lightning_gensens.measures.fisher_rao_norm import FisherRaoNorm
-from lightning_gensens.measures.input_gradient_norm import InputGradientNorm
-from lightning_gensens.measures.jacobian_norm import JacobianNorm
-from lightning_gensens.measures.linf_norm import LinfNorm
-from lightning_gensens.measures.optimal_transport import OptimalTransport
-from lightning_gensens.measures.output_sensitivity import OutputSensitivity
-from lightning_gensens.measures.region_sensitivity import RegionSensitivity
-from lightning_gensens.measures.relative_flatness import RelativeFlatness
-from lightning_gensens.measures.spectral_norm import SpectralNorm
-from lightning_gensens.measures.tangent_sensitivity import TangentSensitivity
-from lightning_gensens.measures.trivial import Trivial
+from lightning_gensens.registry import BUILT_IN
 
-MEASURES: dict[str, type[Measure]] = {
-    cls.name: cls
-    for cls in (
-        Trivial,
-        AverageConfidence,
-        DifferenceOfConfidences,
-        AverageThresholdedConfidence,
-        OptimalTransport,
-        AgreementOnTheLine,
-        LinfNorm,
-        ActiveNodeBound,
-        TangentSensitivity,
-        RegionSensitivity,
-        OutputSensitivity,
-        RelativeFlatness,
-        InputGradientNorm,
-        JacobianNorm,
-        FisherRaoNorm,
-        SpectralNorm,
-    )
-}
+
+def _load(module: str, name: str) -> type[Measure[Any]]:
+    cls = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    if not (isinstance(cls, type) and issubclass(cls, Measure)):
+        raise TypeError(f"lightning_gensens.registry names {module}.{name}, which is not a Measure subclass.")
+    return cls
+
+
+BUILT_IN_MEASURES: tuple[type[Measure[Any]], ...] = tuple(_load(module, name) for module, name in BUILT_IN)
+"""The classes of :data:`lightning_gensens.registry.BUILT_IN`, in its order."""
+globals().update({cls.__name__: cls for cls in BUILT_IN_MEASURES})
+
+if TYPE_CHECKING:
+    # the classes bound above, typed as Any (usable in annotations and as base classes)
+    def __getattr__(name: str) -> Any: ...
+
+    # inside an import cycle mypy leaves a name read through `__getattr__` unresolved (python/mypy#5345), as is
+    # `callbacks.reporting`'s import of Trivial: that one is bound statically
+    from lightning_gensens.measures.trivial import Trivial as Trivial
+
+
+MEASURES: dict[str, type[Measure[Any]]] = {cls.name: cls for cls in BUILT_IN_MEASURES}
 
 
 def register_measure(cls: type[Measure]) -> type[Measure]:
@@ -68,30 +59,16 @@ def register_measure(cls: type[Measure]) -> type[Measure]:
 
 
 __all__ = [
+    "BUILT_IN_MEASURES",
     "MEASURES",
-    "ActiveNodeBound",
-    "AgreementOnTheLine",
-    "AverageConfidence",
-    "AverageThresholdedConfidence",
-    "DifferenceOfConfidences",
     "Estimate",
-    "FisherRaoNorm",
-    "InputGradientNorm",
-    "JacobianNorm",
-    "LinfNorm",
     "LossFn",
     "Measure",
-    "OptimalTransport",
-    "OutputSensitivity",
     "PreviousValues",
-    "TimeRatioMeasure",
     "Reference",
-    "RegionSensitivity",
-    "RelativeFlatness",
     "Requirement",
     "Settings",
-    "SpectralNorm",
-    "TangentSensitivity",
-    "Trivial",
+    "TimeRatioMeasure",
     "register_measure",
+    *(cls.__name__ for cls in BUILT_IN_MEASURES),
 ]

@@ -9,7 +9,7 @@ builds its torchmetrics Metric (:meth:`Measure.make_metric`), feeds it from capt
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -20,8 +20,8 @@ from torchmetrics import Metric
 
 from lightning_gensens import estimators
 from lightning_gensens.capture import Captured
+from lightning_gensens.functional.input_gradient_norm import LossFn
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
 SPLITS = ("train", "val")
 M = TypeVar("M", bound=Metric)
 WEIGHTS = "weights"

@@ -9,6 +9,7 @@ from lightning_gensens.metrics.jacobian_norm import JacobianNorm
 from lightning_gensens.metrics.linf_norm import LinfNorm
 from lightning_gensens.metrics.logit_sample import LogitSample
 from lightning_gensens.metrics.output_sensitivity import OutputSensitivity
+from lightning_gensens.metrics.perturbation_disagreement import PerturbationDisagreement
 from lightning_gensens.metrics.prediction_sample import PredictionSample
 from lightning_gensens.metrics.region_sensitivity import RegionSensitivity
 from lightning_gensens.metrics.relative_flatness import RelativeFlatness
@@ -25,6 +26,7 @@ __all__ = [
     "LinfNorm",
     "LogitSample",
     "OutputSensitivity",
+    "PerturbationDisagreement",
     "PredictionSample",
     "RegionSensitivity",
     "RelativeFlatness",

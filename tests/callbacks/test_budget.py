@@ -1,9 +1,11 @@
-"""The compute budget: measuring stays within a fraction of training time, cheap measures run nearly every time,
-an expensive one less often or on fewer samples; ``budget=None`` runs everything. Tested on the mechanism (a fake
-clock, an artificially slow measure), never on wall-clock thresholds."""
+"""The compute budget: measuring stays within a fraction of training time, the riders run every time, the others at
+evenly spaced runs that timing noise does not move, an expensive one less often or on fewer samples;
+``budget=None`` runs everything. Tested on the mechanism (a fake clock, an artificially slow measure), never on
+wall-clock thresholds."""
 
 import logging
 import math
+import random
 
 import lightning as L
 import pytest
@@ -31,6 +33,91 @@ def _needs(**relative_costs: float) -> dict[str, Need]:
     }
 
 
+def _simulate(
+    budget: Budget,
+    needs: dict[str, Need],
+    costs: dict[str, float],
+    runs: int,
+    jitter: float = 0.0,
+    seed: int = 0,
+    caps: dict[str, list[int | None]] | None = None,
+) -> dict[str, list[int]]:
+    """A fit of ``runs`` measuring runs on a fake clock: 1 s of training before each; a measure's run costs
+    ``costs[name]`` on all its samples (proportionally fewer on a share), the probe 1 ms per 256 samples, the run's
+    own work 1 ms; every timing off by a seeded random factor within ±``jitter``. The runs (1, 2, …) each measure
+    ran at; its samples per split at each in ``caps``."""
+    rng = random.Random(seed)
+
+    def noisy(seconds: float) -> float:
+        return seconds * rng.uniform(1 - jitter, 1 + jitter)
+
+    clock = FakeClock()
+    budget.clock = clock
+    budget.fit_start()
+    budget.expect(runs)
+    ran: dict[str, list[int]] = {name: [] for name in needs}
+    for index in range(1, runs + 1):
+        clock.now += noisy(1.0)
+        plan = budget.plan(needs)
+        probe = budget.probe_batches([256] * 8) * 256
+        seconds, samples = {}, {}
+        for name, cap in plan.items():
+            if cap != 0:
+                ran[name].append(index)
+                if caps is not None:
+                    caps.setdefault(name, []).append(cap)
+                need = needs[name]
+                samples[name] = need.samples if cap is None else cap * need.splits
+                seconds[name] = noisy(costs[name] * samples[name] / need.samples)
+        probe_seconds = noisy(0.001 * probe / 256)
+        budget.probe_timed(probe_seconds, probe)
+        if budget.call is None:
+            budget.call_timed(noisy(0.001))
+        total = sum(seconds.values()) + probe_seconds + noisy(0.001)
+        clock.now += total
+        budget.record(seconds, samples, total, probe=probe_seconds)
+    return ran
+
+
+COSTS = {"cheap": 0.001, "weights": 0.001, "medium": 0.057, "slow": 0.146}
+"""Per run allowed 80 ms (10% of 1 s, 80% planned), 20 ms a measure: medium costs 2.8 shares (every 4th run), slow
+5.7 of what medium leaves it (every 8th)."""
+
+
+def test_the_others_run_at_evenly_spaced_runs_and_the_riders_at_every_run():
+    ran = _simulate(Budget(0.1), _needs(cheap=1, weights=1, medium=10, slow=20), COSTS, runs=32)
+    assert ran["cheap"] == ran["weights"] == list(range(1, 33))
+    # the first run times the unit of the guesses; the second is each measure's timing run on a few samples
+    assert ran["medium"] == [2, *range(4, 33, 4)]
+    assert ran["slow"] == [2, *range(8, 33, 8)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_timing_noise_of_20_percent_moves_no_run(seed):
+    needs = _needs(cheap=1, weights=1, medium=10, slow=20)
+    exact = _simulate(Budget(0.1), needs, COSTS, runs=32)
+    assert _simulate(Budget(0.1), needs, COSTS, runs=32, jitter=0.2, seed=seed) == exact
+
+
+def test_in_a_fit_of_known_length_the_runs_are_counted_back_from_the_last_and_the_total_stays_within_budget():
+    budget = Budget(0.1)
+    ran = _simulate(budget, _needs(cheap=1, weights=1, medium=10, slow=20), COSTS, runs=38)
+    assert ran["medium"] == [2, *range(6, 39, 4)] and ran["slow"] == [2, 14, 22, 30, 38]  # 38: the last run
+    assert budget.overhead() <= 0.1
+    unknown = Budget(0.1)
+    unknown.expect = lambda runs: None  # the Trainer cannot tell (validation by time, an endless loader)
+    ran = _simulate(unknown, _needs(cheap=1, weights=1, medium=10, slow=20), COSTS, runs=38)
+    assert ran["medium"] == [2, *range(4, 37, 4)] and ran["slow"] == [2, 8, 16, 24, 32]
+
+
+def test_a_measure_too_slow_for_four_runs_in_the_fit_runs_four_times_on_a_power_of_two_share_of_its_samples():
+    budget = Budget(0.1)
+    caps: dict[str, list[int | None]] = {}
+    ran = _simulate(budget, _needs(cheap=1, medium=10), {"cheap": 0.001, "medium": 0.6}, runs=16, caps=caps)
+    assert ran["medium"] == [2, 4, 8, 12, 16]  # 16 shares of 40 ms would cover it: every 4th run instead
+    assert caps["medium"] == [TRIAL_SAMPLES] + [500 // 4] * 4 and 500 // 4 >= MIN_SAMPLES  # on a quarter
+
+
 def test_cost_model_is_proportional_from_one_size_then_affine_through_the_smallest_and_largest():
     cost = Cost()
     cost.add(0.32, 32)
@@ -41,60 +128,62 @@ def test_cost_model_is_proportional_from_one_size_then_affine_through_the_smalle
     assert cost.samples_for(cost.estimate(300)) == 300
     cost.add(0.4, 64)  # only the smallest and the largest sizes are kept
     assert sorted(cost.timed) == [32, 128] and cost.runs == 3 and cost.seconds == pytest.approx(1.22)
+    cost.add(0.5, 128)
+    cost.add(5.0, 128)  # one slow run: the median of the last three at a size counts
+    assert cost.estimate(128) == pytest.approx(0.5)
 
 
 def test_first_runs_start_with_the_cheapest_and_time_an_expensive_one_when_its_share_covers_a_guess():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
-    budget.fit_start(setup=0.01)
+    budget.fit_start()
     needs = _needs(cheap=1, weights=1, slow=10)
-    clock.now = 1.0  # before the probe is timed only those guessed at one forward call start, on everything
+    clock.now = 1.0  # before the unit is timed only those guessed at one forward call start, on everything
     assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": 0}
     assert budget.probe_batches([256] * 8) == 1  # the probe's first MIN_PROBE samples
     budget.probe_timed(0.01, 256)
     budget.call_timed(0.01)
-    budget.record({"cheap": 0.01, "weights": 0.005}, {"cheap": 2000, "weights": 1}, 0.05)
-    assert budget.base == pytest.approx(0.035)
-    clock.now += 0.05 + 29.0  # 30 s of training: 3 s allowed, 1 s each
-    plan = budget.plan(needs)
-    assert plan == {"cheap": None, "weights": None, "slow": TRIAL_SAMPLES}  # slow's guess 10 x 10 ms fits its share
+    budget.record({"cheap": 0.01, "weights": 0.005}, {"cheap": 2000, "weights": 1}, 0.05, probe=0.01)
+    assert budget.own == pytest.approx(0.025)
+    clock.now += 0.05 + 29.0  # 30 s of training over 2 runs: 1.2 s a run planned, 0.4 s for each measure
+    assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": TRIAL_SAMPLES}  # its guess: 10 x 10 ms
     assert budget.guesses["slow"] == pytest.approx(0.1)
-    budget.record({"cheap": 0.01, "weights": 0.005, "slow": 0.16}, {"cheap": 2000, "weights": 1, "slow": 32}, 0.2)
-    clock.now += 0.2 + 10.0  # 40 s: slow has 4/3 - 0.16 s left, a full run would take 5 s: a share of its samples
-    per_split = budget.plan(needs)["slow"]
-    assert per_split is not None and MIN_SAMPLES <= per_split < 500
 
 
-def test_the_riders_run_at_every_run_and_what_their_pool_leaves_pays_for_more_of_the_probe():
+def test_the_riders_run_at_every_run_and_what_their_shares_leave_pays_for_more_of_the_probe():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
     budget.fit_start()
     needs = _needs(cheap=1, weights=1, slow=10)
     clock.now = 1.0
+    budget.plan(needs)
     budget.probe_timed(0.01, 256)
     budget.call_timed(0.01)
-    budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1)  # 80 ms of own work
-    clock.now += 0.1 + 0.5  # 1.5 s of training allow 150 ms, 80% planned; 100 ms spent: the pool is overdrawn
+    budget.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1, probe=0.01)
+    clock.now += 0.1 + 0.5  # 1.5 s of training over 2 runs allow 60 ms a run: less than the riders cost
     assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": 0}  # the riders run all the same
     assert budget.probe_batches([256] * 8) == 1  # on the probe's first MIN_PROBE samples
     assert budget.overhead() == pytest.approx(0.1 / 1.5)  # what they cost is said, not hidden
-    clock.now += 100.0  # the pool leaves enough for the whole probe
-    assert budget.plan(needs) == {"cheap": None, "weights": None, "slow": TRIAL_SAMPLES}
-    assert budget.probe_batches([256] * 8) == 8
+    clock.now += 300.0  # their shares would leave enough for the whole probe, but its size is the fit's
+    assert budget.plan(needs)["cheap"] is None and budget.probe_batches([256] * 8) == 1
+    roomy = Budget(0.1, clock=clock)
+    roomy.fit_start()
+    clock.now += 300.0
+    roomy.plan(needs)
+    roomy.probe_timed(0.01, 256)
+    roomy.record({"cheap": 0.01, "weights": 0.01}, {"cheap": 2000, "weights": 1}, 0.1, probe=0.01)
+    clock.now += 300.0
+    roomy.plan(needs)  # at the second run the riders' shares leave enough for the whole probe: for the fit
+    assert roomy.probe_batches([256] * 8) == 8
 
 
-def test_without_cheap_measures_the_first_that_runs_pays_the_monitors_own_work():
+def test_without_riders_the_cheapest_starts_and_budget_none_runs_everything():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
     budget.fit_start()
     needs = _needs(slow=50, slower=100)
-    clock.now = 1.0  # no unit for the guesses yet: the cheapest starts, so that the probe gets timed
+    clock.now = 1.0  # no unit for the guesses yet: the cheapest starts, so that the unit gets timed
     assert budget.plan(needs) == {"slow": TRIAL_SAMPLES, "slower": 0}
-    budget.probe_timed(0.01, 256)
-    budget.call_timed(0.01)
-    budget.record({"slow": 0.1}, {"slow": 32}, 0.2)  # 100 ms of own work
-    clock.now += 0.2 + 19.0  # 2 s allowed, 1 s each: slower's guess (1 s) and the run's own work do not fit
-    assert budget.plan(needs)["slower"] == 0
     assert Budget(None).plan(needs) == dict.fromkeys(needs)
     assert Budget(None).probe_batches([256] * 8) == 8
     with pytest.raises(ValueError, match="budget"):
@@ -102,10 +191,9 @@ def test_without_cheap_measures_the_first_that_runs_pays_the_monitors_own_work()
 
 
 class Slow(Measure):
-    """A measure that takes 20 ms per batch (of a fake clock advanced by the measure itself)."""
+    """A measure that takes 0.5 s of the fake clock per batch it sees."""
 
     name = "slow"
-    clock = FakeClock()
 
     def make_metric(self, net, settings):
         return MeanMetric()
@@ -118,14 +206,14 @@ class Slow(Measure):
 
 
 def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tmp_path, digits, monkeypatch):
-    """On a clock where each training step takes 1 s and each batch the slow measure sees 0.5 s."""
+    """On the budget's clock (the monitor's one stopwatch), where each training step takes 1 s and each batch the slow
+    measure sees 0.5 s; nothing patches the global clock."""
     import time
 
-    real = time.perf_counter
     extra = {"seconds": 0.0}
 
     def clock():
-        return real() + extra["seconds"]
+        return time.perf_counter() + extra["seconds"]
 
     class Steps(L.Callback):
         def on_train_batch_end(self, *args):
@@ -137,7 +225,6 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
         extra["seconds"] += 0.5
         original_update(self, metric, record, net)
 
-    monkeypatch.setattr(time, "perf_counter", clock)
     monkeypatch.setattr(Slow, "update", slow_update)
     monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "fisher_rao_norm"], probe_size=300, budget=0.1)
     monitor.budget.clock = clock
@@ -151,13 +238,15 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
     assert seconds["slow"] <= 0.1 * training / 3 + 0.5 * 2 * 64 / 16  # its share, overdrawn by one run at most
     assert all(math.isfinite(row["gensens/overhead"]) for row in monitor.history)
     assert monitor.history[-1]["gensens/overhead"] <= 0.1
+    assert monitor.budget.closing is not None and monitor.budget.closing <= 0.1
 
 
 def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digits):
     monitor = GeneralizationMonitor(measures=["output_sensitivity", "jacobian_norm"], probe_size=300, budget=None)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
     trainer.fit(make_model(digits), digits)
-    assert {row["measure"]: row["runs"] for row in monitor.cost_table} == {"output_sensitivity": 3, "jacobian_norm": 3}
+    measures = {row["measure"]: row["runs"] for row in monitor.cost_table if not row["measure"].startswith("monitor:")}
+    assert measures == {"output_sensitivity": 3, "jacobian_norm": 3}
     assert all("gensens/jacobian_norm/seconds" in row for row in monitor.history)
 
 
@@ -173,5 +262,53 @@ def test_a_short_fit_names_what_it_never_afforded_and_builds_no_metric_for_it(tm
     (line,) = [r.getMessage() for r in caplog.records if "validation runs" in r.getMessage()]
     assert "within budget=0.1 it measured 3 of 3 validation runs; of the measures, " in line  # the riders: each
     assert "never ran: " in line and "relative_flatness (guessed" in line.split("never ran")[1]
-    once = [row["measure"] for row in monitor.cost_table if row["runs"] == 1]
+    once = [row["measure"] for row in monitor.cost_table if row["runs"] == 1 and row["measure"] in slots]
     assert all(f"{name} (" in line.split("never ran")[0] for name in once)  # "ran once (a first, timing run)"
+
+
+class JitteredClock:
+    """A fit's clock for the budget: every reading advances it 0.1 ms and each training step 30 ms, each off by a
+    seeded random factor within ±20%. The monitor's work costs what it does (its readings), deterministically, and
+    clocks of two seeds are two machines' timing noise."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng, self.now = random.Random(seed), 0.0
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds * self.rng.uniform(0.8, 1.2)
+
+    def __call__(self) -> float:
+        self.advance(1e-4)
+        return self.now
+
+
+class _Steps(L.Callback):
+    def __init__(self, clock: JitteredClock) -> None:
+        self.clock = clock
+
+    def on_train_batch_end(self, *args):
+        self.clock.advance(0.03)
+
+
+def test_identical_seeded_fits_under_different_timing_noise_agree_in_sign_for_every_reliable_estimator(
+    tmp_path, digits
+):
+    """The default monitor (budget=0.1) on two clocks of different noise: the same runs, so every estimator with at
+    least 3 scored runs in both MAE tables has the same sign of skill in both."""
+    tables, runs = [], []
+    for seed in (1, 2):
+        clock = JitteredClock(seed)
+        monitor = GeneralizationMonitor()
+        monitor.budget.clock = clock
+        make_trainer(tmp_path / str(seed), [monitor, _Steps(clock)], max_epochs=10).fit(make_model(digits), digits)
+        tables.append({row["estimator"]: row for row in monitor.mae_table})
+        runs.append([sorted(key for key in row if key.endswith("/pred_test_loss")) for row in monitor.history])
+    first, second = tables
+    reliable = [name for name, row in first.items() if row["reliable"] and second[name]["reliable"]]
+    spread = [name for name in reliable if first[name]["epochs"] < len(runs[0])]  # not riders: measured at some runs
+    assert len(reliable) >= 10 and spread
+    for name in reliable:
+        for kind in ("loss", "error"):
+            a, b = first[name][f"skill_{kind}"], second[name][f"skill_{kind}"]
+            assert (a > 0, a < 0, math.isnan(a)) == (b > 0, b < 0, math.isnan(b)), (name, kind, a, b)
+    assert runs[0] == runs[1]  # which estimator logged at which run

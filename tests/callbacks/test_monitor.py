@@ -12,11 +12,83 @@ from lightning_gensens import GeneralizationMonitor, OutputSensitivity
 from lightning_gensens.callbacks.budget import Budget
 from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.data import ArrayDataModule
-from lightning_gensens.measures import MEASURES, Estimate, Measure
+from lightning_gensens.measures import MEASURES, Estimate, JacobianNorm, Measure
 from lightning_gensens.models import Classifier, small_cnn
 from tests.callbacks.conftest import make_model, make_trainer
 
-SPLIT_KEYS = ("train", "val", "pred_test_loss", "mae")
+SPLITS = ("train", "val")
+DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
+    # measure: (its values under gensens/<measure>/, its estimators of the test loss, of the test error)
+    "trivial": (SPLITS, ("trivial",), ("trivial",)),
+    "average_confidence": (
+        (*SPLITS, "train_entropy", "val_entropy"),
+        ("average_confidence",),
+        ("average_confidence",),
+    ),
+    "difference_of_confidences": (
+        (*SPLITS, "train_entropy", "val_entropy"),
+        ("difference_of_confidences",),
+        ("difference_of_confidences",),
+    ),
+    "atc": (SPLITS, ("atc",), ("atc",)),
+    "optimal_transport": (
+        ("temperature",),
+        ("transport_loss", "transport_loss_ratio_em", "doe_ts"),
+        ("cot", "cot_em", "cott"),
+    ),
+    "aline": ((), (), ("aline",)),  # from the third run on
+    "linf_norm": ((*SPLITS, "log_prod"), ("linf_norm", "linf_lognorm"), ("linf_norm", "linf_lognorm")),
+    "active_node_bound": (
+        (*SPLITS, "train_mean_active", "val_mean_active"),
+        ("active_node_bound",),
+        ("active_node_bound",),
+    ),
+    "tangent_sensitivity": (SPLITS, ("tangent_sensitivity",), ("tangent_sensitivity",)),
+    "region_sensitivity": (
+        (*SPLITS, "train_patterns", "val_patterns"),
+        ("region_sensitivity",),
+        ("region_sensitivity",),
+    ),
+    "output_sensitivity": (
+        SPLITS,
+        ("output_sensitivity", "output_sensitivity_label_free"),
+        ("output_sensitivity",),
+    ),
+    "relative_flatness": (
+        (*SPLITS, "train_kappa_max", "val_kappa_max"),
+        ("relative_flatness",),
+        ("relative_flatness",),
+    ),
+    "input_gradient_norm": (
+        (*SPLITS, "train_q2", "val_q2"),
+        ("input_gradient_norm", "input_gradient_norm_q2"),
+        ("input_gradient_norm", "input_gradient_norm_q2"),
+    ),
+    "jacobian_norm": (SPLITS, ("jacobian_norm",), ("jacobian_norm",)),
+    "fisher_rao_norm": (SPLITS, ("fisher_rao_norm",), ("fisher_rao_norm",)),
+    "spectral_norm": (SPLITS, ("spectral_norm",), ("spectral_norm",)),
+    "perturbation_disagreement": ((), ("perturbation_disagreement",), ("perturbation_disagreement",)),
+}
+"""What each built-in measure logs on a labelled classifier, written out here rather than read from the monitor."""
+SHARED = ("train_loss", "test_loss", "train_error", "test_error", "overhead")
+
+
+def _expected_keys(monitor: GeneralizationMonitor) -> set[str]:
+    """Every key the monitor's configuration (its measures, not the ones still running) logs at the end of a fit
+    of three or more measured runs of a labelled classifier."""
+    names = [m.name for m in monitor.measures]
+    assert set(names) <= set(DECLARED), f"declare what {sorted(set(names) - set(DECLARED))} log in DECLARED"
+    keys = {f"gensens/{key}" for key in SHARED}
+    for name in names:
+        values, loss, error = DECLARED[name]
+        keys |= {f"gensens/{name}/{value}" for value in (*values, "seconds")}
+        keys |= {f"gensens/{e}/{key}" for e in loss for key in ("pred_test_loss", "mae")}
+        keys |= {f"gensens/{e}/pred_test_error" for e in error}
+    return keys
+
+
+def _estimators(monitor: GeneralizationMonitor) -> set[str]:
+    return {e for m in monitor.measures for e in (*DECLARED[m.name][1], *DECLARED[m.name][2])}
 
 
 def _logged(tmp_path) -> list[dict[str, str]]:
@@ -27,36 +99,19 @@ def _logged(tmp_path) -> list[dict[str, str]]:
 
 def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, probe_size=300)
+    assert [m.name for m in monitor.measures] == list(MEASURES)  # the default: every registered measure
     trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
     trainer.fit(make_model(digits), digits)
     metrics = trainer.callback_metrics
-    expected = ["gensens/train_loss", "gensens/test_loss", "gensens/train_error", "gensens/test_error"]
-    for m in monitor.active_measures:
-        estimator_names = {
-            "linf_norm": ["linf_norm", "linf_lognorm"],
-            "spectral_norm": ["spectral_norm"],
-            "output_sensitivity": ["output_sensitivity", "output_sensitivity_label_free"],
-            "optimal_transport": [
-                "transport_loss",
-                "transport_loss_ratio_em",
-                "doe_ts",
-            ],
-            "aline": [],  # error only
-        }
-        values = {"optimal_transport": ["temperature"], "aline": []}.get(m.name, ["train", "val"])
-        expected += [f"gensens/{m.name}/{value}" for value in values]
-        for est in estimator_names.get(m.name, [m.name]):
-            expected += [f"gensens/{est}/pred_test_loss", f"gensens/{est}/mae"]
-    expected += ["gensens/linf_norm/pred_test_error", "gensens/output_sensitivity/pred_test_error"]
-    expected += ["gensens/cot/pred_test_error", "gensens/cott/pred_test_error", "gensens/aline/pred_test_error"]
+    expected = _expected_keys(monitor)  # a measure switched off by an error leaves its keys missing
+    assert not expected - set(metrics), sorted(expected - set(metrics))
     for key in expected:
-        assert key in metrics, key
         assert math.isfinite(float(metrics[key])), key
+    assert {row["estimator"] for row in monitor.mae_table} == _estimators(monitor)
     rows = _logged(tmp_path)
     assert sum(1 for r in rows if r.get("gensens/test_loss")) == 3  # one point per validation epoch
     assert sum(1 for r in rows if r.get("gensens/linf_norm/pred_test_loss")) == 2  # none at the first epoch
     table = {r["estimator"]: r for r in monitor.mae_table}
-    assert {"linf_norm", "linf_lognorm", "output_sensitivity", "spectral_norm"} <= set(table)
     assert table["linf_norm"]["epochs"] == 2 and table["output_sensitivity"]["epochs"] == 3
     (csv_path,) = tmp_path.glob("lightning_logs/version_*/gensens_mae.csv")
     assert "output_sensitivity_label_free" in csv_path.read_text()
@@ -68,6 +123,23 @@ def test_fit_logs_every_key_with_finite_values_and_the_mae_table(tmp_path, digit
         ]
         expected = sum(abs(p - a) for p, a in pairs) / len(pairs)
         assert math.isclose(table[est]["mae_test_loss"], expected, rel_tol=1e-6), est
+
+
+def test_a_measure_switched_off_by_an_error_leaves_expected_keys_missing(tmp_path, digits):
+    """The key check above fails when a measure raises: its keys come from the configuration."""
+
+    class Failing(JacobianNorm):
+        def update(self, metric, record, net):
+            raise RuntimeError("boom")
+
+    monitor = GeneralizationMonitor(budget=None, measures=[Failing(), "trivial"], probe_size=50)
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_train_batches=2)
+    with pytest.warns(UserWarning, match="jacobian_norm raised RuntimeError.*switched off"):
+        trainer.fit(make_model(digits), digits)
+    missing = _expected_keys(monitor) - set(trainer.callback_metrics)
+    assert {"gensens/jacobian_norm/val", "gensens/jacobian_norm/pred_test_loss"} <= missing
+    assert not {key for key in missing if "trivial" in key}
+    assert [m.name for m in monitor.active_measures] == ["trivial"]  # what the old check would have expected
 
 
 def test_actual_losses_match_a_direct_evaluation(tmp_path, digits):

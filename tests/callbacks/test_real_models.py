@@ -1,5 +1,8 @@
 """Real models end to end with the default monitor: each fit completes, the measures defined for the model log
-finite values, the others are skipped with a reason, and the actual test loss is the user's own validation loss."""
+finite values, the others are skipped with a reason, and the actual test loss is the user's own validation loss.
+Where a model brings its own difficulty the values are checked: a ReLU module applied several times is recorded at
+each call, a compiled module measures as the uncompiled one, output sensitivity vanishes as σ → 0 through a
+replayed masked call."""
 
 import math
 
@@ -7,9 +10,12 @@ import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
+from torchmetrics import SumMetric
 
 from lightning_gensens import GeneralizationMonitor
+from lightning_gensens import OutputSensitivity as OutputSensitivityCallback
 from lightning_gensens.data import ArrayDataModule
+from lightning_gensens.measures import Measure, OutputSensitivity, Requirement
 from lightning_gensens.models import Classifier, ResidualNet, mlp
 from tests.callbacks.conftest import make_model, make_trainer
 from tests.callbacks.real_models import Regressor, TinyBert
@@ -40,20 +46,27 @@ def test_tiny_bert_from_a_config(tmp_path, caplog):
 
 
 def test_token_measures_act_on_the_embedding_output_with_the_attention_mask(tmp_path):
-    """Output sensitivity at σ → 0 vanishes, and the replayed call keeps the mask: the probe's loss equals a direct
-    evaluation with the masks."""
+    """Output sensitivity vanishes as σ → 0 (like σ², the captured clean logits and the replayed noisy call agree
+    on the mask), and the replayed call keeps the mask: the probe's loss equals a direct evaluation with the
+    masks."""
     pytest.importorskip("transformers")
     monitor = GeneralizationMonitor(
-        budget=None, measures=["output_sensitivity", "jacobian_norm"], probe_size=96, strict=True
+        budget=None, measures=[OutputSensitivity(sigma=1e-4), "jacobian_norm"], probe_size=96, strict=True
     )
+    wider = OutputSensitivityCallback(sigma=1e-2, probe_size=96, budget=None, strict=True, prefix="wider")
     model = TinyBert()
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
+    trainer = make_trainer(tmp_path, [monitor, wider], max_epochs=1)
     trainer.fit(model)
+    logged = trainer.callback_metrics
+    for split in ("train", "val"):
+        small = float(logged[f"gensens/output_sensitivity/{split}"])
+        large = float(logged[f"wider/output_sensitivity/{split}"])
+        assert large > 0 and small / large == pytest.approx(1e-4, rel=0.1)  # S ∝ σ²: σ 100× smaller
     data = model.train_dataloader().dataset
     model.eval()
     with torch.no_grad():
         out = model(input_ids=data.ids, attention_mask=data.mask, labels=data.labels)
-    assert math.isclose(float(trainer.callback_metrics["gensens/train_loss"]), float(out.loss), rel_tol=1e-5)
+    assert math.isclose(float(logged["gensens/train_loss"]), float(out.loss), rel_tol=1e-5)
 
 
 def test_resnet_with_a_reused_inplace_relu(tmp_path, caplog):
@@ -69,6 +82,70 @@ def test_resnet_with_a_reused_inplace_relu(tmp_path, caplog):
     assert {"tangent_sensitivity", "region_sensitivity"} <= _skips(caplog)  # no closed form for conv nets
 
 
+class _Preactivations(Measure):
+    """Keeps what each captured forward pass brought: its input and its ReLU pre-activations."""
+
+    name = "preactivations"
+    requires = Requirement.PREACTIVATIONS | Requirement.RELU
+    relative_cost = 1.0
+
+    def __init__(self):
+        super().__init__()
+        self.records = []
+
+    def make_metric(self, net, settings):
+        return SumMetric()
+
+    def update(self, metric, record, net):
+        self.records.append((record.x, [h.clone() for h in record.preacts]))
+        metric.update(float(len(record.preacts)))
+
+    def estimate(self, computed, reference):
+        return {}
+
+
+def _relu_inputs(net, x):
+    """The input of every call of every nn.ReLU module of ``net`` in a forward pass of ``x``, in call order."""
+    seen = []
+    handles = [
+        m.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+        for m in net.modules()
+        if isinstance(m, torch.nn.ReLU)
+    ]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return seen
+
+
+def test_a_reused_inplace_relu_is_recorded_at_each_call(tmp_path):
+    """ResidualNet applies its one nn.ReLU(inplace=True) three times: each call's pre-activation is recorded,
+    before the in-place ReLU overwrites it, and the active-node counts sum over all three."""
+    images = ArrayDataModule("digits", image=True)
+    L.seed_everything(0, verbose=False)
+    net = ResidualNet().eval()
+    spy = _Preactivations()
+    monitor = GeneralizationMonitor(
+        budget=None, measures=[spy, "active_node_bound"], probe=images.train_dataloader(), probe_size=64, strict=True
+    )
+    (logged,) = make_trainer(tmp_path, [monitor]).validate(Classifier(net), images.val_dataloader())
+    assert spy.records
+    for x, preacts in spy.records:  # the probe's and the validation batches
+        direct = _relu_inputs(net, x)
+        assert len(direct) == 3  # the forward calls the one ReLU three times
+        assert len(preacts) == len(direct)
+        for recorded, called in zip(preacts, direct, strict=True):
+            assert torch.equal(recorded, called)
+            assert (recorded < 0).any()  # the input, not the in-place output
+    val = [sum((h.flatten(1) > 0).sum(1) for h in _relu_inputs(net, x)) for x, _ in images.val_dataloader()]
+    mean_active = float(torch.cat(val).double().mean())
+    assert float(logged["gensens/active_node_bound/val_mean_active"]) == pytest.approx(mean_active, rel=1e-9)
+    assert float(logged["gensens/preactivations/val"]) == 3 * len(images.val_dataloader())
+
+
 def test_lightnings_boring_model(tmp_path, caplog):
     """One layer, unlabeled tensor batches, its own loss: label-free measures run, the others are skipped."""
     caplog.set_level("INFO")
@@ -82,20 +159,52 @@ def test_lightnings_boring_model(tmp_path, caplog):
     assert {"input_gradient_norm", "relative_flatness", "active_node_bound", "tangent_sensitivity"} <= _skips(caplog)
 
 
-def test_a_compiled_module_is_measured_through_its_original_module(tmp_path, digits):
+COMPILED_MEASURES = ["trivial", "output_sensitivity", "input_gradient_norm", "relative_flatness", "active_node_bound"]
+"""Captured logits, double backward through ``_orig_mod``, Hessian-vector products, ReLU hooks inside the module."""
+
+
+def _measured(tmp_path, digits, backend: str | None) -> dict[str, float]:
+    """Every value a one-epoch fit logs (but its timings), the MLP compiled with ``backend`` or not at all."""
     model = make_model(digits)
-    model.net = torch.compile(model.net)
-    monitor = GeneralizationMonitor(
-        budget=None,
-        measures=["input_gradient_norm", "relative_flatness", "output_sensitivity"],
-        probe_size=100,
-        module="net",
-        strict=True,
-    )
+    if backend is not None:
+        torch._dynamo.reset()
+        model.net = torch.compile(model.net, backend=backend)
+    monitor = GeneralizationMonitor(budget=None, measures=COMPILED_MEASURES, probe_size=100, module="net", strict=True)
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
     trainer.fit(model, digits)
-    for name in ("input_gradient_norm", "relative_flatness", "output_sensitivity"):
-        assert _finite(trainer.callback_metrics, f"gensens/{name}/pred_test_loss"), name
+    return {
+        key: float(value)
+        for key, value in trainer.callback_metrics.items()
+        if key.startswith("gensens/") and not key.endswith(("/seconds", "/overhead"))
+    }
+
+
+@pytest.fixture(scope="module")
+def uncompiled(tmp_path_factory, digits) -> dict[str, float]:
+    return _measured(tmp_path_factory.mktemp("uncompiled"), digits, None)
+
+
+def _compiles(backend: str) -> bool:
+    try:
+        torch._dynamo.reset()
+        torch.compile(torch.nn.Linear(2, 2), backend=backend)(torch.zeros(1, 2))
+    except Exception:  # no C++ compiler for inductor, or no torch.compile on this platform
+        return False
+    return True
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_a_compiled_module_is_measured_as_the_uncompiled_one(tmp_path, digits, uncompiled, backend):
+    """Measured through its original module (``_orig_mod``), a compiled MLP gives the values of the uncompiled one;
+    only the validation logits come from the compiled forward, equal up to float rounding."""
+    if not _compiles(backend):
+        pytest.skip(f"torch.compile(backend={backend!r}) does not work here")
+    compiled = _measured(tmp_path, digits, backend)
+    assert compiled.keys() == uncompiled.keys()
+    for name in COMPILED_MEASURES:
+        assert any(key.startswith(f"gensens/{name}/") for key in compiled), name
+    for key, value in uncompiled.items():
+        assert compiled[key] == pytest.approx(value, rel=1e-4, abs=1e-7), key
 
 
 def test_regression_needs_its_loss_and_skips_the_classification_measures(tmp_path, caplog):

@@ -296,3 +296,23 @@ def test_figure_has_a_panel_per_pool():
         ["actual loss (labels held back)", "trivial (= reference loss)", "recommended estimator"],
         ["trivial (= reference loss)"],
     ]
+
+
+def test_under_a_budget_the_figure_is_drawn_only_where_the_allowance_left_covers_it_and_everything_is_counted(
+    tmp_path, digits, caplog
+):
+    import logging
+
+    monitor = GeneralizationMonitor(probe_size=256)  # the default budget: a 2-epoch fit leaves no 0.3 s
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
+    assert not list(tmp_path.rglob("*.png")) and list(tmp_path.rglob("gensens_mae.csv"))
+    (said,) = [r.getMessage() for r in caplog.records if "predicted-versus-actual figure" in r.getMessage()]
+    assert "plot_predictions(monitor.history" in said and "budget=None" in said
+    sections = {row["measure"] for row in monitor.cost_table if row["measure"].startswith("monitor: ")}
+    assert {"monitor: setup", "monitor: report", "monitor: probe", "monitor: logging"} <= sections
+    total = sum(row["seconds"] for row in monitor.cost_table)
+    assert total == pytest.approx(monitor.budget.measuring)  # the table adds up to the budget's account
+    assert monitor.budget.closing == pytest.approx(  # the fit's final overhead: everything, over the training time
+        monitor.budget.measuring / monitor.budget.training_time(), rel=0.2
+    )

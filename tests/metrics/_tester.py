@@ -158,6 +158,12 @@ CASES: dict[str, Case] = {
             seeded=True,
         ),
         Case(
+            "PerturbationDisagreement",
+            lambda r, **kw: metrics.PerturbationDisagreement(sigmas=(0.1, 1.0, 3.0), draws=2, seed=3, **kw),
+            _relu_net,
+            lambda m, b: (m, b[0], _no_grad_logits(m, b[0])),
+        ),
+        Case(
             "PredictionSample",
             lambda r, **kw: metrics.PredictionSample(max_samples=12, seed=5 + 7919 * r, **kw),
             _relu_net,

@@ -1,5 +1,6 @@
 """``lightning_gensens.functional`` and ``lightning_gensens.metrics`` load without Lightning, W&B, matplotlib or
-scikit-learn: none is imported at module level by their files, nor pulled in when importing them."""
+scikit-learn: none is imported at module level by their files, nor pulled in when importing them. The package's
+top level imports none of them, nor torch, until a name is used."""
 
 import ast
 import subprocess
@@ -52,3 +53,15 @@ print(sorted({{m.split(".")[0] for m in set(sys.modules) - before}}))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert not set(ast.literal_eval(out)) & HEAVY, out
+
+
+def test_the_top_level_lists_its_exports_without_importing_torch():
+    """The measure callbacks' names come from ``lightning_gensens.registry``, which imports nothing."""
+    code = """
+import sys
+import lightning_gensens
+names = sorted(lightning_gensens.__all__), sorted(dir(lightning_gensens))
+print(sorted({m.split(".")[0] for m in sys.modules} & {"torch", "lightning", "torchmetrics"}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ast.literal_eval(out) == [], out

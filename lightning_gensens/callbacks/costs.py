@@ -1,0 +1,62 @@
+"""What a measure costs: what a run of it would use, and a model of its runs' seconds fitted to the runs timed."""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any
+
+KEPT = 3
+"""Runs kept per sample count: a cost is the median of the last few, so one slow run does not move the plans."""
+
+
+@dataclass(frozen=True)
+class Need:
+    """What one measure would use this run: its samples over all its splits at full size (as of the last run; 1
+    for a weight-only measure), its number of splits, and its ``relative_cost`` (a guess of its first run's cost
+    in forward calls of the model on as many samples)."""
+
+    samples: int
+    splits: int
+    relative_cost: float
+
+
+@dataclass
+class Cost:
+    """What one measure has cost in this fit, and a model of what a run on ``n`` samples costs: affine in ``n``
+    through the smallest and the largest run timed (proportional above the one size seen, before a second)."""
+
+    runs: int = 0
+    seconds: float = 0.0
+    timed: dict[int, list[float]] = field(default_factory=dict)
+    """Seconds of the last :data:`KEPT` runs at the smallest and at the largest sample count timed."""
+
+    def add(self, seconds: float, samples: int) -> None:
+        self.runs += 1
+        self.seconds += seconds
+        self.timed[samples] = [*self.timed.get(samples, [])[1 - KEPT :], seconds]
+        self.timed = {n: self.timed[n] for n in {min(self.timed), max(self.timed)}}
+
+    def _line(self) -> tuple[int, float, float]:
+        """The smallest size timed, its seconds, and seconds per extra sample (medians of the runs kept)."""
+        (n0, t0), (n1, t1) = min(self.timed.items()), max(self.timed.items())
+        c0, c1 = statistics.median(t0), statistics.median(t1)
+        slope = max((c1 - c0) / (n1 - n0), 0.0) if n1 > n0 else c0 / max(n0, 1)
+        return n0, c0, slope
+
+    def estimate(self, samples: int) -> float:
+        n0, c0, slope = self._line()
+        return max(c0 + slope * (samples - n0), 0.0)
+
+    def samples_for(self, seconds: float) -> int:
+        """The most samples a run may use within ``seconds`` (0 if not even the smallest timed run fits)."""
+        n0, c0, slope = self._line()
+        if seconds < c0:
+            return 0
+        return n0 + int((seconds - c0) / slope) if slope > 0 else 2**62
+
+
+def format_costs(table: list[dict[str, Any]]) -> str:
+    header = f"{'measure':<30}{'runs':>6}{'seconds':>12}{'s per run':>12}"
+    rows = [f"{r['measure']:<30}{r['runs']:>6}{r['seconds']:>12.3f}{r['seconds_per_run']:>12.4f}" for r in table]
+    return "\n".join([header, "-" * len(header), *rows])

@@ -1,0 +1,79 @@
+"""A measure during one fit (its slot) and what the ranks agree on after a run's feeding."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from lightning_gensens.measures import Measure, Settings
+
+POOL_PROBLEMS = {
+    "inputs": "its inputs hold NaN or Inf values, so it is not measured while they do",
+    "range": "its labels lie outside the model's classes, so its loss and error are not scored",
+    "labels": "the loss cannot score its labels (their dtype or shape does not suit the model's outputs), so its "
+    "loss and error are not scored",
+}
+"""What can be wrong with an unlabeled pool's batches, and what the monitor does about it."""
+
+
+@dataclass
+class Slot:
+    """A measure during one fit: its resolved settings, its Metrics, and whether it was switched off."""
+
+    measure: Measure[Any]
+    settings: Settings
+    keys: Sequence[str]
+    """Its Metrics' keys: splits, or the weights."""
+    metrics: dict[str, Metric] = field(default_factory=dict)
+    """Created before its first run (a measure a budget never runs costs nothing)."""
+    failed: bool = False
+    cap: int | None = None
+    """Samples per split it may use this run (None: all, 0: it does not run)."""
+    fed: dict[str, int] = field(default_factory=dict)
+    """Samples it was fed this run, per split."""
+    agreed: dict[str, int] = field(default_factory=dict)
+    """Samples every rank fed it this run, per split (the fewest of any rank), once the ranks agreed."""
+    ran: bool = False
+    """Whether some rank fed it this run (a weight-only measure: whether it runs), once the ranks agreed."""
+    error: str | None = None
+    """Why it was switched off, until that is said."""
+
+    @property
+    def runs(self) -> bool:
+        return not self.failed and self.cap != 0
+
+    def wants(self, split: str) -> bool:
+        return split in self.keys and self.runs and (self.cap is None or self.fed.get(split, 0) < self.cap)
+
+
+@dataclass
+class Agreement:
+    """One run's splits as every rank sees them once the ranks agreed (:meth:`Session.agree`)."""
+
+    seen: dict[str, int]
+    """Samples fed over all ranks, per split."""
+    labelled: dict[str, int]
+    """Labelled samples scored over all ranks, per split."""
+    problems: dict[str, set[str]]
+    """Each pool's problems on any rank (keys of :data:`POOL_PROBLEMS`)."""
+    outputs: int
+    """The model's outputs per sample; 0 where a rank saw no forward pass."""
+
+
+def label_problem(logits: Tensor, y: Tensor) -> str | None:
+    """What keeps a pool's labels from scoring class logits [B, K] (a key of :data:`POOL_PROBLEMS`), or None."""
+    if logits.ndim != 2 or logits.shape[1] < 2 or y.is_floating_point():
+        return None  # any other scoring is the loss's to refuse
+    if y.shape != logits.shape[:1] or y.dtype == torch.bool or y.is_complex():
+        return "labels"
+    low, high = torch.aminmax(y)  # an index out of range is a device-side assert on CUDA: never hand it over
+    return "range" if int(low) < 0 or int(high) >= logits.shape[1] else None
+
+
+def no_labels(measure: Measure[Any], split: str) -> None:
+    raise ValueError(f"{measure.name} needs labels, but a {split} batch carries none.")
