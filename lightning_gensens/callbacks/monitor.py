@@ -228,10 +228,10 @@ class GeneralizationMonitor(Callback):
         )
         hooks.check_compiled()
         if named_pools:
-            pool_key = self.keys.shared("<name>/", "pool/")
+            pool_key = self.keys.shared(predicted("error"), "pool/<name>/")
             rank_zero_info(
-                f"{type(self).__name__}: each pool's {pool_key}pred_test_error is {self.recommend['error']}'s "
-                f"prediction and pred_test_loss {self.recommend['loss']}'s (`recommend=`)."
+                f"{type(self).__name__}: each pool's {pool_key} is {self.recommend['error']}'s prediction and "
+                f"{predicted('loss')} {self.recommend['loss']}'s (`recommend=`)."
             )
         if stage == "fit" or self.probe.missing:  # trainer.validate() reuses the fit's probe
             self.probe.reset()

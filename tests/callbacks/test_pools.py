@@ -30,7 +30,7 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     doc = "difference_of_confidences"
-    expected = f"pred_test_error is {doc}'s prediction and pred_test_loss {doc}'s"
+    expected = f"each pool's gensens/pool/<name>/pred_test_error is {doc}'s prediction and pred_test_loss {doc}'s"
     assert expected in caplog.text
     last = monitor.history[-1]
     for pool in ("noisy", "few"):
