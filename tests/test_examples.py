@@ -22,7 +22,11 @@ def _load(name: str):
 @pytest.mark.parametrize("name", ["mlp_digits", "cnn_digits"])
 def test_lightning_examples_produce_the_mae_table(name):
     table = _load(name).main(epochs=2)
-    assert table and all(math.isfinite(row["mae_test_loss"]) or math.isfinite(row["mae_test_error"]) for row in table)
+    # a measure whose only run was its timing run (which of them the budget fits in two epochs depends on timing) has
+    # a row without MAE; every estimator compared with trivial on at least one run has one
+    scored = [row for row in table if row["epochs"] > 0]
+    assert any(row["estimator"] == "trivial" for row in scored)
+    assert all(math.isfinite(row["mae_test_loss"]) or math.isfinite(row["mae_test_error"]) for row in scored)
 
 
 def test_ddp_example():
