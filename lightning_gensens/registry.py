@@ -21,6 +21,7 @@ BUILT_IN: tuple[tuple[str, str], ...] = (
     ("average_confidence", "AverageConfidence"),
     ("difference_of_confidences", "DifferenceOfConfidences"),
     ("atc", "AverageThresholdedConfidence"),
+    ("temperature_scaling", "TemperatureScaling"),
     ("optimal_transport", "OptimalTransport"),
     ("agreement", "AgreementOnTheLine"),
     ("perturbation_disagreement", "PerturbationDisagreement"),

@@ -9,10 +9,10 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_gensens.callbacks.costs import Cost, Need, format_costs
+from lightning_gensens.callbacks.costs import GROW, NEVER, SHRINK, Cost, Need, format_costs, steady
 from lightning_gensens.callbacks.stopwatch import MEASURE, Stopwatch
 
-__all__ = ["Budget", "Cost", "Need", "format_costs"]
+__all__ = ["GROW", "NEVER", "SHRINK", "Budget", "Cost", "Need", "format_costs"]
 
 TRIAL_SAMPLES = 16
 """Samples per split of a measure's first run, which times it."""
@@ -31,6 +31,9 @@ PLANNED = 0.8
 """The part of the allowance the plans spend; the rest covers what the plans cannot foresee (a period kept up to
 :data:`GROW` × past its ratio, the fit-end report, the capture inside the model's own validation forward)."""
 
+SQUEEZE_LIMIT = 64
+"""Where the riders' deficit leaves the others less than 1/:data:`SQUEEZE_LIMIT` of their shares, they get none."""
+
 CALLS = 3
 """Forward calls timed for the unit of the guesses; the fastest counts."""
 
@@ -42,23 +45,28 @@ class Budget:
     wall time minus the monitor's), and accounts the time each measure took.
 
     The plans are made per run, from rates: the allowance of a run is ``fraction`` × the training time per run so
-    far. The riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured outputs or a few weights) run
-    at every run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh at every
-    validation; their shares pay for a run's own work (the probe, bookkeeping, logging), and what they leave at the
-    second run pays for more of the probe for the rest of the fit (a power of two times :data:`MIN_PROBE`). Where
-    their shares run short the overhead logged says so.
+    far, in equal shares per measure. The riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured
+    outputs) run at every run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh
+    at every validation; their shares pay for a run's own work (the probe, bookkeeping, logging), and what they
+    leave at the second run pays for more of the probe for the rest of the fit (a power of two times
+    :data:`MIN_PROBE`). What they cost beyond their shares comes out of the others' shares, so that the monitor's
+    total stays within ``fraction`` (with no other measure to pay for them, the overhead logged says so): the others
+    get their share divided by a power of two, which moves only when the deficit crosses a margin (as the periods
+    do), and none where it would be less than 1/:data:`SQUEEZE_LIMIT`. The riders' costs, the run's own work and
+    the probe's are means over the fit's runs, so that this deficit moves little with timing noise.
 
-    The other measures are spread evenly over the fit: each gets an equal share of the allowance per run (so that
-    one measure's cost never moves another's runs), and runs at every ``k``-th run, ``k`` the smallest power of two
-    for which ``k`` shares cover a run of it (or, where that would be fewer than four runs in a fit of known length,
-    on a power-of-two fraction of its samples, at least :data:`MIN_SAMPLES` per split, at that many runs). Its runs
-    are every ``k``-th, counted back from the fit's last run where the Trainer says which it is (so the last run
-    measures everything the fit affords; else runs 1, 2, … whose index is a multiple of ``k``), from run ``k`` on
-    (its share paid for it). ``k`` only changes when its ratio moves a margin past a power of two (:data:`GROW`,
-    :data:`SHRINK`), so timing noise of ±20% moves no run: identical seeded fits measure the same runs, and runs do
-    not bunch. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, planned the same way
-    from a guess of that run: its ``relative_cost`` × the time of a forward call of the model on as many samples
-    (the fastest of :data:`CALLS` calls; before it is timed only measures guessed at one call or less start).
+    The other measures are spread evenly over the fit: each gets an equal share of what the allowance leaves per
+    run (so that one measure's cost never moves another's runs), and runs at every ``k``-th run, ``k`` the smallest
+    power of two for which ``k`` shares cover a run of it (or, where that would be fewer than four runs in a fit of
+    known length, on a power-of-two fraction of its samples, at least :data:`MIN_SAMPLES` per split, at that many
+    runs). Its runs are every ``k``-th, counted back from the fit's last run where the Trainer says which it is (so
+    the last run measures everything the fit affords; else runs 1, 2, … whose index is a multiple of ``k``), from
+    run ``k`` on (its share paid for it). ``k`` only changes when its ratio moves a margin past a power of two
+    (:data:`GROW`, :data:`SHRINK`), so timing noise of ±20% moves no run: identical seeded fits measure the same
+    runs, and runs do not bunch. A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split,
+    planned the same way from a guess of that run: its ``relative_cost`` × the time of a forward call of the model
+    on as many samples (the fastest of :data:`CALLS` calls; before it is timed only measures guessed at one call or
+    less start).
     ``fraction=None`` runs every measure on everything, every time.
     """
 
@@ -79,16 +87,22 @@ class Budget:
         self.expected: int | None = None
         """Runs this fit will offer, where the Trainer says."""
         self.own = 0.0
-        """What a run costs besides its measures and the probe: bookkeeping, logging, the hooks."""
+        """What a run costs besides its measures and the probe (bookkeeping, logging, the hooks): a mean over the
+        fit's runs."""
         self.probe_per_sample: float | None = None
         self.call: float | None = None
         """Seconds of a forward call of the model on :data:`TRIAL_SAMPLES` samples (timed once per fit)."""
         self.closing: float | None = None
         """The overhead at the end of the fit, the fit-end report included."""
         self._start: float | None = None
-        self._owns: list[float] = []
+        self._owns = (0.0, 0)
+        """The own work of the runs counted in :attr:`own`: seconds in all, and runs."""
+        self._probed = (0.0, 0)
+        """The probe's seconds and samples over the fit's runs."""
         self._periods: dict[str, int] = {}
         self._divisors: dict[str, int] = {}
+        self._squeeze: int | None = None
+        """The others' shares are the share divided by this power of two (the riders' deficit taken out)."""
         self._probe: int | None = None
         """The probe's samples this run, in units of :data:`MIN_PROBE` (a power of two)."""
 
@@ -104,8 +118,8 @@ class Budget:
         """Start the clock of a fit (when the monitor starts setting up), counting ``setup`` seconds spent already."""
         self._start, self.measuring, self.runs, self.index = self.clock(), setup, 0, 0
         self.probe_per_sample = self.call = self.expected = self.closing = None
-        self.costs, self.guesses, self._owns, self._periods, self._divisors = {}, {}, [], {}, {}
-        self.own, self._probe = 0.0, None
+        self.costs, self.guesses, self._periods, self._divisors, self._squeeze = {}, {}, {}, {}, None
+        self.own, self._probe, self._owns, self._probed = 0.0, None, (0.0, 0), (0.0, 0)
         self.stopwatch.reset()
 
     def expect(self, runs: int | None) -> None:
@@ -151,15 +165,22 @@ class Budget:
         share = PLANNED * self.fraction * self.training_time() / n / max(len(needs), 1)
         plan: dict[str, int | None] = dict.fromkeys(needs, 0)
         plan.update(dict.fromkeys(riders))
-        minimum_probe = MIN_PROBE * (self.probe_per_sample or 0.0)
-        spare = share * len(riders) - sum(estimates[name] for name in riders) - self.own - minimum_probe
-        self._plan_probe(spare)
-        # equal shares, so that one measure's cost never moves another's runs; without riders the others pay the
-        # run's own work
-        own_share = max(share + (0.0 if riders else min(spare, 0.0) / max(len(others), 1)), 0.0)
+        probe = MIN_PROBE * (self.probe_per_sample or 0.0)
+        ridden = sum(self._per_run(name, estimates[name]) for name in riders) + self.own
+        self._plan_probe(share * len(riders) - ridden - probe)
+        # what the riders, the run's own work and the probe cost beyond the riders' shares comes out of the others'
+        # equal shares (equal, so that one measure's cost never moves another's runs)
+        deficit = max(ridden + probe * (self._probe or 1) - share * len(riders), 0.0)
+        left = max(share - deficit / max(len(others), 1), share / SQUEEZE_LIMIT)
+        # a power-of-two part of the share, moved only past a margin, from the third run on (means over two runs at
+        # least): the deficit is a difference of noisy costs
+        if n > 2 and share > 0:
+            self._squeeze = steady(self._squeeze or 1, share / left)
+        squeeze = self._squeeze or 1
+        others_share = 0.0 if squeeze >= SQUEEZE_LIMIT else share / squeeze
         longest = _longest_period(self.expected)
         for name in others:
-            cap, period = self._schedule(name, needs[name], estimates[name], own_share, longest)
+            cap, period = self._schedule(name, needs[name], estimates[name], others_share, longest)
             if self._due(n, period):
                 plan[name] = cap
         return plan
@@ -176,7 +197,7 @@ class Budget:
     def _schedule(self, name: str, need: Need, estimate: float, share: float, longest: int) -> tuple[int | None, int]:
         """The samples per split and the period of a measure's runs on ``share`` seconds per run."""
         ratio = estimate / share if share > 0 else math.inf
-        period = self._periods[name] = _steady(self._periods.get(name), ratio)
+        period = self._periods[name] = steady(self._periods.get(name), ratio)
         cost = self.costs.get(name)
         if cost is None:
             return TRIAL_SAMPLES, period
@@ -184,7 +205,7 @@ class Budget:
             return None, period
         # on a power-of-two fraction of its samples, at the longest period that still runs it four times
         affordable = cost.samples_for(longest * share)
-        divisor = self._divisors[name] = _steady(self._divisors.get(name), need.samples / max(affordable, 1))
+        divisor = self._divisors[name] = steady(self._divisors.get(name), need.samples / max(affordable, 1))
         per_split = math.ceil(need.samples / need.splits / divisor) if divisor < NEVER else 0
         return (None, period) if per_split < MIN_SAMPLES else (per_split, longest)
 
@@ -194,7 +215,12 @@ class Budget:
         then. One size per fit: every run's train loss, and the estimators' history, stay on the same samples."""
         if self._probe is None and self.probe_per_sample is not None:
             wanted = 1.0 + max(spare, 0.0) / (max(self.probe_per_sample, 1e-12) * MIN_PROBE)
-            self._probe = _steady(None, wanted, up=False)
+            self._probe = steady(None, wanted, up=False)
+
+    def _per_run(self, name: str, estimate: float) -> float:
+        """What a rider's runs (on everything) cost on average in this fit; its estimate before its first run."""
+        cost = self.costs.get(name)
+        return estimate if cost is None or not cost.runs else cost.seconds / cost.runs
 
     def _estimate(self, name: str, need: Need, first: float) -> float:
         """What a run of the measure costs: from its timed runs, else guessed (and kept for the report); before the
@@ -223,8 +249,10 @@ class Budget:
         return kept
 
     def probe_timed(self, seconds: float, samples: int) -> None:
-        """Note what the probe's forward passes cost per sample this run."""
-        self.probe_per_sample = seconds / max(samples, 1)
+        """Note what the probe's forward passes cost this run: :attr:`probe_per_sample` is the mean per sample over
+        the fit's runs."""
+        self._probed = (self._probed[0] + seconds, self._probed[1] + samples)
+        self.probe_per_sample = self._probed[0] / max(self._probed[1], 1)
 
     def call_timed(self, seconds: float) -> None:
         """Note what one forward call of the model on :data:`TRIAL_SAMPLES` samples costs: the unit of the guesses."""
@@ -236,9 +264,11 @@ class Budget:
         """Account a run: each measure's seconds and samples, the probe's seconds, and the run's total (everything
         the stopwatch charged since the last record)."""
         self.measuring += total
-        # the cheaper of the last two runs' own work: the first also paid one-time costs (drawing the probe)
-        self._owns = [*self._owns[-1:], max(total - sum(seconds.values()) - probe, 0.0)]
-        self.own = min(self._owns)
+        # the mean of the runs' own work, the first's left out once there are others: it also paid one-time costs
+        # (drawing the probe)
+        own = max(total - sum(seconds.values()) - probe, 0.0)
+        self._owns = (own, 1) if self.runs <= 1 else (self._owns[0] + own, self._owns[1] + 1)
+        self.own = self._owns[0] / self._owns[1]
         self.runs += 1
         for name, spent in seconds.items():
             self.costs.setdefault(name, Cost()).add(spent, samples.get(name, 1))
@@ -295,36 +325,11 @@ class Budget:
         return rows
 
 
-NEVER = 2**62
-"""The period of a measure that never runs."""
-
-GROW = 1.25
-"""A period (or a divisor of the samples) grows only when the ratio it covers exceeds it by this factor: at most 25%
-over the plan, which :data:`PLANNED` leaves room for."""
-
-SHRINK = 1.5
-"""A period shrinks only when the ratio it covers falls this factor below the next smaller power of two."""
-
 OWN = "monitor: "
 """Prefix of the cost table's rows of the monitor's own work."""
 
 ONCE = ("setup", "report")
 """Sections of the monitor's work that happen once per fit."""
-
-
-def _steady(previous: int | None, ratio: float, up: bool = True) -> int:
-    """A power of two for ``ratio``: the smallest at or above it (``up``), else the largest at or below it (at least
-    1); ``previous`` is kept while ``ratio`` stays within a margin of it, so that noise does not move it."""
-    if not math.isfinite(ratio) or ratio >= NEVER:
-        return NEVER if up else 1
-    if previous is not None and previous < NEVER:
-        low, high = (previous / 2 / SHRINK, previous * GROW) if up else (previous / GROW, previous * 2 * SHRINK)
-        if low < ratio <= high:
-            return previous
-    if ratio <= 1:
-        return 1
-    exponent = math.ceil(math.log2(ratio)) if up else math.floor(math.log2(ratio))
-    return 2 ** min(exponent, 61)
 
 
 def _longest_period(expected: int | None) -> int:

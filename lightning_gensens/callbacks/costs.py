@@ -1,7 +1,9 @@
-"""What a measure costs: what a run of it would use, and a model of its runs' seconds fitted to the runs timed."""
+"""What a measure costs: what a run of it would use, a model of its runs' seconds fitted to the runs timed, and the
+steady powers of two the plans make of their ratios."""
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
@@ -60,3 +62,29 @@ def format_costs(table: list[dict[str, Any]]) -> str:
     header = f"{'measure':<30}{'runs':>6}{'seconds':>12}{'s per run':>12}"
     rows = [f"{r['measure']:<30}{r['runs']:>6}{r['seconds']:>12.3f}{r['seconds_per_run']:>12.4f}" for r in table]
     return "\n".join([header, "-" * len(header), *rows])
+
+
+NEVER = 2**62
+"""The period of a measure that never runs."""
+
+GROW = 1.25
+"""A period (or a divisor of the samples) grows only when the ratio it covers exceeds it by this factor: at most 25%
+over the plan, which :data:`~lightning_gensens.callbacks.budget.PLANNED` leaves room for."""
+
+SHRINK = 1.5
+"""A period shrinks only when the ratio it covers falls this factor below the next smaller power of two."""
+
+
+def steady(previous: int | None, ratio: float, up: bool = True) -> int:
+    """A power of two for ``ratio``: the smallest at or above it (``up``), else the largest at or below it (at least
+    1); ``previous`` is kept while ``ratio`` stays within a margin of it, so that noise does not move it."""
+    if not math.isfinite(ratio) or ratio >= NEVER:
+        return NEVER if up else 1
+    if previous is not None and previous < NEVER:
+        low, high = (previous / 2 / SHRINK, previous * GROW) if up else (previous / GROW, previous * 2 * SHRINK)
+        if low < ratio <= high:
+            return previous
+    if ratio <= 1:
+        return 1
+    exponent = math.ceil(math.log2(ratio)) if up else math.floor(math.log2(ratio))
+    return 2 ** min(exponent, 61)

@@ -43,6 +43,7 @@ class Evaluation:
     _recommended_logged: set[str]
     _pools_measured: bool
     _warned_unlabeled_probe: bool
+    _reset: bool
 
     def _guard(self, slot: Slot, action: str, fn: Callable[..., Any], *args: Any) -> Any:
         raise NotImplementedError
@@ -64,24 +65,28 @@ class Evaluation:
         fed and each split's counts and problems. A measure that failed on any rank is switched off on all (the
         lowest failing rank says why), one some rank was not fed on a split is not computed on it, a split is scored
         where some rank scored labelled samples, and each pool's problems are said once per fit."""
-        local = torch.tensor(list(self._local_view()), dtype=torch.float64)
-        table = local[None] if gather is None else gather(local.to(self._device)).reshape(-1, local.numel()).cpu()
-        columns = iter(table.T)
+        self._reset = False
+        local = list(self._local_view())
+        rows = [local]  # one process: the table is read in Python, with no tensor op per value
+        if gather is not None:
+            table = gather(torch.tensor(local, dtype=torch.float64, device=self._device))
+            rows = table.reshape(-1, len(local)).tolist()
+        columns = zip(*rows, strict=True)  # one column per value, one entry per rank
         for slot in self.slots:
             failed = next(columns)
             fed = {key: next(columns) for key in slot.keys}
-            slot.agreed = {key: int(n.min()) for key, n in fed.items()}
-            slot.ran = slot.measure.needs(Requirement.WEIGHT_ONLY) or any(bool(n.any()) for n in fed.values())
-            if bool(failed.any()):
-                if slot.error is not None and self.rank in (None, int(failed.nonzero()[0])):
+            slot.agreed = {key: int(min(n)) for key, n in fed.items()}
+            slot.ran = slot.measure.needs(Requirement.WEIGHT_ONLY) or any(any(n) for n in fed.values())
+            if any(failed):
+                if slot.error is not None and self.rank in (None, next(r for r, f in enumerate(failed) if f)):
                     self._announce(slot)
                 slot.error = None
                 self._switch_off(slot)
-        seen = {split: int(next(columns).sum()) for split in self.split_loss}
-        labelled = {split: int(next(columns).sum()) for split in self.split_loss}
-        problems = {pool: {p for p in POOL_PROBLEMS if bool(next(columns).any())} for pool in self.pools}
+        seen = {split: int(sum(next(columns))) for split in self.split_loss}
+        labelled = {split: int(sum(next(columns))) for split in self.split_loss}
+        problems = {pool: {p for p in POOL_PROBLEMS if any(next(columns))} for pool in self.pools}
         outputs = next(columns)  # 0 on a rank that saw no forward pass: then nothing is evaluated
-        self._agreed = Agreement(seen, labelled, problems, int(outputs.min()) and int(outputs.max()))
+        self._agreed = Agreement(seen, labelled, problems, int(min(outputs)) and int(max(outputs)))
         self._say_pool_problems(self._agreed)
 
     def _local_view(self) -> Iterator[float]:
@@ -137,11 +142,15 @@ class Evaluation:
         with self.replay.replaying():
             for group, ref, target in pairs:
                 ref_losses = Reference(losses[ref]["loss"], losses[ref]["error"], num_outputs=outputs)
+                # read once per pair, not per measure: each read of a tensor's value is a synchronisation on CUDA
+                actual = (float(losses[target]["loss"]), float(losses[target]["error"]))
+                finite = bool(torch.isfinite(ref_losses.loss))
                 for slot in self.slots:
                     if not slot.runs:
                         continue
                     if target in slot.keys or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
-                        logs.update(self._evaluate(slot, group, ref, target, ref_losses, losses[target], keys, report))
+                        pair = (group, ref, target)
+                        logs.update(self._evaluate(slot, pair, ref_losses, finite, actual, keys, report))
         logs.update(self._recommended(logs, keys))
         return logs
 
@@ -166,16 +175,17 @@ class Evaluation:
     def _evaluate(
         self,
         slot: Slot,
-        group: str,
-        ref: str,
-        target: str,
+        pair: tuple[str, str, str],
         reference: Reference,
-        actual: dict[str, Tensor],
+        finite: bool,
+        actual: tuple[float, float],
         keys: Keys,
         report: Report,
     ) -> dict[str, Tensor]:
-        """One measure's values (``<prefix>/<name>/…``) and its predictions for ``target`` scored as ``group+name``;
-        the measure sees ``ref`` as its ``train`` split and ``target`` as its ``val`` split."""
+        """One measure's values (``<prefix>/<name>/…``) and its predictions for ``target`` scored as ``group+name``
+        against the ``actual`` loss and error (``pair`` = group, ref, target); the measure sees ``ref`` as its
+        ``train`` split and ``target`` as its ``val`` split; ``finite``: whether the reference's loss is."""
+        group, ref, target = pair
         measure = slot.measure
         if measure.needs(Requirement.WEIGHT_ONLY):
             self._guard(slot, "reading the weights", measure.update, slot.metrics[WEIGHTS], self.example, self.net)
@@ -192,11 +202,11 @@ class Evaluation:
             values = self._guard(slot, "reporting", measure.values, computed) or {}
             logs = {keys.measure(measure.name, k): v.double() for k, v in values.items()}
         estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
-        if not bool(torch.isfinite(reference.loss)):  # said once in evaluate
+        if not finite:  # said once in evaluate
             estimates = {k: e for k, e in estimates.items() if e.loss is None or bool(torch.isfinite(e.loss))}
         needs_labels = measure.needs(Requirement.LABELS)
         scored = slot.cap is None or slot.cap > TRIAL_SAMPLES  # a timing run on a few samples is logged, not scored
-        actual_loss, actual_error = float(actual["loss"]), float(actual["error"])
+        actual_loss, actual_error = actual
         for name, estimate in estimates.items():
             logs.update(
                 report.score(

@@ -4,6 +4,7 @@ section of the budget's stopwatch."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -13,6 +14,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.utils import get_total_norm
 
 from lightning_gensens.batches import BatchToXY, shard
 from lightning_gensens.callbacks.budget import CALLS, TRIAL_SAMPLES, Budget, Need
@@ -145,7 +147,7 @@ class Runner:
         self._probe_samples = 0
         try:
             with self.stopwatch("evaluate"):
-                if not all(bool(torch.isfinite(p).all()) for p in self.net.parameters()):
+                if not bool(torch.isfinite(get_total_norm(list(self.net.parameters()), math.inf))):  # NaN/Inf
                     rank_zero_warn(f"{self.owner}: the model has NaN/Inf weights; nothing measured this epoch.")
                 else:
                     # the math kernel of attention has the double backward curvature needs (on CPU the others do

@@ -75,6 +75,8 @@ class Session(Evaluation):
         self._warned: set[tuple[str, str]] = set()
         self._outputs_checked = False
         self._device: torch.device | None = None
+        self._reset = False
+        """Whether nothing was fed or agreed on since the last :meth:`reset`."""
 
     def needs(self, requirement: Requirement) -> bool:
         return any(slot.measure.needs(requirement) for slot in self.slots)
@@ -98,12 +100,12 @@ class Session(Evaluation):
         needs = {}
         for slot in self.slots:
             if not slot.failed:
-                cost = slot.measure.relative_cost_for(self.net)
                 if slot.measure.needs(Requirement.WEIGHT_ONLY):
-                    needs[slot.measure.name] = Need(1, 1, cost)
+                    needs[slot.measure.name] = Need(1, 1, slot.relative_cost)
                 else:
                     splits = [s for s in slot.keys if s in self._sizes] or list(slot.keys)
-                    needs[slot.measure.name] = Need(sum(self._sizes.get(s, 0) for s in splits), len(splits), cost)
+                    samples = sum(self._sizes.get(s, 0) for s in splits)
+                    needs[slot.measure.name] = Need(samples, len(splits), slot.relative_cost)
         return needs
 
     def plan(self, caps: dict[str, int | None]) -> None:
@@ -126,6 +128,11 @@ class Session(Evaluation):
         return {slot.measure.name: sum(slot.fed.values()) or 1 for slot in self.slots if slot.runs and slot.ran}
 
     def reset(self) -> None:
+        """Forget the run: what was fed, and every Metric's state (none where nothing was fed or agreed on since
+        the last reset: a run's end and the next one's start reset once)."""
+        if self._reset:
+            return
+        self._reset = True
         self.example = None
         if self._seen:
             self._sizes = dict(self._seen)
@@ -144,6 +151,7 @@ class Session(Evaluation):
         loss: its measures never see them. No capture records the measures' own forward passes."""
         if record.logits.shape[0] == 0:
             return
+        self._reset = False
         if not self._outputs_checked:
             self._check_outputs(record)
         if split in self.pools and not self._pool_usable(split, record):
@@ -246,7 +254,7 @@ class Session(Evaluation):
             keys: Sequence[str] = (WEIGHTS,)
         else:  # a pool's labels never reach a measure, so label-needing measures do not predict for pools
             keys = SPLITS if measure.needs(Requirement.LABELS) else (*SPLITS, *self.pools)
-        return Slot(measure, settings, keys)
+        return Slot(measure, settings, keys, measure.relative_cost_for(self.net))
 
     def _guard(self, slot: Slot, action: str, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one step of a measure; if it raises, switch the measure off for the rest of the fit with one warning

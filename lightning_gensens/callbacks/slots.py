@@ -29,6 +29,8 @@ class Slot:
     settings: Settings
     keys: Sequence[str]
     """Its Metrics' keys: splits, or the weights."""
+    relative_cost: float
+    """Its measure's ``relative_cost`` on the model (read once per fit: the budget plans every run with it)."""
     metrics: dict[str, Metric] = field(default_factory=dict)
     """Created before its first run (a measure a budget never runs costs nothing)."""
     failed: bool = False

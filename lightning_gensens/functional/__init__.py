@@ -43,13 +43,18 @@ from lightning_gensens.functional.tangent_sensitivity import (
     tangent_sensitivity_from_masks,
     tangent_sensitivity_hutchinson,
 )
+from lightning_gensens.functional.temperature import (
+    difference_of_entropies,
+    fit_temperature,
+    mean_confidence,
+    mean_entropy,
+    scaled_difference_of_confidences,
+)
 from lightning_gensens.functional.transport import (
     class_prior,
     cot,
     cott,
     cott_threshold,
-    difference_of_entropies,
-    fit_temperature,
     label_shift_prior,
     transport_costs,
     transport_loss,
@@ -78,6 +83,8 @@ __all__ = [
     "fisher_rao_norm_per_sample",
     "fit_temperature",
     "input_gradient_norm",
+    "mean_confidence",
+    "mean_entropy",
     "jacobian_norm",
     "layer_linf_norms",
     "label_shift_prior",
@@ -95,6 +102,7 @@ __all__ = [
     "read_curve",
     "region_sensitivity",
     "relative_flatness",
+    "scaled_difference_of_confidences",
     "softmax_confidence",
     "spectral_norm_product",
     "tangent_sample_sensitivity",

@@ -13,37 +13,22 @@ distribution π (mass π_k on the one-hot vector e_k):
 - Transport loss (ours): C_ik = −log p_ik from ``log_softmax`` (never clipped: confidently wrong predictions are
   where the loss is); predicted loss = W(C). When π is the histogram of the target's own predictions, the coupling
   that sends each sample to its argmax is optimal and W is the mean NLL of the predicted labels.
-- DoE with temperature scaling: l_ref + H̄_tgt − H̄_ref, the loss side of DoC (Guillory et al. 2021) on the
-  temperature-scaled softmax.
 
-T is fitted by NLL on the labelled reference (:func:`fit_temperature`). W is solved exactly by the network simplex
-of POT (``ot.emd``) in float64 on the CPU; the problem is N×K and takes milliseconds for a few thousand samples.
+T is fitted by NLL on the labelled reference (:mod:`lightning_gensens.functional.temperature`). W is solved exactly
+by the network simplex of POT (``ot.emd``) in float64 on the CPU; the problem is N×K and takes milliseconds for a
+few thousand samples.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import minimize_scalar
 from torch import Tensor
 
-from lightning_gensens.functional.confidence import _check_finite, _check_logits, _check_scalar
+from lightning_gensens.functional.confidence import _check_logits, _check_scalar
+from lightning_gensens.functional.temperature import _check_labels, _scaled_log_probs
 
-TEMPERATURE_BOUNDS = (0.05, 20.0)
-"""The interval :func:`fit_temperature` searches (a reference it fits perfectly drives T to the lower end)."""
 _MAX_SIMPLEX_ITERATIONS = 10_000_000
-
-
-def _check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> Tensor:
-    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
-        raise ValueError(
-            f"{name} must be integer class indices of shape [N], got {labels.dtype} {tuple(labels.shape)}."
-        )
-    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(
-            f"{name} must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]."
-        )
-    return labels.long()
 
 
 def class_prior(labels: Tensor, num_classes: int) -> Tensor:
@@ -53,36 +38,6 @@ def class_prior(labels: Tensor, num_classes: int) -> Tensor:
         raise ValueError("labels is empty: no class distribution.")
     counts = torch.bincount(labels, minlength=num_classes).to(torch.float64)
     return counts / counts.sum()
-
-
-def _nll(logits: Tensor, labels: Tensor, temperature: float) -> float:
-    return float(torch.nn.functional.cross_entropy(logits / temperature, labels))
-
-
-def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> Tensor:
-    """The temperature T in ``bounds`` minimising the mean NLL of softmax(z/T) on labelled ``logits`` [N, K]
-    (Guo et al., ICML 2017). The NLL is convex in 1/T, so a bounded scalar search finds the minimum."""
-    z = _check_logits(logits)
-    _check_finite(z, "logits")
-    y = _check_labels(labels.to(z.device), z.shape[1])
-    if y.shape[0] != z.shape[0]:
-        raise ValueError(f"logits has {z.shape[0]} samples but labels {y.shape[0]}.")
-    low, high = bounds
-    if not 0 < low < high:
-        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
-    result = minimize_scalar(
-        lambda beta: _nll(z, y, 1.0 / beta), bounds=(1.0 / high, 1.0 / low), method="bounded", options={"xatol": 1e-8}
-    )
-    return torch.tensor(1.0 / float(result.x), dtype=torch.float64)
-
-
-def _scaled_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
-    z = _check_logits(logits)
-    _check_finite(z, "logits")
-    t = _check_scalar(temperature, "temperature")
-    if t <= 0:
-        raise ValueError(f"temperature must be positive, got {t}.")
-    return torch.log_softmax(z / t, dim=1)
 
 
 def transport_plan(cost: Tensor, prior: Tensor) -> Tensor:
@@ -173,18 +128,3 @@ def label_shift_prior(
         if done:
             break
     return estimate
-
-
-def mean_entropy(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
-    """Mean predictive entropy H̄ = E[−Σ_k p_k log p_k] of softmax(z/T) (float64)."""
-    log_p = _scaled_log_probs(logits, temperature)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
-
-
-def difference_of_entropies(
-    reference_logits: Tensor, reference_loss: float | Tensor, logits: Tensor, temperature: float | Tensor = 1.0
-) -> Tensor:
-    """DoE: l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (the loss side of DoC); clipped at 0."""
-    loss = _check_scalar(reference_loss, "reference_loss")
-    shift = mean_entropy(logits, temperature) - mean_entropy(reference_logits, temperature).to(logits.device)
-    return (loss + shift).clamp_min(0.0)

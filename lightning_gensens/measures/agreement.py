@@ -54,7 +54,7 @@ class AgreementOnTheLine(Measure[PredictionSample]):
 
     name = "aline"
     requires = Requirement.CLASS_LOGITS
-    relative_cost = 1.0
+    relative_cost = 2.0  # cheap, but not needed fresh at every run: planned by the budget, not a rider
 
     _index: dict[int, int]
     """The history index of each Metric made, by ``id``."""

@@ -14,7 +14,7 @@ class FisherRaoNorm(Measure[FisherRaoNormMetric]):
     Classification logits only."""
 
     name = "fisher_rao_norm"
-    relative_cost = 1.0
+    relative_cost = 2.0  # cheap, but not needed fresh at every run: planned by the budget, not a rider
     requires = Requirement.CLASS_LOGITS
 
     def make_metric(self, net: nn.Module, settings: Settings) -> FisherRaoNormMetric:

@@ -21,7 +21,7 @@ class LinfNorm(TimeRatioMeasure[LinfNormMetric]):
     """
 
     name = "linf_norm"
-    relative_cost = 1.0
+    relative_cost = 2.0  # cheap, but not needed fresh at every run: planned by the budget, not a rider
 
     def make_metric(self, net: nn.Module, settings: Settings) -> LinfNormMetric:
         return LinfNormMetric()

@@ -1,5 +1,5 @@
 """Optimal-transport estimators of a split's error and loss (Lu et al., "Characterizing Out-of-Distribution Error via
-Optimal Transport", NeurIPS 2023): COT, COTT, and the transport loss and temperature-scaled DoE (ours)."""
+Optimal Transport", NeurIPS 2023): COT, COTT, and the transport loss (ours)."""
 
 from __future__ import annotations
 
@@ -8,36 +8,27 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lightning_gensens.capture import Captured
-from lightning_gensens.functional.transport import (
-    class_prior,
-    cott_threshold,
-    fit_temperature,
-    label_shift_prior,
-    mean_entropy,
-    transport_costs,
-)
+from lightning_gensens.functional.temperature import fit_temperature
+from lightning_gensens.functional.transport import class_prior, cott_threshold, label_shift_prior, transport_costs
 from lightning_gensens.measures._confidence import finite
-from lightning_gensens.measures.base import Estimate, Measure, Reference, Requirement, Settings
-from lightning_gensens.metrics.logit_sample import LogitSample
+from lightning_gensens.measures._logits import LogitSampleMeasure
+from lightning_gensens.measures.base import Estimate, Reference
 
 
 @dataclass
 class _ReferenceFit:
-    """What the reference gives every target: its temperature, class distribution π, its own COT costs, transport
-    loss and mean entropy."""
+    """What the reference gives every target: its temperature, class distribution π, its own COT costs and transport
+    loss."""
 
-    logits: Tensor
     temperature: Tensor
     prior: Tensor
     costs: Tensor
     loss: Tensor
-    entropy: Tensor
 
 
-class OptimalTransport(Measure[LogitSample]):
+class OptimalTransport(LogitSampleMeasure[_ReferenceFit]):
     """Transports the target's temperature-scaled softmax vectors onto the labelled reference's class distribution π
     (:mod:`lightning_gensens.functional.transport`); label-free on the target. Its estimators:
 
@@ -49,8 +40,7 @@ class OptimalTransport(Measure[LogitSample]):
     - ``transport_loss``: predicted loss W = the optimal cost with cost −log p_ik (ours); where the target's classes
       follow π, W never exceeds the actual loss (the true labels are one coupling);
     - ``transport_loss_ratio_em``: l_ref · W_em / W_ref, with W_em the transport loss onto the EM estimate of the
-      target's classes and W_ref the reference's own (ours);
-    - ``doe_ts``: predicted loss = l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (DoC's loss side).
+      target's classes and W_ref the reference's own (ours).
 
     The reference is the validation data for a pool and the training probe for the validation data; T is fitted
     by NLL on its labelled samples and π is their class frequencies. Each split keeps a seeded uniform sample of at
@@ -64,25 +54,11 @@ class OptimalTransport(Measure[LogitSample]):
     """
 
     name = "optimal_transport"
-    requires = Requirement.CLASS_LOGITS
     relative_cost = 10.0  # a few exact transport problems per split pair: not a rider of every run
 
     def __init__(self, max_samples: int | None = 4096, temperature_scaling: bool = True, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        LogitSample(max_samples=max_samples)  # validates it
-        self.max_samples, self.temperature_scaling = max_samples, temperature_scaling
-        self._fit: _ReferenceFit | None = None
-
-    def make_metric(self, net: nn.Module, settings: Settings) -> LogitSample:
-        return LogitSample(max_samples=self.max_samples, seed=settings.seed)
-
-    def update(self, metric: LogitSample, record: Captured, net: nn.Module) -> None:
-        metric.update(record.logits, record.y)
-
-    def compute(self, metrics: Mapping[str, LogitSample], net: nn.Module, settings: Settings) -> dict[str, Any]:
-        computed: dict[str, Any] = {split: metric.compute() for split, metric in metrics.items()}
-        computed["fit"] = self._reference_fit(computed["train"])
-        return computed
+        super().__init__(max_samples, **kwargs)
+        self.temperature_scaling = temperature_scaling
 
     def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
         fit: _ReferenceFit | None = computed["fit"]
@@ -103,25 +79,14 @@ class OptimalTransport(Measure[LogitSample]):
         if finite(reference):
             t = cott_threshold(fit.costs, reference.error)
             out["cott"] = Estimate(None, (costs > t).double().mean())
-            entropy = mean_entropy(target, fit.temperature)
-            out["doe_ts"] = Estimate(reference.loss.double() + entropy - fit.entropy, None)
             loss_em = transport_costs(target, shifted_prior, fit.temperature, "loss").mean()
             out["transport_loss_ratio_em"] = Estimate(reference.loss.double() * loss_em / fit.loss, None)
         return out
 
-    def _reference_fit(self, reference: Mapping[str, Tensor]) -> _ReferenceFit | None:
-        """The reference's fit, reused for every target of a run (the same computed sample), None without labels."""
-        logits, labels = reference["logits"], reference["labels"]
-        if self._fit is not None and self._fit.logits is logits:
-            return self._fit
-        labelled = labels >= 0
-        if not bool(labelled.any()):
-            return None
-        logits_l, labels_l = logits[labelled], labels[labelled]
+    def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
         one = torch.ones((), dtype=torch.float64)
-        temperature = fit_temperature(logits_l, labels_l) if self.temperature_scaling else one
-        prior = class_prior(labels_l, logits.shape[1])
-        costs = transport_costs(logits_l, prior, temperature, "error")
-        loss = transport_costs(logits_l, prior, temperature, "loss").mean()
-        self._fit = _ReferenceFit(logits, temperature, prior, costs, loss, mean_entropy(logits_l, temperature))
-        return self._fit
+        temperature = fit_temperature(logits, labels) if self.temperature_scaling else one
+        prior = class_prior(labels, logits.shape[1])
+        costs = transport_costs(logits, prior, temperature, "error")
+        loss = transport_costs(logits, prior, temperature, "loss").mean()
+        return _ReferenceFit(temperature, prior, costs, loss)

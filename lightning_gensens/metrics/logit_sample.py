@@ -40,8 +40,9 @@ class LogitSample(Metric):
     Every sample draws a priority uniform in [0, 1) from a private generator (seeded with ``seed`` + 7919·rank);
     the sample keeps the ``max_samples`` smallest priorities (a bottom-k sketch). Merging batches or ranks keeps the
     smallest priorities of the union, so ``compute()`` returns the same sample on every rank and the same as one
-    process would keep with the ranks' generators, whatever the order of the batches. Each update re-sorts the kept
-    rows (O(``max_samples``) work per batch), so memory stays at ``max_samples`` rows plus one batch. Integer labels
+    process would keep with the ranks' generators, whatever the order of the batches. The rows are trimmed to the
+    ``max_samples`` kept whenever they exceed twice that, so memory stays under 2 × ``max_samples`` rows plus a
+    batch, and a batch costs O(``max_samples``) work at most every ``max_samples`` samples. Integer labels
     are kept as given (no range check, no host sync); class probabilities [B, K] as their argmax; a batch without
     labels as ``-1``.
 
@@ -79,7 +80,7 @@ class LogitSample(Metric):
         self.labels.append(y.to(z.device))
         self.count += n
         self.num_classes = torch.clamp_min(self.num_classes, k)
-        self._keep(k)
+        self._trim(k)
 
     def compute(self) -> dict[str, Tensor]:
         """The kept sample (synced over ranks) and the number of samples seen; an error when nothing was fed."""
@@ -99,6 +100,11 @@ class LogitSample(Metric):
         order = torch.topk(keys, limit, largest=False, sorted=True).indices
         return keys[order], logits[order], labels[order]
 
+    def _trim(self, k: int) -> None:
+        """Keep the ``max_samples`` rows of smallest priority once more than twice that many are held."""
+        if self.max_samples is not None and sum(t.shape[0] for t in self.keys) > 2 * self.max_samples:
+            self._keep(k)
+
     def _keep(self, k: int) -> None:
         """One tensor per state holding the kept rows in priority order (the same whatever the merges before)."""
         keys, logits, labels = self._sample(k)
@@ -108,7 +114,7 @@ class LogitSample(Metric):
         """``forward`` and ``merge_state`` concatenate the samples: keep the smallest priorities."""
         super()._reduce_states(incoming_state)
         if int(self.num_classes) > 0:
-            self._keep(int(self.num_classes))
+            self._trim(int(self.num_classes))
 
     def _sync_dist(self, dist_sync_fn: Callable = gather_all_tensors, process_group: Any | None = None) -> None:
         """A rank without samples would send torchmetrics' placeholder in the default dtype: send its own dtypes."""

@@ -110,6 +110,32 @@ def test_in_a_fit_of_known_length_the_runs_are_counted_back_from_the_last_and_th
     assert ran["medium"] == [2, *range(4, 37, 4)] and ran["slow"] == [2, 8, 16, 24, 32]
 
 
+def test_what_the_riders_cost_beyond_their_shares_comes_out_of_the_others_shares():
+    needs = _needs(cheap=1, weights=1, medium=10, slow=20)
+    budget, caps = Budget(0.1), {}
+    # riders of 30 ms on shares of 20 ms: 20 ms more, and the probe and the run's own work 2 ms, come out of the
+    # others' shares, 20 − 11 ms each: halved (a power of two), from the third run on
+    ran = _simulate(budget, needs, {**COSTS, "cheap": 0.03, "weights": 0.03}, runs=32, caps=caps)
+    assert ran["cheap"] == ran["weights"] == list(range(1, 33))  # the riders run all the same
+    assert ran["medium"] == [2, *range(8, 33, 8)]  # 57 ms on 10 ms: every 8th run (every 4th on 20 ms)
+    assert ran["slow"] == [2, *range(8, 33, 8)] and caps["slow"] == [TRIAL_SAMPLES] + [125] * 4  # on a quarter
+    assert budget.overhead() <= 0.1  # the riders and the others together
+    costly = Budget(0.1)
+    ran = _simulate(costly, needs, {**COSTS, "cheap": 0.04, "weights": 0.04}, runs=32)
+    # nothing left for them once the riders' costs are known (the deficit counts from the third run)
+    assert ran["cheap"] == list(range(1, 33)) and ran["medium"] == ran["slow"] == [2]
+    assert costly.overhead() <= 0.1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_timing_noise_moves_no_run_where_the_riders_overspend(seed):
+    needs = _needs(cheap=1, weights=1, medium=10, slow=20)
+    costs = {"cheap": 0.021, "weights": 0.021, "medium": 0.102, "slow": 0.203}  # others' shares of 18 ms
+    exact = _simulate(Budget(0.1), needs, costs, runs=32)
+    assert exact["medium"] == [2, *range(8, 33, 8)]
+    assert _simulate(Budget(0.1), needs, costs, runs=32, jitter=0.2, seed=seed) == exact
+
+
 def test_a_measure_too_slow_for_four_runs_in_the_fit_runs_four_times_on_a_power_of_two_share_of_its_samples():
     budget = Budget(0.1)
     caps: dict[str, list[int | None]] = {}
@@ -226,13 +252,13 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
         original_update(self, metric, record, net)
 
     monkeypatch.setattr(Slow, "update", slow_update)
-    monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "fisher_rao_norm"], probe_size=300, budget=0.1)
+    monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "average_confidence"], probe_size=300, budget=0.1)
     monitor.budget.clock = clock
     trainer = make_trainer(tmp_path, [monitor, Steps()], max_epochs=8)
     trainer.fit(make_model(digits), digits)
     runs = {row["measure"]: row["runs"] for row in monitor.cost_table}
     seconds = {row["measure"]: row["seconds"] for row in monitor.cost_table}
-    assert runs["trivial"] == runs["fisher_rao_norm"] == len(monitor.history) == 8  # cheap: with every run
+    assert runs["trivial"] == runs["average_confidence"] == len(monitor.history) == 8  # riders: with every run
     assert 1 <= runs["slow"] < 8
     training = 8 * trainer.num_training_batches
     assert seconds["slow"] <= 0.1 * training / 3 + 0.5 * 2 * 64 / 16  # its share, overdrawn by one run at most
@@ -267,9 +293,9 @@ def test_a_short_fit_names_what_it_never_afforded_and_builds_no_metric_for_it(tm
 
 
 class JitteredClock:
-    """A fit's clock for the budget: every reading advances it 0.1 ms and each training step 30 ms, each off by a
-    seeded random factor within ±20%. The monitor's work costs what it does (its readings), deterministically, and
-    clocks of two seeds are two machines' timing noise."""
+    """A fit's clock for the budget: every reading advances it 0.1 ms and each training step what ``_Steps`` says,
+    each off by a seeded random factor within ±20%. The monitor's work costs what it does (its readings),
+    deterministically, and clocks of two seeds are two machines' timing noise."""
 
     def __init__(self, seed: int) -> None:
         self.rng, self.now = random.Random(seed), 0.0
@@ -283,15 +309,16 @@ class JitteredClock:
 
 
 class _Steps(L.Callback):
-    def __init__(self, clock: JitteredClock) -> None:
-        self.clock = clock
+    def __init__(self, clock: JitteredClock, seconds: float) -> None:
+        self.clock, self.seconds = clock, seconds
 
     def on_train_batch_end(self, *args):
-        self.clock.advance(0.03)
+        self.clock.advance(self.seconds)
 
 
+@pytest.mark.parametrize("step", [0.03, 0.06])
 def test_identical_seeded_fits_under_different_timing_noise_agree_in_sign_for_every_reliable_estimator(
-    tmp_path, digits
+    tmp_path, digits, step
 ):
     """The default monitor (budget=0.1) on two clocks of different noise: the same runs, so every estimator with at
     least 3 scored runs in both MAE tables has the same sign of skill in both."""
@@ -300,7 +327,8 @@ def test_identical_seeded_fits_under_different_timing_noise_agree_in_sign_for_ev
         clock = JitteredClock(seed)
         monitor = GeneralizationMonitor()
         monitor.budget.clock = clock
-        make_trainer(tmp_path / str(seed), [monitor, _Steps(clock)], max_epochs=10).fit(make_model(digits), digits)
+        trainer = make_trainer(tmp_path / str(seed), [monitor, _Steps(clock, step)], max_epochs=10)
+        trainer.fit(make_model(digits), digits)
         tables.append({row["estimator"]: row for row in monitor.mae_table})
         runs.append([sorted(key for key in row if key.endswith("/pred_test_loss")) for row in monitor.history])
     first, second = tables

@@ -31,9 +31,10 @@ DECLARED: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
         ("difference_of_confidences",),
     ),
     "atc": (SPLITS, ("atc",), ("atc",)),
+    "temperature_scaling": (("temperature",), ("doc_ts",), ("doc_ts",)),
     "optimal_transport": (
         ("temperature",),
-        ("transport_loss", "transport_loss_ratio_em", "doe_ts"),
+        ("transport_loss", "transport_loss_ratio_em"),
         ("cot", "cot_em", "cott"),
     ),
     "aline": ((), (), ("aline",)),  # from the third run on

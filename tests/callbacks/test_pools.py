@@ -23,20 +23,19 @@ def _pools(digits):
 def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
     monitor = GeneralizationMonitor(
         budget=None,
-        measures=["trivial", "difference_of_confidences", "atc", "optimal_transport"],
+        measures=["trivial", "difference_of_confidences", "atc", "temperature_scaling", "optimal_transport"],
         probe_size=256,
         unlabeled=_pools(digits),
     )
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
-    doc = "difference_of_confidences"
-    expected = f"each pool's gensens/pool/<name>/pred_test_error is {doc}'s prediction and pred_test_loss {doc}'s"
+    expected = "each pool's gensens/pool/<name>/pred_test_error is doc_ts's prediction and pred_test_loss doc_ts's"
     assert expected in caplog.text
     last = monitor.history[-1]
     for pool in ("noisy", "few"):
         p = f"gensens/pool/{pool}"
-        assert last[f"{p}/pred_test_error"] == last[f"{p}/difference_of_confidences/pred_test_error"]
-        assert last[f"{p}/pred_test_loss"] == last[f"{p}/difference_of_confidences/pred_test_loss"]
+        assert last[f"{p}/pred_test_error"] == last[f"{p}/doc_ts/pred_test_error"]
+        assert last[f"{p}/pred_test_loss"] == last[f"{p}/doc_ts/pred_test_loss"]
         assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
     for row in monitor.history:
         for key, value in row.items():
@@ -68,9 +67,7 @@ def test_recommend_overrides_and_is_validated(tmp_path, digits):
 
 def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=["trivial"], probe_size=128, unlabeled=_pools(digits))
-    with pytest.warns(
-        UserWarning, match="recommended error estimator 'difference_of_confidences' never predicted"
-    ) as record:
+    with pytest.warns(UserWarning, match="recommended error estimator 'doc_ts' never predicted") as record:
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     assert sum("recommended error" in str(w.message) for w in record) == 1
     assert not any(k.endswith("pool/noisy/pred_test_error") for k in monitor.history[-1])

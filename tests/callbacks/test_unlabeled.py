@@ -54,7 +54,7 @@ def test_label_free_measures_predict_and_label_needing_ones_are_skipped(tmp_path
     assert not any(k.startswith("gensens/needs_labels") for k in logged)
     assert "gensens/test_loss" not in logged and "gensens/train_loss" in logged
     predictions = {k for k in logged if k.endswith("/pred_test_loss")}
-    estimator = {"optimal_transport": "transport_loss"}  # a measure's estimators may carry other names
+    estimator = {"optimal_transport": "transport_loss", "temperature_scaling": "doc_ts"}  # estimators' own names
     for name in (n for n in label_free if n != "aline"):  # aline: error only, from the third run on
         assert any(k.startswith(f"gensens/{estimator.get(name, name)}") for k in predictions), name
     assert all(math.isfinite(float(v)) for v in logged.values())

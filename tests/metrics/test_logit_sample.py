@@ -30,7 +30,7 @@ def test_a_capped_split_keeps_a_uniform_sample_not_its_first_rows():
     assert out["logits"].shape == (200, 3) and int(out["count"]) == 5000
     assert kept.unique().numel() == 200
     assert 2000 < float(kept.mean()) < 3000  # uniform over 0..4999 (the first 200 would average 100)
-    assert len(metric.keys) == 1 and metric.keys[0].shape[0] == 200  # trimmed as it goes: bounded memory
+    assert sum(k.shape[0] for k in metric.keys) <= 2 * 200 + 64  # trimmed as it goes: bounded memory
 
 
 def test_the_sample_depends_on_the_seed_only():

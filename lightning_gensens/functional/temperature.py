@@ -1,0 +1,106 @@
+"""Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) and the confidence
+baselines on the temperature-scaled softmax p = softmax(z / T).
+
+T is fitted by NLL on a labelled reference (:func:`fit_temperature`); the difference of confidences (DoC, Guillory
+et al., ICCV 2021) and its loss side, the difference of entropies (DoE), are then read on the scaled softmax:
+
+- DoC-TS: predicted error = e_ref + conf̄_ref − conf̄_tgt, conf = max_k p_k;
+- DoE-TS: predicted loss = l_ref + H̄_tgt − H̄_ref, H = −Σ_k p_k log p_k (from ``log_softmax``).
+
+At T = 1 they are DoC's error and loss (:func:`~lightning_gensens.functional.confidence.difference_of_confidences`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_gensens.functional.confidence import _check_finite, _check_logits, _check_scalar
+
+TEMPERATURE_BOUNDS = (0.05, 20.0)
+"""The interval :func:`fit_temperature` searches (a reference it fits perfectly drives T to the lower end)."""
+_NEWTON_STEPS = 100
+_BETA_TOLERANCE = 1e-10
+
+
+def _check_labels(labels: Tensor, num_classes: int, name: str = "labels") -> Tensor:
+    if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex():
+        raise ValueError(
+            f"{name} must be integer class indices of shape [N], got {labels.dtype} {tuple(labels.shape)}."
+        )
+    if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
+        raise ValueError(
+            f"{name} must lie in [0, {num_classes}), got values in [{int(labels.min())}, {int(labels.max())}]."
+        )
+    return labels.long()
+
+
+def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> Tensor:
+    """The temperature T in ``bounds`` minimising the mean NLL of softmax(z/T) on labelled ``logits`` [N, K]
+    (Guo et al., ICML 2017). With β = 1/T the NLL f(β) = E[logsumexp(βz) − βz_y] is convex, f'(β) = E[E_p z − z_y]
+    and f''(β) = E[Var_p z] (p = softmax(βz)): Newton steps on β, safeguarded by the bracket of the minimum (a step
+    past it tries the bound it passes, once, then bisects), converge in a few vectorised passes."""
+    z = _check_logits(logits)
+    _check_finite(z, "logits")
+    y = _check_labels(labels.to(z.device), z.shape[1])
+    if y.shape[0] != z.shape[0]:
+        raise ValueError(f"logits has {z.shape[0]} samples but labels {y.shape[0]}.")
+    low, high = bounds
+    if not 0 < low < high:
+        raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
+    z_y = z.gather(1, y[:, None]).squeeze(1)
+    lower, upper = 1.0 / high, 1.0 / low
+    lo, hi, beta = lower, upper, min(max(1.0, lower), upper)
+    for _ in range(_NEWTON_STEPS):
+        p = torch.softmax(beta * z, dim=1)
+        mean = (p * z).sum(1)
+        slope = float((mean - z_y).mean())
+        curvature = float((p * z.square()).sum(1).sub(mean.square()).mean())
+        if (beta == upper and slope <= 0) or (beta == lower and slope >= 0):
+            break  # the minimum lies at this bound
+        lo, hi = (lo, beta) if slope > 0 else (beta, hi)
+        step = beta - slope / curvature if curvature > 0 else (lower if slope > 0 else upper)
+        # a step past the bracket tries the bound it passes once, else bisects
+        new = step if lo < step < hi else (hi if step >= hi == upper else lo if step <= lo == lower else (lo + hi) / 2)
+        if abs(new - beta) <= _BETA_TOLERANCE * max(beta, 1.0):
+            break
+        beta = new
+    return torch.tensor(1.0 / beta, dtype=torch.float64)
+
+
+def _scaled_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    z = _check_logits(logits)
+    _check_finite(z, "logits")
+    t = _check_scalar(temperature, "temperature")
+    if t <= 0:
+        raise ValueError(f"temperature must be positive, got {t}.")
+    return torch.log_softmax(z / t, dim=1)
+
+
+def mean_entropy(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """Mean predictive entropy H̄ = E[−Σ_k p_k log p_k] of softmax(z/T) (float64)."""
+    log_p = _scaled_log_probs(logits, temperature)
+    return -(log_p.exp() * log_p).sum(dim=1).mean()
+
+
+def difference_of_entropies(
+    reference_logits: Tensor, reference_loss: float | Tensor, logits: Tensor, temperature: float | Tensor = 1.0
+) -> Tensor:
+    """DoE: l_ref + H̄_tgt − H̄_ref on the temperature-scaled softmax (the loss side of DoC); clipped at 0."""
+    loss = _check_scalar(reference_loss, "reference_loss")
+    shift = mean_entropy(logits, temperature) - mean_entropy(reference_logits, temperature).to(logits.device)
+    return (loss + shift).clamp_min(0.0)
+
+
+def mean_confidence(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
+    """Mean max-softmax confidence conf̄ = E[max_k p_k] of softmax(z/T) (float64)."""
+    return _scaled_log_probs(logits, temperature).amax(dim=1).exp().mean()
+
+
+def scaled_difference_of_confidences(
+    reference_logits: Tensor, reference_error: float | Tensor, logits: Tensor, temperature: float | Tensor = 1.0
+) -> Tensor:
+    """DoC-TS: e_ref + conf̄_ref − conf̄_tgt on the temperature-scaled softmax; clipped to [0, 1]."""
+    error = _check_scalar(reference_error, "reference_error", unit_interval=True)
+    shift = mean_confidence(reference_logits, temperature).to(logits.device) - mean_confidence(logits, temperature)
+    return (error + shift).clamp(0.0, 1.0)
