@@ -14,7 +14,6 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.utils import get_total_norm
 
 from lightning_gensens.batches import BatchToXY, shard
 from lightning_gensens.callbacks.budget import CALLS, TRIAL_SAMPLES, Budget, Need
@@ -147,7 +146,7 @@ class Runner:
         self._probe_samples = 0
         try:
             with self.stopwatch("evaluate"):
-                if not bool(torch.isfinite(get_total_norm(list(self.net.parameters()), math.inf))):  # NaN/Inf
+                if not _finite_weights(self.net):
                     rank_zero_warn(f"{self.owner}: the model has NaN/Inf weights; nothing measured this epoch.")
                 else:
                     # the math kernel of attention has the double backward curvature needs (on CPU the others do
@@ -224,3 +223,14 @@ class Runner:
 
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
+
+
+def _finite_weights(net: nn.Module) -> bool:
+    """Whether every weight is finite, with one host synchronisation: the l∞ norm of the tensors' l∞ norms (NaN and
+    Inf propagate through it)."""
+    params = [p.detach() for p in net.parameters()]
+    if not params:
+        return True
+    device = params[0].device
+    norms = torch.stack([torch.linalg.vector_norm(p, math.inf).to(device) for p in params])
+    return bool(torch.isfinite(torch.linalg.vector_norm(norms, math.inf)))

@@ -327,11 +327,12 @@ def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
     assert monitor.probe.get(trainer)[0][0].shape[1:] == (1, 8, 8) != first.shape[1:]
 
 
-def test_nan_weights_are_reported_not_measured(tmp_path, digits):
+@pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
+def test_nan_weights_are_reported_not_measured(tmp_path, digits, bad):
     class Diverging(Classifier):
         def on_validation_epoch_start(self):
             with torch.no_grad():
-                self.net[1].weight[0, 0] = float("nan")
+                self.net[1].weight[0, 0] = bad
 
     model = Diverging(make_model(digits).net)
     trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=50)], max_epochs=1)
