@@ -3,6 +3,7 @@ state, module modes) and private generators. Torch, NumPy and the standard libra
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Iterator
@@ -80,8 +81,21 @@ def relu_modules(model: nn.Module, measure: str) -> list[tuple[str, nn.ReLU]]:
     return [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ReLU)]
 
 
+def finite_parameters(model: nn.Module) -> bool:
+    """Whether every parameter is finite, with one host synchronisation: the l∞ norm of the parameters' l∞ norms
+    (NaN and Inf propagate through it)."""
+    params = [p.detach() for p in model.parameters()]
+    if not params:
+        return True
+    device = params[0].device
+    norms = torch.stack([torch.linalg.vector_norm(p, math.inf).to(device) for p in params])
+    return bool(torch.isfinite(torch.linalg.vector_norm(norms, math.inf)))
+
+
 def check_finite_parameters(model: nn.Module) -> None:
     """Raise ``ValueError`` naming the first parameter holding NaN or Inf."""
+    if finite_parameters(model):
+        return
     for name, p in model.named_parameters():
         if not bool(torch.isfinite(p).all()):
             raise ValueError(f"parameter '{name}' of {type(model).__name__} contains NaN or Inf values.")

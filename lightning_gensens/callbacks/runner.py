@@ -4,7 +4,6 @@ section of the budget's stopwatch."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -28,7 +27,7 @@ from lightning_gensens.callbacks.stopwatch import PROBE, measures
 from lightning_gensens.capture import ForwardCapture, exclusive
 from lightning_gensens.measures import Requirement
 from lightning_gensens.replay import INPUT_KEYS
-from lightning_gensens.utilities import evaluation_mode, preserved_rng
+from lightning_gensens.utilities import evaluation_mode, finite_parameters, preserved_rng
 
 
 class Runner:
@@ -146,7 +145,7 @@ class Runner:
         self._probe_samples = 0
         try:
             with self.stopwatch("evaluate"):
-                if not _finite_weights(self.net):
+                if not finite_parameters(self.net):
                     rank_zero_warn(f"{self.owner}: the model has NaN/Inf weights; nothing measured this epoch.")
                 else:
                     # the math kernel of attention has the double backward curvature needs (on CPU the others do
@@ -223,14 +222,3 @@ class Runner:
 
     def _device(self) -> torch.device:
         return next(self.net.parameters()).device
-
-
-def _finite_weights(net: nn.Module) -> bool:
-    """Whether every weight is finite, with one host synchronisation: the l∞ norm of the tensors' l∞ norms (NaN and
-    Inf propagate through it)."""
-    params = [p.detach() for p in net.parameters()]
-    if not params:
-        return True
-    device = params[0].device
-    norms = torch.stack([torch.linalg.vector_norm(p, math.inf).to(device) for p in params])
-    return bool(torch.isfinite(torch.linalg.vector_norm(norms, math.inf)))

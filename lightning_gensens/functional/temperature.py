@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_gensens.functional.confidence import _check_finite, _check_logits, _check_scalar
+from lightning_gensens.functional.confidence import _check_finite, _check_logits, _check_scalar, _confidence_update
 
 TEMPERATURE_BOUNDS = (0.05, 20.0)
 """The interval :func:`fit_temperature` searches (a reference it fits perfectly drives T to the lower end)."""
@@ -54,8 +54,8 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     for _ in range(_NEWTON_STEPS):
         p = torch.softmax(beta * z, dim=1)
         mean = (p * z).sum(1)
-        slope = float((mean - z_y).mean())
-        curvature = float((p * z.square()).sum(1).sub(mean.square()).mean())
+        variance = (p * z.square()).sum(1) - mean.square()
+        slope, curvature = torch.stack([(mean - z_y).mean(), variance.mean()]).tolist()  # one host read
         if (beta == upper and slope <= 0) or (beta == lower and slope >= 0):
             break  # the minimum lies at this bound
         lo, hi = (lo, beta) if slope > 0 else (beta, hi)
@@ -68,19 +68,29 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     return torch.tensor(1.0 / beta, dtype=torch.float64)
 
 
-def _scaled_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+def _scaled_logits(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    """z / T as float64, for finite ``logits`` [N, K] and a positive temperature."""
     z = _check_logits(logits)
     _check_finite(z, "logits")
     t = _check_scalar(temperature, "temperature")
     if t <= 0:
         raise ValueError(f"temperature must be positive, got {t}.")
-    return torch.log_softmax(z / t, dim=1)
+    return z / t
+
+
+def _scaled_log_probs(logits: Tensor, temperature: float | Tensor) -> Tensor:
+    return torch.log_softmax(_scaled_logits(logits, temperature), dim=1)
+
+
+def _scaled_means(logits: Tensor, temperature: float | Tensor) -> tuple[Tensor, Tensor]:
+    """Mean max-softmax confidence and mean entropy of softmax(z/T), from one ``log_softmax``."""
+    confidence, entropy = _confidence_update(_scaled_logits(logits, temperature))
+    return confidence.mean(), entropy.mean()
 
 
 def mean_entropy(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """Mean predictive entropy H̄ = E[−Σ_k p_k log p_k] of softmax(z/T) (float64)."""
-    log_p = _scaled_log_probs(logits, temperature)
-    return -(log_p.exp() * log_p).sum(dim=1).mean()
+    return _scaled_means(logits, temperature)[1]
 
 
 def difference_of_entropies(
@@ -94,7 +104,7 @@ def difference_of_entropies(
 
 def mean_confidence(logits: Tensor, temperature: float | Tensor = 1.0) -> Tensor:
     """Mean max-softmax confidence conf̄ = E[max_k p_k] of softmax(z/T) (float64)."""
-    return _scaled_log_probs(logits, temperature).amax(dim=1).exp().mean()
+    return _scaled_means(logits, temperature)[0]
 
 
 def scaled_difference_of_confidences(

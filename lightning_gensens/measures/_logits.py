@@ -4,6 +4,7 @@ labelled reference once per run (temperature scaling, optimal transport)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from torch import Tensor, nn
@@ -12,15 +13,22 @@ from lightning_gensens.capture import Captured
 from lightning_gensens.measures.base import Measure, Requirement, Settings
 from lightning_gensens.metrics.logit_sample import LogitSample
 
-F = TypeVar("F")
-"""What a measure fits on the reference's labelled logits."""
+
+@dataclass
+class ReferenceFit:
+    """What a measure fits on the reference's labelled logits: at least a temperature (logged as ``temperature``)."""
+
+    temperature: Tensor
+
+
+F = TypeVar("F", bound=ReferenceFit)
 
 
 class LogitSampleMeasure(Measure[LogitSample], Generic[F]):
     """Each split keeps a seeded uniform sample of at most ``max_samples`` (logits, label) pairs
     (:class:`~lightning_gensens.metrics.LogitSample`, the same on every DDP rank); ``compute`` adds the reference's
     fit under ``"fit"`` (:meth:`fit`, None while the reference has no labels), made once per run and reused for every
-    target measured against that reference. Class logits only."""
+    target measured against that reference, and ``values`` logs its ``temperature``. Class logits only."""
 
     requires = Requirement.CLASS_LOGITS
 
@@ -41,6 +49,10 @@ class LogitSampleMeasure(Measure[LogitSample], Generic[F]):
         computed["fit"] = self._reference_fit(computed["train"])
         return computed
 
+    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
+        fit: F | None = computed["fit"]
+        return {} if fit is None else {"temperature": fit.temperature}
+
     def fit(self, logits: Tensor, labels: Tensor) -> F:
         """What the measure fits on the reference's labelled ``logits`` [n, K] and ``labels`` [n]."""
         raise NotImplementedError
@@ -54,3 +66,10 @@ class LogitSampleMeasure(Measure[LogitSample], Generic[F]):
         fit = self.fit(logits[labelled], labels[labelled]) if bool(labelled.any()) else None
         self._fitted = (logits, fit)
         return fit
+
+    @staticmethod
+    def fitted_target(computed: Mapping[str, Any]) -> tuple[F, Tensor] | None:
+        """The reference's fit and the target's logits, None while there is no fit or no target sample."""
+        fit: F | None = computed["fit"]
+        target: Tensor = computed["val"]["logits"]
+        return None if fit is None or target.shape[0] == 0 else (fit, target)

@@ -13,16 +13,15 @@ from torch import Tensor
 from lightning_gensens.functional.temperature import fit_temperature
 from lightning_gensens.functional.transport import class_prior, cott_threshold, label_shift_prior, transport_costs
 from lightning_gensens.measures._confidence import finite
-from lightning_gensens.measures._logits import LogitSampleMeasure
+from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
 from lightning_gensens.measures.base import Estimate, Reference
 
 
 @dataclass
-class _ReferenceFit:
+class _ReferenceFit(ReferenceFit):
     """What the reference gives every target: its temperature, class distribution π, its own COT costs and transport
     loss."""
 
-    temperature: Tensor
     prior: Tensor
     costs: Tensor
     loss: Tensor
@@ -60,15 +59,11 @@ class OptimalTransport(LogitSampleMeasure[_ReferenceFit]):
         super().__init__(max_samples, **kwargs)
         self.temperature_scaling = temperature_scaling
 
-    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
-        fit: _ReferenceFit | None = computed["fit"]
-        return {} if fit is None else {"temperature": fit.temperature}
-
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
-        fit: _ReferenceFit | None = computed["fit"]
-        target = computed["val"]["logits"]
-        if fit is None or target.shape[0] == 0:
+        fitted = self.fitted_target(computed)
+        if fitted is None:
             return {}
+        fit, target = fitted
         costs = transport_costs(target, fit.prior, fit.temperature, "error")
         shifted_prior = label_shift_prior(target, fit.prior, fit.temperature)
         out = {

@@ -9,17 +9,17 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_gensens.functional.temperature import fit_temperature, mean_confidence, mean_entropy
+from lightning_gensens.functional.confidence import _difference_of_confidences_compute
+from lightning_gensens.functional.temperature import _scaled_means, fit_temperature
 from lightning_gensens.measures._confidence import finite
-from lightning_gensens.measures._logits import LogitSampleMeasure
+from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
 from lightning_gensens.measures.base import Estimate, Reference
 
 
 @dataclass
-class _ReferenceFit:
+class _ReferenceFit(ReferenceFit):
     """What the reference gives every target: its temperature and its mean scaled confidence and entropy."""
 
-    temperature: Tensor
     confidence: Tensor
     entropy: Tensor
 
@@ -45,19 +45,17 @@ class TemperatureScaling(LogitSampleMeasure[_ReferenceFit]):
     name = "temperature_scaling"
     relative_cost = 1.0  # reads the captured logits: a rider of every run
 
-    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
-        fit: _ReferenceFit | None = computed["fit"]
-        return {} if fit is None else {"temperature": fit.temperature}
-
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
-        fit: _ReferenceFit | None = computed["fit"]
-        target = computed["val"]["logits"]
-        if fit is None or target.shape[0] == 0 or not finite(reference):
+        fitted = self.fitted_target(computed)
+        if fitted is None or not finite(reference):
             return {}
-        error = reference.error.double() + fit.confidence - mean_confidence(target, fit.temperature)
-        loss = reference.loss.double() + mean_entropy(target, fit.temperature) - fit.entropy
-        return {"doc_ts": Estimate(loss, error)}
+        fit, target = fitted
+        target_means = _scaled_means(target, fit.temperature)
+        doc = _difference_of_confidences_compute(
+            fit.confidence, fit.entropy, *target_means, reference.loss, reference.error
+        )
+        return {"doc_ts": Estimate(doc["loss"], doc["error"])}
 
     def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
         temperature = fit_temperature(logits, labels)
-        return _ReferenceFit(temperature, mean_confidence(logits, temperature), mean_entropy(logits, temperature))
+        return _ReferenceFit(temperature, *_scaled_means(logits, temperature))
