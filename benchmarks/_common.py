@@ -118,11 +118,27 @@ def trainer(epochs: int, callbacks: Sequence[Callback], logs: str, **kwargs: Any
     )
 
 
+class ValidationClock(Callback):
+    """Wall time from each ``on_validation_start`` to its ``on_validation_end``: first among the callbacks, it
+    holds every monitor hook of a validation run and Lightning's handling of what was logged there."""
+
+    def __init__(self) -> None:
+        self.seconds, self._start = 0.0, 0.0
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.seconds += time.perf_counter() - self._start
+
+
 @dataclass
 class Fit:
     """One ``Trainer.fit``: its wall time and, with a monitor, what the monitor reported and its fixed cost."""
 
     seconds: float
+    validation: float = 0.0
+    """Seconds in validation runs (:class:`ValidationClock`), where the monitor does all but its fixed work."""
     history: list[dict[str, float]] = field(default_factory=list)
     cost_table: list[dict[str, Any]] = field(default_factory=list)
     measuring: float = 0.0
@@ -136,6 +152,11 @@ class Fit:
     @property
     def fixed(self) -> float:
         return self.setup + self.fit_end
+
+    @property
+    def runs(self) -> float:
+        """The monitor's stopwatch less its fixed cost: what it accounts for its validation runs."""
+        return self.measuring - self.fixed
 
     @property
     def overhead(self) -> float:
@@ -155,20 +176,22 @@ def fit(
     model: Callable[[], L.LightningModule], data: L.LightningDataModule, epochs: int, config: str, **kwargs: Any
 ) -> Fit:
     """Seed 0, build the model and fit it as users do in ``config`` (one of :data:`CONFIGS`), with a ``CSVLogger``
-    (in a temporary directory) whether monitored or not; the monitor's :data:`FIXED_HOOKS` are timed. ``kwargs`` go
-    to :func:`trainer`."""
+    (in a temporary directory) whether monitored or not; the monitor's :data:`FIXED_HOOKS` and the validation runs
+    (:class:`ValidationClock`) are timed. ``kwargs`` go to :func:`trainer`."""
     L.seed_everything(0, verbose=False)
     module = model()
     monitor = GeneralizationMonitor(budget=BUDGETS[config]) if config in BUDGETS else None
     hooks = {} if monitor is None else time_hooks(monitor, FIXED_HOOKS)
+    clock = ValidationClock()
     with tempfile.TemporaryDirectory() as logs:
-        run = trainer(epochs, [monitor] if monitor is not None else [], logs, **kwargs)
+        run = trainer(epochs, [clock] if monitor is None else [clock, monitor], logs, **kwargs)
         _, seconds = timed(lambda: run.fit(module, data))
     if monitor is None:
-        return Fit(seconds)
+        return Fit(seconds, clock.seconds)
     history, costs = [dict(row) for row in monitor.history], list(monitor.cost_table)
     closing = math.nan if monitor.budget.closing is None else monitor.budget.closing
-    return Fit(seconds, history, costs, monitor.budget.measuring, closing, hooks["setup"], hooks["on_fit_end"])
+    fixed = (hooks["setup"], hooks["on_fit_end"])
+    return Fit(seconds, clock.seconds, history, costs, monitor.budget.measuring, closing, *fixed)
 
 
 # -- timing -------------------------------------------------------------------------------------------------------
