@@ -4,8 +4,9 @@ prediction of the test loss, made on unlabeled inputs, decides when to stop.
 Digits' train and validation splits are pooled; a quarter of the images have their labels removed and form the
 unlabeled pool, the rest is the (whole) labelled training set. Without a validation loop the monitor measures the
 pool at the end of each training epoch against the training probe and logs, per estimator,
-``gensens/pool/unlabeled/<estimator>/pred_test_loss``; ``EarlyStopping`` watches one of them. The removed labels
-are used only once, after training, to show how close the last prediction was.
+``gensens/pool/unlabeled/<estimator>/pred_test_loss``, and the recommended estimator's (``doc_ts``) as
+``gensens/pool/unlabeled/pred_test_loss``, which ``EarlyStopping`` watches. The removed labels are used only once,
+after training, to show how close the last prediction was.
 
     python examples/no_validation_early_stopping.py [--epochs 40] [--patience 3]
 """
@@ -22,8 +23,8 @@ from lightning_gensens import GeneralizationMonitor
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier, mlp
 
-KEY = "gensens/pool/unlabeled/average_confidence/pred_test_loss"
-"""The label-free predicted test loss early stopping watches."""
+KEY = "gensens/pool/unlabeled/pred_test_loss"
+"""The label-free predicted test loss early stopping watches: the pool's recommended key."""
 
 
 def main(epochs: int = 40, patience: int = 3) -> dict[str, float]:
@@ -39,7 +40,7 @@ def main(epochs: int = 40, patience: int = 3) -> dict[str, float]:
     model = Classifier(mlp(digits.num_features, digits.num_classes), lr=3e-3, weight_decay=5e-4, optimizer="adam")
     # label-free measures only (the others are skipped on a pool anyway); budget=None measures them every epoch,
     # where within a time budget a measure may skip epochs and EarlyStopping would compare a stale value
-    measures = ["trivial", "average_confidence", "difference_of_confidences", "atc", "output_sensitivity"]
+    measures = ["trivial", "difference_of_confidences", "atc", "temperature_scaling", "output_sensitivity"]
     monitor = GeneralizationMonitor(measures, unlabeled=pool, budget=None)
     stop = EarlyStopping(KEY, patience=patience, mode="min")  # after the monitor, which logs KEY first
     trainer = L.Trainer(

@@ -10,6 +10,7 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.model_helpers import is_overridden
 
+from lightning_gensens.callbacks.keys import predicted
 from lightning_gensens.measures import MEASURES, Measure, Requirement
 
 
@@ -63,22 +64,46 @@ def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict
 
 
 RECOMMENDED = {"error": "doc_ts", "loss": "doc_ts"}
-"""The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss``, chosen on benchmarks/prediction.py
-(results/shift.md): over its shifted pools (natural, label and corruption shifts) the temperature-scaled DoC is the
-most accurate of the estimators fresh at every validation run, on both; ``perturbation_disagreement`` is more
-accurate but runs on a share of the runs, and ``cot``, the best under covariate shift alone, fails under label
-shift."""
+"""The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss`` where the pools are measured against
+the validation data, chosen on benchmarks/prediction.py (results/shift.md): over its shifted pools (natural, label
+and corruption shifts) the temperature-scaled DoC is the most accurate of the estimators fresh at every validation
+run, on both; ``perturbation_disagreement`` is more accurate but runs on a share of the runs, and ``cot``, the best
+under covariate shift alone, fails under label shift."""
+
+RECOMMENDED_FROM_PROBE = {"error": "difference_of_confidences", "loss": "difference_of_confidences"}
+"""The same where the pools are measured against the training probe (no labelled validation run): a temperature
+fitted on data the network fits (nearly) without error is too low, so DoC on the plain softmax predicts better
+(results/shift.md, in distribution with the probe as reference: error skill +0.33 against ``doc_ts``'s +0.12)."""
+
+REFERENCES = ("val", "train")
+"""The splits a pool is measured against: the validation data where a validation run has labels, else the probe."""
 
 
-def recommended(recommend: Mapping[str, str] | None) -> dict[str, str]:
-    """:data:`RECOMMENDED` with the user's choices (``{"error": …, "loss": …}``) in place."""
-    chosen = dict(RECOMMENDED)
+class Recommendation(dict[str, dict[str, str]]):
+    """The estimators behind each pool's recommended keys per reference split (``"val"``, ``"train"``), each a
+    ``{"error": …, "loss": …}``; its ``str`` says whose predictions the keys carry."""
+
+    def __str__(self) -> str:
+        val, train = self["val"], self["train"]
+        text = f"{val['error']}'s prediction and {predicted('loss')} {val['loss']}'s"
+        if train != val:
+            text += (
+                f"; against the training probe (no labelled validation run) {train['error']}'s and {train['loss']}'s"
+            )
+        return text + " (`recommend=`)"
+
+
+def recommended(recommend: Mapping[str, str] | None) -> Recommendation:
+    """The recommended estimators per reference split (``"val"``: :data:`RECOMMENDED`, ``"train"``:
+    :data:`RECOMMENDED_FROM_PROBE`) with the user's choices (``{"error": …, "loss": …}``) in place for both."""
+    chosen = Recommendation(val=dict(RECOMMENDED), train=dict(RECOMMENDED_FROM_PROBE))
     for kind, estimator in (recommend or {}).items():
         if kind not in RECOMMENDED:
             raise ValueError(f"recommend takes the keys {sorted(RECOMMENDED)}, got {kind!r}.")
         if not isinstance(estimator, str) or not estimator:
             raise ValueError(f"recommend[{kind!r}] must be an estimator's name, got {estimator!r}.")
-        chosen[kind] = estimator
+        for reference in REFERENCES:
+            chosen[reference][kind] = estimator
     return chosen
 
 

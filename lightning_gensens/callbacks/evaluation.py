@@ -30,7 +30,7 @@ class Evaluation:
     rank: int | None
     slots: list[Slot]
     pools: list[str]
-    recommend: dict[str, str]
+    recommend: dict[str, dict[str, str]]
     split_loss: dict[str, SplitLoss]
     example: Captured | None
     net: nn.Module
@@ -40,8 +40,8 @@ class Evaluation:
     _problems: dict[str, set[str]]
     _device: torch.device | None
     _warned: set[tuple[str, str]]
-    _recommended_logged: set[str]
-    _pools_measured: bool
+    _recommended_logged: set[tuple[str, str]]
+    _pools_measured: set[str]
     _warned_unlabeled_probe: bool
     _reset: bool
 
@@ -151,26 +151,31 @@ class Evaluation:
                     if target in slot.keys or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
                         pair = (group, ref, target)
                         logs.update(self._evaluate(slot, pair, ref_losses, finite, actual, keys, report))
-        logs.update(self._recommended(logs, keys))
+        logs.update(self._recommended(logs, keys, reference))
         return logs
 
-    def _recommended(self, logs: Mapping[str, Tensor], keys: Keys) -> dict[str, Tensor]:
-        """Each measured pool's ``pred_test_<kind>``: the recommended estimator's prediction, where it gave one."""
+    def _recommended(self, logs: Mapping[str, Tensor], keys: Keys, reference: str) -> dict[str, Tensor]:
+        """Each measured pool's ``pred_test_<kind>``: the prediction of the estimator recommended against
+        ``reference`` (the split the pools were measured against), where it gave one."""
         out = {}
-        for kind, estimator in self.recommend.items():
+        for kind, estimator in self.recommend.get(reference, {}).items():
             for pool in (p for p in self.pools if self.seen(p)):
-                self._pools_measured = True
+                self._pools_measured.add(reference)
                 key = keys.estimator(f"{pool}/{estimator}", predicted(kind))
                 if key in logs:
                     out[keys.shared(predicted(kind), f"{pool}/")] = logs[key]
-                    self._recommended_logged.add(kind)
+                    self._recommended_logged.add((reference, kind))
         return out
 
     def unlogged_recommendations(self) -> dict[str, str]:
-        """The recommended estimators (per kind) that never predicted for a pool measured in this fit."""
-        if not self._pools_measured:
-            return {}
-        return {kind: e for kind, e in self.recommend.items() if kind not in self._recommended_logged}
+        """The recommended estimators (per kind) that never predicted for a pool measured in this fit, against a
+        reference the pools were measured against."""
+        return {
+            kind: estimator
+            for reference in sorted(self._pools_measured, reverse=True)  # "val" first
+            for kind, estimator in self.recommend[reference].items()
+            if (reference, kind) not in self._recommended_logged
+        }
 
     def _evaluate(
         self,

@@ -57,7 +57,8 @@ class GeneralizationMonitor(Callback):
             each). Without a validation loop the pools are measured at the end of each training epoch.
         recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
             ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``doc_ts``, the temperature-scaled
-            difference of confidences and of entropies, for both).
+            difference of confidences and of entropies, for both; where the pools are measured against the
+            training probe, without a labelled validation run, ``difference_of_confidences``).
         budget: the monitor's wall time (every piece of its work, on one stopwatch) stays within ``budget`` × the
             training time: the riders (the baselines and ``temperature_scaling``, which only read captured outputs,
             on the probe's first 256 samples at least) run at every validation run, and what they cost beyond their
@@ -230,10 +231,7 @@ class GeneralizationMonitor(Callback):
         hooks.check_compiled()
         if named_pools:
             pool_key = self.keys.shared(predicted("error"), "pool/<name>/")
-            rank_zero_info(
-                f"{type(self).__name__}: each pool's {pool_key} is {self.recommend['error']}'s prediction and "
-                f"{predicted('loss')} {self.recommend['loss']}'s (`recommend=`)."
-            )
+            rank_zero_info(f"{type(self).__name__}: each pool's {pool_key} is {self.recommend}.")
         if stage == "fit" or self.probe.missing:  # trainer.validate() reuses the fit's probe
             self.probe.reset()
 

@@ -46,7 +46,7 @@ class Session(Evaluation):
         replay: Replay,
         *,
         pools: Sequence[str] = (),
-        recommend: Mapping[str, str] | None = None,
+        recommend: Mapping[str, Mapping[str, str]] | None = None,
         explicit: bool,
         strict: bool,
         rank: int | None = None,
@@ -57,9 +57,9 @@ class Session(Evaluation):
         self.owner, self.net, self.defaults, self.strict, self.replay = owner, net, defaults, strict, replay
         self.explicit, self.rank = explicit, rank
         self.pools = [f"pool/{name}" for name in pools]
-        self.recommend = dict(recommend or {})
-        self._recommended_logged: set[str] = set()
-        self._pools_measured = False
+        self.recommend = {reference: dict(chosen) for reference, chosen in (recommend or {}).items()}
+        self._recommended_logged: set[tuple[str, str]] = set()
+        self._pools_measured: set[str] = set()
         self._warned_unlabeled_probe = False
         self.slots = [self._slot(m) for m in self._applicable(measures, explicit)]
         self.split_loss = {split: SplitLoss(defaults.loss_fn) for split in (*SPLITS, *self.pools)}

@@ -47,6 +47,46 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
     assert rows["pool/noisy/cot"]["epochs"] == 2 and math.isnan(rows["pool/noisy/cot"]["mae_test_loss"])
 
 
+def test_against_the_training_probe_the_recommended_keys_are_the_plain_difference_of_confidences(
+    tmp_path, digits, caplog
+):
+    """Without a validation loop the pools are measured against the probe, on which a fitted temperature is too low:
+    their recommended keys carry DoC's predictions there, doc_ts's keys are logged beside them."""
+    monitor = GeneralizationMonitor(
+        budget=None,
+        measures=["trivial", "difference_of_confidences", "temperature_scaling"],
+        probe_size=256,
+        unlabeled=_pools(digits),
+    )
+    with caplog.at_level("INFO"):
+        trainer = make_trainer(tmp_path, [monitor], max_epochs=2, limit_val_batches=0)
+        trainer.fit(make_model(digits), digits.train_dataloader())
+    assert "against the training probe (no labelled validation run) difference_of_confidences's and" in caplog.text
+    assert len(monitor.history) == 2
+    for row in monitor.history:
+        for pool in ("noisy", "few"):
+            p = f"gensens/pool/{pool}"
+            for kind in ("error", "loss"):
+                assert row[f"{p}/pred_test_{kind}"] == row[f"{p}/difference_of_confidences/pred_test_{kind}"]
+                assert math.isfinite(row[f"{p}/doc_ts/pred_test_{kind}"])
+
+
+def test_an_explicit_recommendation_holds_against_either_reference(tmp_path, digits):
+    monitor = GeneralizationMonitor(
+        budget=None,
+        measures=["trivial", "temperature_scaling"],
+        probe_size=128,
+        unlabeled=_pools(digits),
+        recommend={"error": "doc_ts"},
+    )
+    trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0)
+    with pytest.warns(UserWarning, match="recommended loss estimator 'difference_of_confidences' never predicted"):
+        trainer.fit(make_model(digits), digits.train_dataloader())
+    last = monitor.history[-1]
+    assert last["gensens/pool/noisy/pred_test_error"] == last["gensens/pool/noisy/doc_ts/pred_test_error"]
+    assert "gensens/pool/noisy/pred_test_loss" not in last
+
+
 def test_recommend_overrides_and_is_validated(tmp_path, digits):
     monitor = GeneralizationMonitor(
         budget=None,
