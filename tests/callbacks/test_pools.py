@@ -20,13 +20,16 @@ def _pools(digits):
     }
 
 
-def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
-    monitor = GeneralizationMonitor(
-        budget=None,
-        measures=["trivial", "difference_of_confidences", "atc", "temperature_scaling", "optimal_transport"],
-        probe_size=256,
-        unlabeled=_pools(digits),
+def _monitor(digits, measures, probe_size=128, **kwargs):
+    """An unbudgeted monitor of ``measures`` with the two pools."""
+    return GeneralizationMonitor(
+        budget=None, measures=measures, probe_size=probe_size, unlabeled=_pools(digits), **kwargs
     )
+
+
+def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
+    measures = ["trivial", "difference_of_confidences", "atc", "temperature_scaling", "optimal_transport"]
+    monitor = _monitor(digits, measures, probe_size=256)
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     expected = "each pool's gensens/pool/<name>/pred_test_error is doc_ts's prediction and pred_test_loss doc_ts's"
@@ -52,12 +55,7 @@ def test_against_the_training_probe_the_recommended_keys_are_the_plain_differenc
 ):
     """Without a validation loop the pools are measured against the probe, on which a fitted temperature is too low:
     their recommended keys carry DoC's predictions there, doc_ts's keys are logged beside them."""
-    monitor = GeneralizationMonitor(
-        budget=None,
-        measures=["trivial", "difference_of_confidences", "temperature_scaling"],
-        probe_size=256,
-        unlabeled=_pools(digits),
-    )
+    monitor = _monitor(digits, ["trivial", "difference_of_confidences", "temperature_scaling"], probe_size=256)
     with caplog.at_level("INFO"):
         trainer = make_trainer(tmp_path, [monitor], max_epochs=2, limit_val_batches=0)
         trainer.fit(make_model(digits), digits.train_dataloader())
@@ -72,13 +70,7 @@ def test_against_the_training_probe_the_recommended_keys_are_the_plain_differenc
 
 
 def test_an_explicit_recommendation_holds_against_either_reference(tmp_path, digits):
-    monitor = GeneralizationMonitor(
-        budget=None,
-        measures=["trivial", "temperature_scaling"],
-        probe_size=128,
-        unlabeled=_pools(digits),
-        recommend={"error": "doc_ts"},
-    )
+    monitor = _monitor(digits, ["trivial", "temperature_scaling"], recommend={"error": "doc_ts"})
     trainer = make_trainer(tmp_path, [monitor], max_epochs=1, limit_val_batches=0)
     with pytest.warns(UserWarning, match="recommended loss estimator 'difference_of_confidences' never predicted"):
         trainer.fit(make_model(digits), digits.train_dataloader())
@@ -88,13 +80,7 @@ def test_an_explicit_recommendation_holds_against_either_reference(tmp_path, dig
 
 
 def test_recommend_overrides_and_is_validated(tmp_path, digits):
-    monitor = GeneralizationMonitor(
-        budget=None,
-        measures=["trivial", "optimal_transport"],
-        probe_size=128,
-        unlabeled=_pools(digits),
-        recommend={"error": "cott", "loss": "trivial"},
-    )
+    monitor = _monitor(digits, ["trivial", "optimal_transport"], recommend={"error": "cott", "loss": "trivial"})
     make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
     last = monitor.history[-1]
     assert last["gensens/pool/noisy/pred_test_error"] == last["gensens/pool/noisy/cott/pred_test_error"]
@@ -106,7 +92,7 @@ def test_recommend_overrides_and_is_validated(tmp_path, digits):
 
 
 def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, digits):
-    monitor = GeneralizationMonitor(budget=None, measures=["trivial"], probe_size=128, unlabeled=_pools(digits))
+    monitor = _monitor(digits, ["trivial"])
     with pytest.warns(UserWarning, match="recommended error estimator 'doc_ts' never predicted") as record:
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     assert sum("recommended error" in str(w.message) for w in record) == 1
