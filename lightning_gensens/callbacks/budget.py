@@ -62,11 +62,11 @@ class Budget:
     runs). Its runs are every ``k``-th, counted back from the fit's last run where the Trainer says which it is (so
     the last run measures everything the fit affords; else runs 1, 2, … whose index is a multiple of ``k``), from
     run ``k`` on (its share paid for it). ``k`` only changes when its ratio moves a margin past a power of two
-    (:data:`GROW`, :data:`SHRINK`), so once a measure has been timed, timing noise of ±20% does not move its runs,
-    and runs do not bunch (a first decision, without a previous ``k``, has no margin). A measure not yet timed
-    first runs on :data:`TRIAL_SAMPLES` samples per split, planned the same way from a guess of that run: its
-    ``relative_cost`` × the time of a forward call of the model on as many samples (the fastest of :data:`CALLS`
-    calls; before it is timed only measures guessed at one call or less start).
+    (:data:`GROW`, :data:`SHRINK`), so run-to-run timing noise does not move its runs, and runs do not bunch (a
+    ratio that sits near a margin, or a first decision, which has none, can differ between two machines' timings).
+    A measure not yet timed first runs on :data:`TRIAL_SAMPLES` samples per split, planned the same way from a guess
+    of that run: its ``relative_cost`` × the time of a forward call of the model on as many samples (the fastest of
+    :data:`CALLS` calls; before it is timed only measures guessed at one call or less start).
     ``fraction=None`` runs every measure on everything, every time.
     """
 
