@@ -1,7 +1,7 @@
 """What the predictions are worth: which label-free estimator to trust for the loss and error of an unlabelled,
 shifted pool, and every estimator's error in distribution, over several setups and seeds.
 
-    python benchmarks/prediction.py [--quick] [--seeds 2] [--epochs 25] [--all-measures]
+    python benchmarks/prediction.py [--quick] [--seeds 2] [--epochs 25] [--all-measures] [--probe-reference]
                                     [--out benchmarks/results/shift.md]
 
 Four setups (MNIST-1D MLP 4×100 SGD and 3×256 Adam, digits MLP 4×100 SGD and 2×256 Adam) × --seeds. Each run
@@ -23,6 +23,9 @@ measures then run on every pool too). From `monitor.history`:
   run's skill; wins = the share of pools where |error| < trivial's;
 - in distribution, the MAE of the predicted versus actual test loss and error over the last third of the epochs,
   trivial predicting test = train (probe).
+
+`--probe-reference` trains without a validation loop (`limit_val_batches=0`), so the pools are measured against the
+training probe at the end of each epoch (trivial: pool = probe) and there is no in-distribution section.
 
 Every estimator found in the history is scored, and the monitor's recommended per-pool keys
 (`gensens/pool/<name>/pred_test_error|loss`) as the row `recommended`. Prints the tables and writes them, with the
@@ -136,8 +139,16 @@ class Run:
 
 
 def fit(
-    setup: Setup, data: Data, seed: int, epochs: int, probe_size: int, pool_size: int | None, measures: list[str] | None
+    setup: Setup,
+    data: Data,
+    seed: int,
+    epochs: int,
+    probe_size: int,
+    pool_size: int | None,
+    measures: list[str] | None,
+    probe_reference: bool = False,
 ) -> Run:
+    """One run; with ``probe_reference`` no validation loop runs, so the pools are measured against the probe."""
     pools = data.pools(seed, pool_size)
     L.seed_everything(seed, verbose=False)
     net = mlp(data.module.num_features, data.module.num_classes, hidden=setup.hidden)
@@ -172,6 +183,7 @@ def fit(
             accelerator="cpu",
             devices=1,
             num_sanity_val_steps=0,
+            limit_val_batches=0 if probe_reference else None,
         )
         start = time.perf_counter()
         trainer.fit(model, data.module)
@@ -224,6 +236,11 @@ def _key(group: str, estimator: str, kind: str) -> str:
 
 def _actual(group: str, kind: str) -> str:
     return f"{PREFIX}/pool/{group}/test_{kind}" if group else f"{PREFIX}/test_{kind}"
+
+
+def _reference(reference: str, kind: str) -> str:
+    """The actual loss or error of the pools' reference: the validation data's (``""``) or the probe's."""
+    return f"{PREFIX}/{reference}_{kind}" if reference else _actual("", kind)
 
 
 def _abs_error(row: dict[str, float], group: str, estimator: str, kind: str) -> float:
@@ -446,8 +463,9 @@ def shift_report(runs: Sequence[Run], names: Sequence[str]) -> list[str]:
     return sections
 
 
-def severity_table(runs: Sequence[Run]) -> str:
-    """Mean over runs of each pool's actual test error and loss minus the validation data's."""
+def severity_table(runs: Sequence[Run], reference: str = "") -> str:
+    """Mean over runs of each pool's actual test error and loss minus the reference's (``""``: the validation data's,
+    ``"train"``: the probe's)."""
     deltas: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
     families = {}
     for run in runs:
@@ -455,7 +473,9 @@ def severity_table(runs: Sequence[Run]) -> str:
         for pool, (family, kind, level) in run.pools.items():
             families[kind] = family
             deltas[kind, level].append(
-                tuple(final.get(_actual(pool, q), math.nan) - final.get(_actual("", q), math.nan) for q in KINDS)
+                tuple(
+                    final.get(_actual(pool, q), math.nan) - final.get(_reference(reference, q), math.nan) for q in KINDS
+                )
             )
     levels = sorted({lv for _, lv in deltas})
     lines = ["| family | shift | " + " | ".join(f"level {lv}" for lv in levels) + " |"]
@@ -478,6 +498,11 @@ def main() -> None:
     parser.add_argument("--probe-size", type=int, default=1024, help="training samples in the monitor's probe")
     parser.add_argument("--pool-size", type=int, default=None, help="samples per pool (default the test split's)")
     parser.add_argument("--all-measures", action="store_true", help="every default measure, not the cheap ones")
+    parser.add_argument(
+        "--probe-reference",
+        action="store_true",
+        help="no validation loop (`limit_val_batches=0`): the pools are measured against the training probe",
+    )
     parser.add_argument(
         "--threads",
         type=int,
@@ -513,7 +538,9 @@ def main() -> None:
         if setup.dataset not in datasets:
             datasets[setup.dataset] = Data(setup.dataset)
         for seed in range(seeds):
-            run = fit(setup, datasets[setup.dataset], seed, epochs, args.probe_size, pool_size, measures)
+            run = fit(
+                setup, datasets[setup.dataset], seed, epochs, args.probe_size, pool_size, measures, args.probe_reference
+            )
             runs.append(run)
             final = run.history[-1] if run.history else {}
             by_family = defaultdict(list)
@@ -535,6 +562,7 @@ def main() -> None:
             "threads": torch.get_num_threads(),
             "probe_size": args.probe_size,
             "pool_size": pool_size,
+            "reference": "train" if args.probe_reference else "",
             "measures": (
                 "every default measure"
                 if measures is None
@@ -547,6 +575,8 @@ def main() -> None:
     if args.save_runs:
         Path(args.save_runs).write_text(json.dumps({"runs": [asdict(r) for r in runs], "meta": meta}))
     wall = meta["wall"]
+    reference = meta.get("reference", "")  # "" (validation data) or "train" (the probe, no validation loop)
+    against = "the training probe's (no validation loop)" if reference else "the validation data's"
 
     needs: dict[str, bool] = {}
     for run in runs:
@@ -569,7 +599,9 @@ def main() -> None:
     final_errors = defaultdict(list)
     for run in runs:
         final = run.history[-1]
-        final_errors[run.setup].append((final.get(f"{PREFIX}/train_error", math.nan), final.get(_actual("", "error"))))
+        final_errors[run.setup].append(
+            (final.get(f"{PREFIX}/train_error", math.nan), final.get(_actual("", "error"), math.nan))
+        )
     setup_lines = ["| setup | configuration | final train error | final test error |", "|---|---|---|---|"] + [
         f"| {s.name} | {s.description} | {_fmt(_finite_mean(a for a, _ in final_errors[s.name]), '.3f')} | "
         f"{_fmt(_finite_mean(b for _, b in final_errors[s.name]), '.3f')} |"
@@ -596,6 +628,16 @@ def main() -> None:
     ]
     messages = sorted({m.splitlines()[0][:300] for run in runs for m in run.warnings})
 
+    in_distribution_section = [
+        "## In distribution (validation = test split), MAE over the last third of the measured epochs",
+        "Trivial predicts test loss/error = the training probe's. Mean/median of per-run skills (setups × seeds); "
+        f"wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}.",
+        markdown(table_in, IN_DISTRIBUTION_COLUMNS),
+        "Skill (error) per setup, seed-averaged MAE:",
+        by_column([r["estimator"] for r in table_in], setup_names, setup_skill("error")),
+        "Skill (loss) per setup, seed-averaged MAE:",
+        by_column([r["estimator"] for r in table_in], setup_names, setup_skill("loss")),
+    ]
     text = "\n\n".join(
         [
             "# Which label-free estimator to trust, under shift and in distribution",
@@ -608,24 +650,17 @@ def main() -> None:
             f"{meta['load'][0]:.1f} at the start, {meta['load'][1]:.1f} at the end (the cores were shared). Package: "
             f"{meta['origin']}.",
             "## Under shift, at the end of training (labels only score)",
-            "Trivial predicts each pool's test loss/error = the validation data's; `recommended` is the monitor's "
+            f"Trivial predicts each pool's test loss/error = {against}; `recommended` is the monitor's "
             "per-pool `pred_test_error|loss`. skill = 1 − MAE/MAE(trivial), both MAEs over pools × setups × seeds; "
             "mean/median skill per run = of each run's skill over its pools; wins = pools where |predicted − "
             "actual| < trivial's, of the pools the estimator predicted; MAE = mean |predicted − actual|.",
             *shift_sections,
-            "How strong the shifts are: mean over runs of the pool's test error / loss minus the validation data's "
-            "at the end of training:",
-            severity_table(runs),
+            f"How strong the shifts are: mean over runs of the pool's test error / loss minus {against} at the end "
+            "of training:",
+            severity_table(runs, reference),
             "Predicted test errors outside [0, 1], every logged value (every epoch) of the runs:",
             "\n".join(outside_lines),
-            "## In distribution (validation = test split), MAE over the last third of the measured epochs",
-            "Trivial predicts test loss/error = the training probe's. Mean/median of per-run skills (setups × seeds); "
-            f"wins = setups in which the skill of the seed-averaged MAE is ≥ {WIN}.",
-            markdown(table_in, IN_DISTRIBUTION_COLUMNS),
-            "Skill (error) per setup, seed-averaged MAE:",
-            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("error")),
-            "Skill (loss) per setup, seed-averaged MAE:",
-            by_column([r["estimator"] for r in table_in], setup_names, setup_skill("loss")),
+            *(in_distribution_section if not reference else []),
             "## Configuration",
             "\n".join(setup_lines),
             "Pools (`benchmarks/_shifts.py`): natural = MNIST-1D made by `mnist1d.data.make_dataset` with one "

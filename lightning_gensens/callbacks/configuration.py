@@ -73,7 +73,8 @@ under covariate shift alone, fails under label shift."""
 RECOMMENDED_FROM_PROBE = {"error": "difference_of_confidences", "loss": "difference_of_confidences"}
 """The same where the pools are measured against the training probe (no labelled validation run): a temperature
 fitted on data the network fits (nearly) without error is too low, so DoC on the plain softmax predicts better
-(results/shift.md, in distribution with the probe as reference: error skill +0.33 against ``doc_ts``'s +0.12)."""
+(benchmarks/prediction.py --probe-reference, results/shift_probe.md: error skill +0.32 and loss +0.16 over its
+shifted pools, against ``doc_ts``'s +0.17 and +0.08)."""
 
 REFERENCES = ("val", "train")
 """The splits a pool is measured against: the validation data where a validation run has labels, else the probe."""
