@@ -4,8 +4,9 @@ prediction of the test loss, made on unlabeled inputs, decides when to stop.
 Digits' train and validation splits are pooled; a quarter of the images have their labels removed and form the
 unlabeled pool, the rest is the (whole) labelled training set. Without a validation loop the monitor measures the
 pool at the end of each training epoch against the training probe and logs, per estimator,
-``gensens/pool/unlabeled/<estimator>/pred_test_loss``, and the recommended estimator's (``doc_ts``) as
-``gensens/pool/unlabeled/pred_test_loss``, which ``EarlyStopping`` watches. The removed labels are used only once,
+``gensens/pool/unlabeled/<estimator>/pred_test_loss``, and the recommended estimator's as
+``gensens/pool/unlabeled/pred_test_loss``, which ``EarlyStopping`` watches (against the probe, the difference of
+confidences: a temperature fitted on training data is too low for ``doc_ts``). The removed labels are used only once,
 after training, to show how close the last prediction was.
 
     python examples/no_validation_early_stopping.py [--epochs 40] [--patience 3]
