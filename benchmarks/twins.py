@@ -107,9 +107,15 @@ def twin_proportions(confusion: Tensor, predicted: Tensor) -> Tensor:
 
 def twin(labels: Tensor, q: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """Indices of ``n`` validation samples: each one's class drawn from q, then a sample of it (with replacement)."""
-    by_class = [torch.nonzero(labels == k).flatten() for k in range(len(q))]
     classes = torch.multinomial(q, n, replacement=True, generator=generator)
-    return torch.stack([by_class[k][torch.randint(len(by_class[k]), (), generator=generator)] for k in classes])
+    counts = torch.bincount(labels, minlength=len(q))
+    starts = torch.cumsum(counts, 0) - counts  # where each class begins among the samples sorted by class
+    within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
+    return torch.argsort(labels, stable=True)[starts[classes] + within]
+
+
+def _error(logits: Tensor, labels: Tensor) -> float:
+    return float((logits.argmax(1) != labels).double().mean())
 
 
 def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -> list[Pair]:
@@ -118,7 +124,7 @@ def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -
     with torch.no_grad():
         z = net(x).double()
     k = z.shape[1]
-    temperature = fit_temperature(z, y)
+    temperature, validation_error = fit_temperature(z, y), _error(z, y)
     confusion = torch.stack([torch.bincount(z[y == c].argmax(1), minlength=k) / (y == c).sum() for c in range(k)], 1)
     generator = torch.Generator().manual_seed(seed)
 
@@ -139,11 +145,11 @@ def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -
                 seed,
                 pool.family,
                 pool.name,
-                float((zp.argmax(1) != pool.y).double().mean()),
-                float((z[first].argmax(1) != y[first]).double().mean()),
+                _error(zp, pool.y),
+                _error(z[first], y[first]),
                 permutation_p(probs(zp), probs(z[first]), permutations, generator),
                 permutation_p(probs(z[second]), probs(z[first]), permutations, generator),
-                float((z.argmax(1) != y).double().mean()),
+                validation_error,
             )
         )
     return out

@@ -76,9 +76,6 @@ fitted on data the network fits (nearly) without error is too low, so DoC on the
 (benchmarks/prediction.py --probe-reference, results/shift_probe.md: error skill +0.32 and loss +0.16 over its
 shifted pools, against ``doc_ts``'s +0.17 and +0.08)."""
 
-REFERENCES = ("val", "train")
-"""The splits a pool is measured against: the validation data where a validation run has labels, else the probe."""
-
 
 class Recommendation(dict[str, dict[str, str]]):
     """The estimators behind each pool's recommended keys per reference split (``"val"``, ``"train"``), each a
@@ -103,8 +100,8 @@ def recommended(recommend: Mapping[str, str] | None) -> Recommendation:
             raise ValueError(f"recommend takes the keys {sorted(RECOMMENDED)}, got {kind!r}.")
         if not isinstance(estimator, str) or not estimator:
             raise ValueError(f"recommend[{kind!r}] must be an estimator's name, got {estimator!r}.")
-        for reference in REFERENCES:
-            chosen[reference][kind] = estimator
+        for choice in chosen.values():
+            choice[kind] = estimator
     return chosen
 
 
