@@ -17,7 +17,7 @@ from torchmetrics import Metric
 
 from lightning_gensens.callbacks.budget import Need
 from lightning_gensens.callbacks.evaluation import Evaluation
-from lightning_gensens.callbacks.slots import POOL_PROBLEMS, Agreement, Slot, label_problem, no_labels
+from lightning_gensens.callbacks.slots import POOL_PROBLEMS, Agreement, Slot, label_problem, no_labels, read_shared
 from lightning_gensens.callbacks.stopwatch import MEASURE, Stopwatch
 from lightning_gensens.capture import Captured, exclusive
 from lightning_gensens.measures import Measure, Requirement, Settings
@@ -86,7 +86,7 @@ class Session(Evaluation):
         return [slot.measure for slot in self.slots if not slot.failed]
 
     def metrics(self) -> list[Metric]:
-        return [*self.split_loss.values(), *(m for s in self.slots for m in s.metrics.values())]
+        return [*self.split_loss.values(), *(m for s in self.slots for m in s.own.values())]
 
     def to(self, device: torch.device) -> None:
         """Keep every Metric's state on ``device`` (the model's, which Lightning may move between runs)."""
@@ -109,15 +109,17 @@ class Session(Evaluation):
         return needs
 
     def plan(self, caps: dict[str, int | None]) -> None:
-        """Set each measure's samples per split for the coming run."""
+        """Set each measure's samples per split for the coming run, and the Metrics it reads."""
         for slot in self.slots:
             slot.cap = caps.get(slot.measure.name)
-            if slot.runs and not slot.metrics:
-                self._guard(slot, "creating its metrics", self._create_metrics, slot)
+        read_shared(self.slots)
+        # Metrics that fail to be made pass their readers to the first of them, which makes its own next
+        while pending := [slot for slot in self.slots if slot.runs and slot.source is None and not slot.own]:
+            self._guard(pending[0], "creating its metrics", self._create_metrics, pending[0])
 
     def _create_metrics(self, slot: Slot) -> None:
         metrics = {key: slot.measure.make_metric(self.net, slot.settings) for key in slot.keys}
-        slot.metrics = {key: m if self._device is None else m.to(self._device) for key, m in metrics.items()}
+        slot.own = {key: m if self._device is None else m.to(self._device) for key, m in metrics.items()}
 
     def running(self, requirement: Requirement) -> bool:
         """Whether a measure that runs this run needs ``requirement``."""
@@ -142,7 +144,7 @@ class Session(Evaluation):
         self.replay.clear()
         for split_loss in self.split_loss.values():  # computed (and cached) on every rank, updated or not
             split_loss.reset()
-        for metric in (metric for slot in self.slots for metric in slot.metrics.values()):
+        for metric in (metric for slot in self.slots for metric in slot.own.values()):
             if metric.update_count:  # a Metric never updated holds its defaults already
                 metric.reset()
 
@@ -181,9 +183,17 @@ class Session(Evaluation):
                 slot.fed[split] = slot.fed.get(split, 0) + part.logits.shape[0]
                 if slot.measure.needs(Requirement.LABELS) and record.y is None:
                     self._guard(slot, "reading labels", no_labels, slot.measure, split)
+                if slot.source is not None:
+                    continue  # its source feeds the Metrics it reads
                 with self.replay.replaying(part.call):
                     metric = slot.metrics[split]
                     self._guard(slot, f"updating on {split} data", slot.measure.update, metric, part, self.net)
+                if slot.failed:  # what it failed to feed may hold part of the batch: no measure reads it
+                    for reader in (other for other in self.slots if other.metrics.get(split) is metric):
+                        reader.error = (
+                            f"{reader.measure.name} read the Metrics of {slot.measure.name}, which failed to feed them"
+                        )
+                        self._switch_off(reader)
 
     def _remember(self, record: Captured) -> None:
         """Keep a call that is more than ``net(x)`` for the measures that call the model at the end of the run."""
@@ -288,8 +298,14 @@ class Session(Evaluation):
             warnings.warn(rank_prefixed_message(message, self.rank), UserWarning, stacklevel=2)
 
     def _switch_off(self, slot: Slot) -> None:
-        """For the rest of the fit; its Metrics' memory is freed."""
-        slot.failed, slot.metrics = True, {}
+        """For the rest of the fit; its Metrics' memory is freed, or handed to the first measure reading them, which
+        the others then read."""
+        slot.failed, slot.source, own, slot.own = True, None, slot.own, {}
+        readers = [other for other in self.slots if other.source is slot and not other.failed]
+        for reader in readers:
+            reader.source = None if reader is readers[0] else readers[0]
+        if readers:
+            readers[0].own = own
 
     def _check_outputs(self, record: Captured) -> None:
         """At the first record: refuse a classification loss on outputs it cannot score, and skip the measures

@@ -31,8 +31,10 @@ class Slot:
     """Its Metrics' keys: splits, or the weights."""
     relative_cost: float
     """Its measure's ``relative_cost`` on the model (read once per fit: the budget plans every run with it)."""
-    metrics: dict[str, Metric] = field(default_factory=dict)
-    """Created before its first run (a measure a budget never runs costs nothing)."""
+    own: dict[str, Metric] = field(default_factory=dict)
+    """Its own Metrics, created before its first run that reads them (a measure a budget never runs costs nothing)."""
+    source: Slot | None = None
+    """The slot whose Metrics it reads this run instead of its own (:meth:`Measure.shares`), or None."""
     failed: bool = False
     cap: int | None = None
     """Samples per split it may use this run (None: all, 0: it does not run)."""
@@ -44,6 +46,11 @@ class Slot:
     """Whether some rank fed it this run (a weight-only measure: whether it runs), once the ranks agreed."""
     error: str | None = None
     """Why it was switched off, until that is said."""
+
+    @property
+    def metrics(self) -> dict[str, Metric]:
+        """The Metrics it reads this run: its source's, or its own."""
+        return (self.source or self).own
 
     @property
     def runs(self) -> bool:
@@ -65,6 +72,22 @@ class Agreement:
     """Each pool's problems on any rank (keys of :data:`POOL_PROBLEMS`)."""
     outputs: int
     """The model's outputs per sample; 0 where a rank saw no forward pass."""
+
+
+def read_shared(slots: Sequence[Slot]) -> None:
+    """Point each running slot whose measure may read another's Metrics on the same samples
+    (:meth:`~lightning_gensens.measures.Measure.shares`) at the first such slot that reads its own, those whose
+    Metrics most others may read first: they are fed and computed once for all of them."""
+    for slot in slots:
+        slot.source = None
+    running = [slot for slot in slots if slot.runs]
+    readers = {id(slot): sum(o.measure.shares(slot.measure) for o in running if o is not slot) for slot in running}
+    owners: list[Slot] = []
+    for slot in sorted(running, key=lambda slot: -readers[id(slot)]):
+        same = (o for o in owners if (o.cap, tuple(o.keys)) == (slot.cap, tuple(slot.keys)))
+        slot.source = next((o for o in same if slot.measure.shares(o.measure)), None)
+        if slot.source is None:
+            owners.append(slot)
 
 
 def label_problem(logits: Tensor, y: Tensor) -> str | None:

@@ -41,6 +41,11 @@ class LogitSampleMeasure(Measure[LogitSample], Generic[F]):
     def make_metric(self, net: nn.Module, settings: Settings) -> LogitSample:
         return LogitSample(max_samples=self.max_samples, seed=settings.seed)
 
+    def shares(self, other: Measure[Any]) -> bool:
+        """Another such measure's samples, where they are as many and drawn with the same seed."""
+        same = isinstance(other, LogitSampleMeasure) and other.max_samples == self.max_samples
+        return same and other.seed == self.seed
+
     def update(self, metric: LogitSample, record: Captured, net: nn.Module) -> None:
         metric.update(record.logits, record.y)
 

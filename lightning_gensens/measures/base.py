@@ -145,6 +145,12 @@ class Measure(Generic[M]):
         """A fresh Metric of one split for ``net``'s architecture (pure: it keeps no model, changes nothing)."""
         raise NotImplementedError
 
+    def shares(self, other: Measure[Any]) -> bool:
+        """Whether this measure may read the Metrics ``other`` makes (:meth:`make_metric`, fed by ``other``'s
+        :meth:`update`) instead of its own, where both run on the same samples: the monitor then feeds and computes
+        them once for both. By default never."""
+        return False
+
     def update(self, metric: M, record: Captured, net: nn.Module) -> None:
         """Feed one captured forward pass (weight-only measures: the weights, once per run)."""
         raise NotImplementedError

@@ -51,12 +51,15 @@ class ConfidenceStatistics(Metric):
         for state in _SCORE_STATES.values():
             self.add_state(state, [], dist_reduce_fx="cat")
 
-    def update(self, logits: Tensor) -> None:
-        """Add a batch of logits [B, K] (K ≥ 2), e.g. the ones the forward pass already produced."""
-        confidence, entropy = _confidence_update(logits)
-        self.count += confidence.numel()
-        self.confidence_sum += confidence.sum().to(self.confidence_sum)
-        self.entropy_sum += entropy.sum().to(self.entropy_sum)
+    def update(self, logits: Tensor, scores: tuple[Tensor, Tensor] | None = None) -> None:
+        """Add a batch of logits [B, K] (K ≥ 2), e.g. the ones the forward pass already produced; ``scores``: their
+        per-sample max-softmax confidence and entropy where already computed (``_confidence_update``), so that
+        several metrics of the same logits share that work."""
+        confidence, entropy = _confidence_update(logits) if scores is None else scores
+        # in place: assigning a Metric's attribute goes through ``nn.Module.__setattr__`` (microseconds per state)
+        self.count.add_(confidence.numel())
+        self.confidence_sum.add_(confidence.sum().to(self.confidence_sum))
+        self.entropy_sum.add_(entropy.sum().to(self.entropy_sum))
         room = confidence.numel() if self.max_samples is None else self.max_samples - self._stored()
         if room > 0:
             self.max_softmax_scores.append(confidence[:room])

@@ -78,8 +78,8 @@ class LogitSample(Metric):
         self.keys.append(torch.rand(n, generator=generator, device=z.device, dtype=torch.float64))
         self.logits.append(z.reshape(-1))
         self.labels.append(y.to(z.device))
-        self.count += n
-        self.num_classes = torch.clamp_min(self.num_classes, k)
+        self.count.add_(n)  # in place: no ``nn.Module.__setattr__``
+        self.num_classes.clamp_(min=k)
         self._trim(k)
 
     def compute(self) -> dict[str, Tensor]:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from lightning_gensens.capture import Captured
+from lightning_gensens.functional.confidence import _confidence_update
 from lightning_gensens.measures import (
     MEASURES,
     AverageConfidence,
@@ -19,6 +20,7 @@ from lightning_gensens.measures import (
     Settings,
     Trivial,
 )
+from lightning_gensens.measures._confidence import CONFIDENCE, ENTROPY, confidence_scores
 from lightning_gensens.measures.base import SPLITS
 
 BASELINES = ("trivial", "average_confidence", "difference_of_confidences", "atc")
@@ -177,3 +179,35 @@ def test_estimates_are_estimate_objects_with_errors():
         (estimate,) = estimates.values()
         assert isinstance(estimate, Estimate) and estimate.error is not None
         assert math.isfinite(float(estimate.loss)) and math.isfinite(float(estimate.error))
+
+
+def test_the_confidence_measures_compute_a_record_s_scores_once_and_as_alone():
+    """The per-sample scores are computed once per record and shared through its cache; every measure's numbers are
+    those it computes alone, on the record and on a share of it."""
+    measures = (AverageConfidence(), DifferenceOfConfidences(), AverageThresholdedConfidence())
+    alone = [_run(type(measure)(), TRAIN, VAL, REF) for measure in measures]
+    metrics = [{split: m.make_metric(NET, Settings()) for split in SPLITS} for m in measures]
+    for split, logits in (("train", TRAIN), ("val", VAL)):
+        for record in _records(logits, (7, logits.shape[0] - 7)):
+            for measure, metric in zip(measures, metrics, strict=True):
+                measure.update(metric[split], record, NET)
+                assert set(record.cache) == {CONFIDENCE, ENTROPY}
+            cached = record.cache[CONFIDENCE]
+            assert confidence_scores(record)[0] is cached  # not computed again
+            rows = torch.tensor([4, 0, 2])
+            part = record.take(rows)  # a capped measure's share slices the cache: the scores of those rows
+            for got, expected in zip(confidence_scores(part), _confidence_update(record.logits[rows]), strict=True):
+                assert torch.equal(got, expected)
+    for measure, metric, (values, estimates) in zip(measures, metrics, alone, strict=True):
+        computed = measure.compute(metric, NET, Settings())
+        assert measure.values(computed) == values
+        shared = measure.estimate(computed, REF)[measure.name]
+        assert (shared.loss, shared.error) == (estimates[measure.name].loss, estimates[measure.name].error)
+
+
+def test_which_confidence_measures_may_read_another_s_metrics():
+    ac, doc, atc = AverageConfidence(), DifferenceOfConfidences(), AverageThresholdedConfidence()
+    assert ac.shares(doc) and doc.shares(ac) and ac.shares(atc) and doc.shares(atc)  # the means are in every one
+    assert not atc.shares(ac) and not atc.shares(AverageThresholdedConfidence(max_samples=10))  # the scores it keeps
+    assert atc.shares(AverageThresholdedConfidence(score="negative_entropy"))  # both scores are kept
+    assert not ac.shares(Trivial()) and not Trivial().shares(Trivial())

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lightning_gensens.functional import difference_of_entropies, fit_temperature, scaled_difference_of_confidences
-from lightning_gensens.measures import TemperatureScaling
+from lightning_gensens.measures import AverageConfidence, OptimalTransport, TemperatureScaling
 from tests.helpers import run_ddp
 from tests.measures.logit_cases import estimate, logit_data, rank_estimates, reference, union_estimates
 
@@ -65,3 +65,10 @@ def test_two_ranks_compute_what_one_process_computes_on_their_union():
     per_rank = run_ddp(_ddp_estimates)
     assert per_rank[0] == per_rank[1]  # every rank computes the same number
     assert per_rank[0] == pytest.approx(union_estimates(TemperatureScaling(max_samples=60), max_samples=60), rel=1e-12)
+
+
+def test_it_may_read_the_samples_of_a_measure_drawing_as_many_with_the_same_seed():
+    ts = TemperatureScaling(max_samples=60)
+    assert ts.shares(OptimalTransport(max_samples=60)) and OptimalTransport(max_samples=60).shares(ts)
+    assert not ts.shares(OptimalTransport()) and not ts.shares(TemperatureScaling(max_samples=60, seed=3))
+    assert not ts.shares(AverageConfidence())

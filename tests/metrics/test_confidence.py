@@ -6,6 +6,7 @@ import torch
 from lightning_gensens.functional.confidence import (
     _average_confidence_compute,
     _average_thresholded_confidence_compute,
+    _confidence_update,
     _difference_of_confidences_compute,
     average_confidence,
     average_thresholded_confidence,
@@ -138,3 +139,15 @@ def test_ddp_equals_one_process():
         assert set(result) == set(expected)
         for key, value in expected.items():
             torch.testing.assert_close(result[key], value, rtol=1e-13, atol=0, msg=key)
+
+
+def test_scores_computed_once_give_the_states_of_logits():
+    """Scores another metric of the same logits computed (``_confidence_update``) give bit-identical states."""
+    fresh, shared = ConfidenceStatistics(max_samples=30), ConfidenceStatistics(max_samples=30)
+    for logits in _batches(3):
+        fresh.update(logits)
+        shared.update(logits, _confidence_update(logits))
+    for state in ("count", "confidence_sum", "entropy_sum"):
+        assert torch.equal(getattr(fresh, state), getattr(shared, state))
+    for kind in ("max_softmax", "negative_entropy"):
+        assert torch.equal(fresh.scores(kind), shared.scores(kind))
