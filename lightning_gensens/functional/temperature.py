@@ -48,13 +48,13 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     low, high = bounds
     if not 0 < low < high:
         raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
-    z_y = z.gather(1, y[:, None]).squeeze(1)
+    z_y, z_squared = z.gather(1, y[:, None]).squeeze(1), z.square()
     lower, upper = 1.0 / high, 1.0 / low
     lo, hi, beta = lower, upper, min(max(1.0, lower), upper)
     for _ in range(_NEWTON_STEPS):
         p = torch.softmax(beta * z, dim=1)
         mean = (p * z).sum(1)
-        variance = (p * z.square()).sum(1) - mean.square()
+        variance = (p * z_squared).sum(1) - mean.square()
         slope, curvature = torch.stack([(mean - z_y).mean(), variance.mean()]).tolist()  # one host read
         if (beta == upper and slope <= 0) or (beta == lower and slope >= 0):
             break  # the minimum lies at this bound

@@ -68,7 +68,9 @@ class LogitSampleMeasure(Measure[LogitSample], Generic[F]):
         if self._fitted is not None and self._fitted[0] is logits:
             return self._fitted[1]
         labelled = labels >= 0
-        fit = self.fit(logits[labelled], labels[labelled]) if bool(labelled.any()) else None
+        kept = int(labelled.sum())  # one host read; where every sample is labelled (the usual case) none is copied
+        z, y = (logits, labels) if kept == len(labels) else (logits[labelled], labels[labelled])
+        fit = self.fit(z, y) if kept else None
         self._fitted = (logits, fit)
         return fit
 
