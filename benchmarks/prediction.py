@@ -71,7 +71,16 @@ RECOMMENDED = "recommended"
 OT = "optimal_transport"
 WIN = 0.2
 KINDS = ("error", "loss")
-CHEAP = ("trivial", "average_confidence", "difference_of_confidences", "atc", "temperature_scaling", OT, "aline")
+CHEAP = (
+    "trivial",
+    "average_confidence",
+    "difference_of_confidences",
+    "atc",
+    "temperature_scaling",
+    OT,
+    "shift_test",
+    "aline",
+)
 FINAL = ("perturbation_disagreement",)
 """Measures run at the last epoch only, by a second monitor (96 forward passes per sample: every epoch would
 multiply the benchmark's time); its keys join the last row of the history."""

@@ -23,6 +23,7 @@ BUILT_IN: tuple[tuple[str, str], ...] = (
     ("atc", "AverageThresholdedConfidence"),
     ("temperature_scaling", "TemperatureScaling"),
     ("optimal_transport", "OptimalTransport"),
+    ("shift_test", "ShiftTest"),
     ("agreement", "AgreementOnTheLine"),
     ("perturbation_disagreement", "PerturbationDisagreement"),
     ("linf_norm", "LinfNorm"),

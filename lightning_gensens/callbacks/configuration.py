@@ -63,12 +63,13 @@ def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict
     return named
 
 
-RECOMMENDED = {"error": "doc_ts", "loss": "doc_ts"}
+RECOMMENDED = {"error": "shift_gated", "loss": "shift_gated"}
 """The estimators behind each pool's ``pred_test_error`` and ``pred_test_loss`` where the pools are measured against
 the validation data, chosen on benchmarks/prediction.py (results/shift.md): over its shifted pools (natural, label
-and corruption shifts) the temperature-scaled DoC is the most accurate of the estimators fresh at every validation
-run, on both; ``perturbation_disagreement`` is more accurate but runs on a share of the runs, and ``cot``, the best
-under covariate shift alone, fails under label shift."""
+and corruption shifts) the shift test's estimator, which picks DoC-TS, its label-shift form or the difference of
+transport costs by testing the pool's inputs, is the most accurate on both; like the other riders it is fresh at
+every validation run. ``cot``, the best under covariate shift alone, fails under label shift, and the
+temperature-scaled DoC ``doc_ts`` undershoots covariate shift."""
 
 RECOMMENDED_FROM_PROBE = {"error": "difference_of_confidences", "loss": "difference_of_confidences"}
 """The same where the pools are measured against the training probe (no labelled validation run): a temperature

@@ -146,7 +146,7 @@ class Evaluation:
                 actual = (float(losses[target]["loss"]), float(losses[target]["error"]))
                 finite = bool(torch.isfinite(ref_losses.loss))
                 for slot in self.slots:
-                    if not slot.runs:
+                    if not slot.runs or (not group and slot.measure.pools_only):
                         continue
                     if target in slot.keys or (not group and slot.measure.needs(Requirement.WEIGHT_ONLY)):
                         pair = (group, ref, target)

@@ -244,6 +244,11 @@ class Session(Evaluation):
 
     def _applicable(self, measures: Sequence[Measure[Any]], explicit: bool) -> list[Measure[Any]]:
         chosen = []
+        if not self.pools:  # a measure of pools only has nothing to do: an error where asked for, else left out
+            asked = [m.name for m in measures if m.pools_only]
+            if asked and explicit:
+                raise ValueError(f"{', '.join(asked)} measures pools only, and the monitor has none (`unlabeled=`).")
+            measures = [m for m in measures if not m.pools_only]
         with evaluation_mode(self.net):
             for m in measures:
                 problem = m.check(self.net)

@@ -33,6 +33,17 @@ from lightning_gensens.functional.perturbation import (
 )
 from lightning_gensens.functional.region_sensitivity import count_activation_patterns, region_sensitivity
 from lightning_gensens.functional.relative_flatness import relative_flatness
+from lightning_gensens.functional.shift_test import (
+    Shift,
+    ShiftEstimate,
+    confusion,
+    energy_test,
+    input_features,
+    label_shift_proportions,
+    predicted_class_test,
+    shift_estimate,
+    twin_indices,
+)
 from lightning_gensens.functional.spectral_norm import (
     layer_spectral_norms,
     log_spectral_norm_product,
@@ -62,6 +73,8 @@ from lightning_gensens.functional.transport import (
 )
 
 __all__ = [
+    "Shift",
+    "ShiftEstimate",
     "active_node_bound",
     "active_node_counts",
     "adversarial_loss_increase",
@@ -72,22 +85,26 @@ __all__ = [
     "calibrated_log_sigma",
     "average_thresholded_confidence",
     "class_prior",
+    "confusion",
     "cot",
     "cott",
     "cott_threshold",
     "count_activation_patterns",
     "difference_of_confidences",
     "difference_of_entropies",
+    "energy_test",
     "fgsm",
     "fisher_rao_norm",
     "fisher_rao_norm_per_sample",
     "fit_temperature",
+    "input_features",
     "input_gradient_norm",
     "mean_confidence",
     "mean_entropy",
     "jacobian_norm",
     "layer_linf_norms",
     "label_shift_prior",
+    "label_shift_proportions",
     "layer_spectral_norms",
     "linf_sensitivity_bound",
     "log_abs_normal_moment",
@@ -98,11 +115,13 @@ __all__ = [
     "perturbation_curves",
     "perturbation_disagreement",
     "pgd",
+    "predicted_class_test",
     "predictive_entropy",
     "read_curve",
     "region_sensitivity",
     "relative_flatness",
     "scaled_difference_of_confidences",
+    "shift_estimate",
     "softmax_confidence",
     "spectral_norm_product",
     "tangent_sample_sensitivity",
@@ -111,4 +130,5 @@ __all__ = [
     "transport_costs",
     "transport_loss",
     "transport_plan",
+    "twin_indices",
 ]

@@ -107,6 +107,8 @@ class Measure(Generic[M]):
     """A conservative guess of what a run on a few samples per split costs, in forward calls of the model on as
     many samples. A compute budget starts a measure once its share covers the guess (and times it then); 1 or less
     marks a measure that only reads captured outputs or a few weights, which may start at once."""
+    pools_only: ClassVar[bool] = False
+    """Whether the measure predicts for pools only (the validation data is not measured against the probe)."""
 
     def __init__(self, *, seed: int | None = None, loss_fn: LossFn | None = None) -> None:
         if seed is not None and not isinstance(seed, int):

@@ -5,6 +5,7 @@ from lightning_gensens.metrics.active_node_bound import ActiveNodeBound
 from lightning_gensens.metrics.confidence import ConfidenceStatistics
 from lightning_gensens.metrics.fisher_rao_norm import FisherRaoNorm
 from lightning_gensens.metrics.input_gradient_norm import InputGradientNorm
+from lightning_gensens.metrics.input_sample import InputSample
 from lightning_gensens.metrics.jacobian_norm import JacobianNorm
 from lightning_gensens.metrics.linf_norm import LinfNorm
 from lightning_gensens.metrics.logit_sample import LogitSample
@@ -22,6 +23,7 @@ __all__ = [
     "ConfidenceStatistics",
     "FisherRaoNorm",
     "InputGradientNorm",
+    "InputSample",
     "JacobianNorm",
     "LinfNorm",
     "LogitSample",

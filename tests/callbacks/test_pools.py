@@ -28,17 +28,20 @@ def _monitor(digits, measures, probe_size=128, **kwargs):
 
 
 def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, caplog):
-    measures = ["trivial", "difference_of_confidences", "atc", "temperature_scaling", "optimal_transport"]
+    measures = ["trivial", "difference_of_confidences", "atc", "temperature_scaling", "optimal_transport", "shift_test"]
     monitor = _monitor(digits, measures, probe_size=256)
     with caplog.at_level("INFO"):
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
-    expected = "each pool's gensens/pool/<name>/pred_test_error is doc_ts's prediction and pred_test_loss doc_ts's"
+    expected = (
+        "each pool's gensens/pool/<name>/pred_test_error is shift_gated's prediction and pred_test_loss shift_gated's"
+    )
     assert expected in caplog.text
     last = monitor.history[-1]
     for pool in ("noisy", "few"):
         p = f"gensens/pool/{pool}"
-        assert last[f"{p}/pred_test_error"] == last[f"{p}/doc_ts/pred_test_error"]
-        assert last[f"{p}/pred_test_loss"] == last[f"{p}/doc_ts/pred_test_loss"]
+        assert last[f"{p}/pred_test_error"] == last[f"{p}/shift_gated/pred_test_error"]
+        assert last[f"{p}/pred_test_loss"] == last[f"{p}/shift_gated/pred_test_loss"]
+        assert f"{p}/doc_ts/pred_test_error" in last
         assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
     for row in monitor.history:
         for key, value in row.items():
@@ -46,6 +49,7 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
                 assert 0.0 <= value <= 1.0, key
             if key.endswith("pred_test_loss"):
                 assert value >= 0.0, key
+    assert not any("shift_gated" in key and "/pool/" not in key for row in monitor.history for key in row)  # pools only
     rows = {r["estimator"]: r for r in monitor.mae_table}
     assert rows["pool/noisy/cot"]["epochs"] == 2 and math.isnan(rows["pool/noisy/cot"]["mae_test_loss"])
 
@@ -93,7 +97,7 @@ def test_recommend_overrides_and_is_validated(tmp_path, digits):
 
 def test_a_recommended_estimator_that_never_predicts_is_named_once(tmp_path, digits):
     monitor = _monitor(digits, ["trivial"])
-    with pytest.warns(UserWarning, match="recommended error estimator 'doc_ts' never predicted") as record:
+    with pytest.warns(UserWarning, match="recommended error estimator 'shift_gated' never predicted") as record:
         make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
     assert sum("recommended error" in str(w.message) for w in record) == 1
     assert not any(k.endswith("pool/noisy/pred_test_error") for k in monitor.history[-1])
@@ -116,3 +120,13 @@ def test_resume_continues_the_pool_scores(tmp_path, digits):
     )
     rows = {r["estimator"]: r["epochs"] for r in resumed.mae_table}
     assert rows["pool/noisy/cot"] == rows["pool/few/transport_loss"] == 3
+
+
+def test_a_pools_only_measure_is_left_out_without_pools_and_refused_when_asked_for(tmp_path, digits):
+    monitor = GeneralizationMonitor(measures=None, probe_size=128)
+    make_trainer(tmp_path, [monitor], max_epochs=1).fit(make_model(digits), digits)
+    assert "shift_test" in [m.name for m in monitor.measures]
+    assert "shift_test" not in [m.name for m in monitor.active_measures]
+    asked = GeneralizationMonitor(measures=["trivial", "shift_test"])
+    with pytest.raises(ValueError, match="shift_test measures pools only"):
+        make_trainer(tmp_path / "asked", [asked], max_epochs=1).fit(make_model(digits), digits)

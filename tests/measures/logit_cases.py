@@ -6,7 +6,6 @@ from torch import nn
 
 from lightning_gensens.capture import Captured
 from lightning_gensens.measures import Reference, Settings
-from lightning_gensens.metrics import LogitSample
 
 NET = nn.Linear(3, 4)
 
@@ -22,7 +21,8 @@ def logit_data(seed: int, n: int, scale: float) -> tuple[torch.Tensor, torch.Ten
 def feed(measure, metric, logits, labels, batch: int = 16) -> None:
     for start in range(0, logits.shape[0], batch):
         y = None if labels is None else labels[start : start + batch]
-        measure.update(metric, Captured(x=torch.zeros(1, 3), logits=logits[start : start + batch], y=y), NET)
+        rows = logits[start : start + batch]
+        measure.update(metric, Captured(x=rows[:, :3].float(), logits=rows, y=y), NET)  # inputs: one row per sample
 
 
 def reference(loss: float = 0.9, error: float = 0.3) -> Reference:
@@ -61,13 +61,14 @@ def rank_estimates(measure, rank: int) -> dict[str, float]:
     return _flat(estimate(measure, ref, labels, target, reference())[1])
 
 
-def union_estimates(measure, max_samples: int) -> dict[str, float]:
-    """What one process computes from the samples two ranks keep (``max_samples`` each, their seeds) merged."""
+def union_estimates(measure) -> dict[str, float]:
+    """What one process computes from the samples two ranks keep (the measure's ``max_samples`` each, their seeds)
+    merged."""
     merged = {}
     for split in ("train", "val"):
         parts = []
         for rank in range(2):
-            metric = LogitSample(max_samples=max_samples, seed=7919 * rank)  # the sample rank `rank` keeps
+            metric = measure.make_metric(NET, Settings(seed=7919 * rank))  # the sample rank `rank` keeps
             logits, labels = _rank_split(rank, split)
             feed(measure, metric, logits, labels if split == "train" else None)
             parts.append(metric)

@@ -78,4 +78,4 @@ def _ddp_estimates(rank: int, world_size: int) -> dict[str, float]:
 def test_two_ranks_compute_what_one_process_computes_on_their_union():
     per_rank = run_ddp(_ddp_estimates)
     assert per_rank[0] == per_rank[1]  # every rank computes the same number
-    assert per_rank[0] == pytest.approx(union_estimates(OptimalTransport(max_samples=60), max_samples=60), rel=1e-12)
+    assert per_rank[0] == pytest.approx(union_estimates(OptimalTransport(max_samples=60)), rel=1e-12)

@@ -11,7 +11,7 @@ def test_every_measure_declares_a_guess_and_the_baselines_start_at_once():
     net = mlp(8, 3, hidden=(4,))
     costs = {name: cls().relative_cost_for(net) for name, cls in MEASURES.items()}
     assert all(cost > 0 for cost in costs.values())
-    riders = {"trivial", "average_confidence", "difference_of_confidences", "atc", "temperature_scaling"}
+    riders = {"trivial", "average_confidence", "difference_of_confidences", "atc", "temperature_scaling", "shift_test"}
     assert {name for name, cost in costs.items() if cost <= 1} == riders  # the keys fresh at every run
 
 

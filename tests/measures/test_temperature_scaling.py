@@ -64,7 +64,7 @@ def _ddp_estimates(rank: int, world_size: int) -> dict[str, float]:
 def test_two_ranks_compute_what_one_process_computes_on_their_union():
     per_rank = run_ddp(_ddp_estimates)
     assert per_rank[0] == per_rank[1]  # every rank computes the same number
-    assert per_rank[0] == pytest.approx(union_estimates(TemperatureScaling(max_samples=60), max_samples=60), rel=1e-12)
+    assert per_rank[0] == pytest.approx(union_estimates(TemperatureScaling(max_samples=60)), rel=1e-12)
 
 
 def test_it_may_read_the_samples_of_a_measure_drawing_as_many_with_the_same_seed():

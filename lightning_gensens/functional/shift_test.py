@@ -1,0 +1,217 @@
+"""Which shift is this? Two-sample tests that tell a label shift from a covariate shift on an unlabelled target, and
+the error and loss estimates they choose between (ours; the parts are published).
+
+A label-free estimator reads the target through the network's outputs, and a covariate shift can give outputs that
+look like a label shift of the reference (same class-conditional outputs, other class proportions) while the error
+rises for other reasons. The inputs tell them apart: under a label shift the target is a reweighting of the
+reference by class, in input space too. Three tests, each a p-value:
+
+- ``p_shift``: target inputs against reference inputs (energy distance, Székely & Rizzo 2013, permutation test);
+- ``p_classes``: the target's predicted-class histogram against the reference's (chi-square contingency test);
+- ``p_twin``: target inputs against the *label-shift twin*, the reference resampled with class proportions q ≥ 0
+  such that C q ≈ the target's predicted-class histogram, C[ŷ, y] = P(ŷ | y) on the reference (non-negative least
+  squares; the black-box shift estimate of Lipton et al., ICML 2018).
+
+The estimate then follows the first hypothesis the tests keep, each a difference from the labelled reference
+(e_ref, l_ref: its error and loss; p = softmax(z / T), T fitted by NLL on the reference):
+
+- no shift (p_shift ≥ α and p_classes ≥ α): DoC-TS and DoE-TS, e_ref + conf̄_ref − conf̄_tgt, l_ref + H̄_tgt − H̄_ref;
+- label shift (p_twin ≥ α): the same differences against the twin, each reference sample weighted by
+  w_i = q_{y_i} / π_{y_i}: e_ref + (ē_w − ē) + conf̄_w − conf̄_tgt, l_ref + (l̄_w − l̄) + H̄_tgt − H̄_w
+  (ē, l̄: the reference sample's mean 0-1 error and cross-entropy at T = 1; ē_w, l̄_w, conf̄_w, H̄_w: weighted);
+- covariate shift (otherwise): the difference of transport costs (COT, Lu et al., NeurIPS 2023, and its loss
+  counterpart with cost −log p), each split transported onto its own class distribution (the target onto q, the
+  reference onto its class frequencies π): e_ref + W_err(tgt → q) − W_err(ref → π), l_ref + W_loss(tgt → q) −
+  W_loss(ref → π). Transporting the target onto π instead follows covariate shift a little closer, but charges a
+  label shift the twin test rejects for the classes it lacks (predicted losses several times the actual).
+
+Errors are clipped to [0, 1] and losses at 0.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from lightning_gensens.functional.confidence import _check_logits, _check_scalar, _confidence_update
+from lightning_gensens.functional.temperature import _check_labels, _scaled_logits
+from lightning_gensens.functional.transport import class_prior, transport_costs
+
+_SD_FLOOR = 1e-6
+"""Reference standard deviations are floored at this fraction of the largest (a constant input stays testable)."""
+
+
+class Shift(enum.IntEnum):
+    """The hypothesis the tests keep (logged as its value)."""
+
+    NONE = 0
+    LABEL = 1
+    COVARIATE = 2
+
+
+class ShiftEstimate(NamedTuple):
+    """The kept hypothesis, the three p-values and the predicted error and loss (float64 scalars)."""
+
+    shift: Shift
+    p_shift: Tensor
+    p_classes: Tensor
+    p_twin: Tensor
+    error: Tensor
+    loss: Tensor
+
+
+def input_features(x: Tensor, dims: int = 128, seed: int = 0) -> Tensor:
+    """Per-sample input features [B, d] for the two-sample tests: a sequence of vectors [B, L, D] (e.g. token
+    embeddings) is averaged over its L positions, anything else flattened; more than ``dims`` features are hashed
+    into ``dims`` by a seeded count sketch (each feature added with a random sign to a random bucket, which keeps
+    inner products in expectation). float64."""
+    if x.dim() < 2:
+        raise ValueError(f"inputs must be batched, [B, ...], got shape {tuple(x.shape)}.")
+    features = (x.mean(dim=1) if x.dim() == 3 else x.flatten(1)).to(torch.float64)
+    width = features.shape[1]
+    if width <= dims:
+        return features
+    generator = torch.Generator().manual_seed(seed)
+    bucket = torch.randint(dims, (width,), generator=generator).to(features.device)
+    sign = (torch.randint(2, (width,), generator=generator, dtype=torch.float64) * 2 - 1).to(features.device)
+    return features.new_zeros(features.shape[0], dims).index_add_(1, bucket, features * sign)
+
+
+def _energy(distances: Tensor, first: Tensor) -> Tensor:
+    """Energy distance 2·E|X − Y| − E|X − X'| − E|Y − Y'| for each row of ``first`` [M, P] (a split of the points:
+    1 = X, 0 = Y; the dtype of ``distances``) from the pairwise ``distances`` [P, P]: V-statistics as quadratic
+    forms."""
+    a = first
+    b = 1 - a
+    da = a @ distances
+    db = distances.sum(0) - da  # b @ distances, without a second product
+    na, nb = a.sum(1), b.sum(1)
+    return 2 * (da * b).sum(1) / (na * nb) - (da * a).sum(1) / na**2 - (db * b).sum(1) / nb**2
+
+
+def energy_test(a: Tensor, b: Tensor, permutations: int = 100, generator: torch.Generator | None = None) -> Tensor:
+    """Permutation p-value of the energy distance between samples ``a`` [N, d] and ``b`` [M, d] (Székely & Rizzo
+    2013): the share of random splits of a ∪ b into N and M points, the observed one counted, whose distance
+    reaches the observed. Distances and quadratic forms in float32 (a test statistic, not a reported value)."""
+    if a.dim() != 2 or b.dim() != 2 or a.shape[1] != b.shape[1] or not len(a) or not len(b):
+        raise ValueError(f"a and b must be non-empty [N, d] and [M, d], got {tuple(a.shape)} and {tuple(b.shape)}.")
+    if permutations < 1:
+        raise ValueError(f"permutations must be positive, got {permutations}.")
+    points = torch.cat([a, b]).to(torch.float32)
+    n = len(points)
+    chosen = torch.stack([torch.arange(n)] + [torch.randperm(n, generator=generator) for _ in range(permutations)])
+    splits = torch.zeros(permutations + 1, n).scatter_(1, chosen[:, : len(a)], 1.0)  # row 0: the observed split
+    energies = _energy(torch.cdist(points, points), splits.to(points.device))
+    return ((energies[1:] >= energies[0]).sum() + 1).double() / (permutations + 1)
+
+
+def predicted_class_test(reference: Tensor, target: Tensor, num_classes: int) -> Tensor:
+    """Chi-square p-value that two splits' predicted classes (``reference`` [N], ``target`` [M]) share one
+    distribution (a 2 × K contingency table; classes neither predicts are left out; 1 when at most one is left)."""
+    from scipy.stats import chi2_contingency
+
+    table = torch.stack([torch.bincount(s.cpu(), minlength=num_classes) for s in (reference, target)])
+    table = table[:, table.sum(0) > 0]
+    if table.shape[1] < 2:
+        return torch.ones((), dtype=torch.float64)
+    return torch.tensor(float(chi2_contingency(table.numpy()).pvalue), dtype=torch.float64)
+
+
+def confusion(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:
+    """C[ŷ, y] = P(ŷ | y) [K, K] (float64); the column of a class without samples is 0."""
+    joint = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=labels.device)
+    joint.index_put_((predictions, labels), torch.ones_like(labels, dtype=torch.float64), accumulate=True)
+    return joint / joint.sum(0, keepdim=True).clamp_min(1)
+
+
+def label_shift_proportions(confusion: Tensor, predicted: Tensor) -> Tensor:
+    """q ≥ 0 summing to 1 with ``confusion`` [K, K] · q ≈ ``predicted`` [K] (the target's predicted-class
+    frequencies), by non-negative least squares (Lipton et al. 2018); uniform when nothing fits."""
+    from scipy.optimize import nnls
+
+    q, _ = nnls(confusion.double().cpu().numpy(), predicted.double().cpu().numpy())
+    out = torch.from_numpy(q).to(predicted.device)
+    return out / out.sum() if float(out.sum()) > 0 else torch.full_like(out, 1.0 / len(out))
+
+
+def twin_indices(labels: Tensor, proportions: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
+    """Indices of ``n`` reference samples drawn as a label shift to ``proportions`` [K]: each one's class from
+    them, then a sample of that class uniformly (with replacement). Classes without samples get no draw."""
+    counts = torch.bincount(labels, minlength=len(proportions)).cpu()
+    q = proportions.detach().double().cpu() * (counts > 0)
+    if float(q.sum()) <= 0:
+        raise ValueError("no class of the proportions has a labelled reference sample.")
+    classes = torch.multinomial(q / q.sum(), n, replacement=True, generator=generator)
+    starts = torch.cumsum(counts, 0) - counts  # where each class begins among the samples sorted by class
+    within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
+    return torch.argsort(labels.cpu(), stable=True)[starts[classes] + within].to(labels.device)
+
+
+def _standardise(reference: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
+    """Every argument centred and scaled by the reference's per-feature mean and (floored) standard deviation."""
+    mean = reference.mean(0)
+    sd = reference.std(0) if len(reference) > 1 else torch.ones_like(mean)
+    sd = sd.clamp_min(_SD_FLOOR * max(float(sd.max()), 1.0))
+    return tuple((t - mean) / sd for t in (reference, *others))
+
+
+def shift_estimate(
+    reference_logits: Tensor,
+    reference_labels: Tensor,
+    reference_features: Tensor,
+    reference_error: float | Tensor,
+    reference_loss: float | Tensor,
+    logits: Tensor,
+    features: Tensor,
+    temperature: float | Tensor = 1.0,
+    alpha: float = 0.05,
+    test_samples: int = 512,
+    permutations: int = 100,
+    generator: torch.Generator | None = None,
+) -> ShiftEstimate:
+    """The three tests on at most ``test_samples`` samples per side (the first ones: pass samples in random order)
+    and the estimate of the hypothesis they keep at level ``alpha`` (see the module's docstring). The reference is
+    labelled (``reference_labels`` [N]); its logits [N, K] and features [N, d] align with them, as the target's."""
+    z_ref, z = _check_logits(reference_logits), _check_logits(logits)
+    k = z_ref.shape[1]
+    y = _check_labels(reference_labels.to(z_ref.device), k, "reference_labels")
+    if len(y) != len(z_ref) or len(reference_features) != len(z_ref) or len(features) != len(z):
+        raise ValueError("each split's logits, labels and features must have one row per sample.")
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    error = _check_scalar(reference_error, "reference_error", unit_interval=True)
+    loss = _check_scalar(reference_loss, "reference_loss")
+    f_ref, f_tgt = _standardise(reference_features.double(), features.double().to(reference_features.device))
+    n = min(test_samples, len(f_ref), len(f_tgt))
+    p_shift = energy_test(f_tgt[:n], f_ref[:n], permutations, generator)
+    pred_ref, pred = z_ref.argmax(1), z.argmax(1)
+    p_classes = predicted_class_test(pred_ref, pred, k)
+    prior = class_prior(y, k)
+    predicted = torch.bincount(pred, minlength=k).double() / len(pred)
+    q = label_shift_proportions(confusion(pred_ref, y, k), predicted.to(y.device))
+    twin = twin_indices(y, q, n, generator)
+    p_twin = energy_test(f_tgt[:n], f_ref[twin], permutations, generator)
+
+    conf_ref, ent_ref = _confidence_update(_scaled_logits(z_ref, temperature))
+    conf_tgt, ent_tgt = _confidence_update(_scaled_logits(z, temperature))
+    if float(p_shift) >= alpha and float(p_classes) >= alpha:
+        shift, e, l_ = Shift.NONE, error + conf_ref.mean() - conf_tgt.mean(), loss + ent_tgt.mean() - ent_ref.mean()
+    elif float(p_twin) >= alpha:
+        w = (q.to(prior) / prior.clamp_min(torch.finfo(prior.dtype).tiny))[y]
+        w = w / w.sum()
+        wrong = (pred_ref != y).double()
+        nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+        e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
+        l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
+        shift = Shift.LABEL
+    else:
+        q = q.to(z.device)  # the target onto its own estimated classes, the reference onto its known ones
+        w_err = transport_costs(z, q, temperature, "error").mean()
+        w_err_ref = transport_costs(z_ref, prior, temperature, "error").mean()
+        w_loss = transport_costs(z, q, temperature, "loss").mean()
+        w_loss_ref = transport_costs(z_ref, prior, temperature, "loss").mean()
+        shift, e, l_ = Shift.COVARIATE, error + w_err - w_err_ref, loss + w_loss - w_loss_ref
+    return ShiftEstimate(shift, p_shift, p_classes, p_twin, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

@@ -1,0 +1,101 @@
+"""The shift test: which shift a pool shows (none, label, covariate), and the estimate made for that shift (ours)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_gensens.capture import Captured
+from lightning_gensens.functional.shift_test import shift_estimate
+from lightning_gensens.functional.temperature import fit_temperature
+from lightning_gensens.measures._confidence import finite
+from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
+from lightning_gensens.measures.base import Estimate, Reference, Settings
+from lightning_gensens.metrics.input_sample import InputSample
+
+
+class ShiftTest(LogitSampleMeasure[ReferenceFit]):
+    """Tests whether a pool's inputs differ from the labelled reference's, whether its predicted classes do, and
+    whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
+    loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
+    DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, differences of
+    transport costs (COT) under covariate shift. Its estimator: ``shift_gated``.
+
+    Measures pools only (the reference is the validation data, or the training probe without a validation loop):
+    the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most
+    ``max_samples`` samples with their input features (:class:`~lightning_gensens.metrics.InputSample`); the tests
+    read ``test_samples`` of them per side with ``permutations`` permutations, seeded, so every rank and every rerun
+    decides alike. Predicts nothing while the reference has no labels or its loss or error is not finite. Logs
+    ``temperature``.
+
+    Args:
+        max_samples: samples kept per split (the transport problems are ``max_samples`` × classes).
+        alpha: level of the tests.
+        test_samples: samples per side of each two-sample test.
+        permutations: permutations per energy test (the p-value's resolution is 1 / (permutations + 1)).
+        dims: input features kept per sample (more are hashed into this many).
+        **kwargs: ``seed`` (of the sample and the tests) and ``loss_fn`` (unused) of
+            :class:`~lightning_gensens.measures.Measure`.
+    """
+
+    name = "shift_test"
+    relative_cost = 1.0  # reads the captured logits and inputs; two permutation tests per pool: a rider of pools
+    pools_only = True
+
+    def __init__(
+        self,
+        max_samples: int | None = 2048,
+        alpha: float = 0.05,
+        test_samples: int = 512,
+        permutations: int = 100,
+        dims: int = 128,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(max_samples, **kwargs)
+        if not 0 < alpha < 1:
+            raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+        for name, value in (("test_samples", test_samples), ("permutations", permutations)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        InputSample(dims=dims)  # validates it
+        self.alpha, self.test_samples, self.permutations, self.dims = alpha, test_samples, permutations, dims
+
+    def make_metric(self, net: nn.Module, settings: Settings) -> InputSample:
+        return InputSample(max_samples=self.max_samples, seed=settings.seed, dims=self.dims)
+
+    def update(self, metric: InputSample, record: Captured, net: nn.Module) -> None:  # type: ignore[override]
+        metric.update(record.logits, record.y, record.x)
+
+    def compute(self, metrics: Mapping[str, Any], net: nn.Module, settings: Settings) -> dict[str, Any]:
+        computed = super().compute(metrics, net, settings)
+        computed["seed"] = settings.seed
+        return computed
+
+    def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
+        fitted = self.fitted_target(computed)
+        if fitted is None or not finite(reference):
+            return {}
+        fit, logits = fitted
+        ref = computed["train"]
+        labelled = ref["labels"] >= 0
+        result = shift_estimate(
+            ref["logits"][labelled],
+            ref["labels"][labelled],
+            ref["features"][labelled],
+            reference.error,
+            reference.loss,
+            logits,
+            computed["val"]["features"],
+            fit.temperature,
+            alpha=self.alpha,
+            test_samples=self.test_samples,
+            permutations=self.permutations,
+            generator=torch.Generator().manual_seed(computed["seed"]),
+        )
+        return {"shift_gated": Estimate(result.loss, result.error)}
+
+    def fit(self, logits: Tensor, labels: Tensor) -> ReferenceFit:
+        return ReferenceFit(fit_temperature(logits, labels))

@@ -1,0 +1,197 @@
+"""The shift test: energy test, predicted-class test, label-shift proportions and twins, and the estimate each
+kept hypothesis gives, against brute force in float64."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_gensens.functional import (
+    Shift,
+    class_prior,
+    confusion,
+    energy_test,
+    fit_temperature,
+    input_features,
+    label_shift_proportions,
+    predicted_class_test,
+    shift_estimate,
+    transport_costs,
+    twin_indices,
+)
+from lightning_gensens.functional.shift_test import _energy
+
+
+def _brute_energy(x: torch.Tensor, y: torch.Tensor) -> float:
+    """2·E|X − Y| − E|X − X'| − E|Y − Y'| from three distance matrices, by loops over the pairs."""
+
+    def mean_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+        return sum(float((u - v).norm()) for u in a for v in b) / (len(a) * len(b))
+
+    return 2 * mean_distance(x, y) - mean_distance(x, x) - mean_distance(y, y)
+
+
+def test_energy_distance_matches_brute_force_for_every_split():
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(9, 3, generator=g, dtype=torch.float64)
+    distances = torch.cdist(points, points)
+    splits = torch.stack([torch.randperm(9, generator=g) < 4 for _ in range(5)]).double()
+    got = _energy(distances, splits)
+    for row, value in zip(splits.bool(), got, strict=True):
+        assert float(value) == pytest.approx(_brute_energy(points[row], points[~row]), rel=1e-10)
+
+
+def test_energy_test_separates_shifted_samples_and_is_calibrated_under_the_null():
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn(60, 4, generator=g), torch.randn(60, 4, generator=g) + 1.0
+    assert float(energy_test(a, b, 99, g)) == pytest.approx(1 / 100)  # no permutation reaches a clear shift
+    p = [float(energy_test(torch.randn(40, 2, generator=g), torch.randn(30, 2, generator=g), 49, g)) for _ in range(60)]
+    assert all(1 / 50 <= v <= 1 for v in p)
+    assert sum(v < 0.05 for v in p) <= 9  # a 5% test: about 3 of 60 (binomial 99.9% bound)
+    with pytest.raises(ValueError, match="non-empty"):
+        energy_test(torch.zeros(0, 2), b[:, :2])
+    with pytest.raises(ValueError, match="permutations"):
+        energy_test(a, b, 0)
+
+
+def test_predicted_class_test_and_confusion_against_loops():
+    ref, same, other = torch.tensor([0, 1, 2] * 30), torch.tensor([2, 1, 0] * 30), torch.tensor([0] * 80 + [1] * 10)
+    assert float(predicted_class_test(ref, same, 3)) == pytest.approx(1.0)
+    assert float(predicted_class_test(ref, other, 3)) < 1e-6
+    assert float(predicted_class_test(torch.zeros(5, dtype=torch.long), torch.zeros(7, dtype=torch.long), 3)) == 1.0
+    g = torch.Generator().manual_seed(2)
+    pred, labels = torch.randint(4, (50,), generator=g), torch.randint(3, (50,), generator=g)
+    c = confusion(pred, labels, 4)
+    for y in range(4):
+        for p in range(4):
+            n = int((labels == y).sum())
+            expected = int(((labels == y) & (pred == p)).sum()) / n if n else 0.0
+            assert float(c[p, y]) == pytest.approx(expected)
+
+
+def test_label_shift_proportions_recover_an_exact_label_shift():
+    c = torch.tensor([[0.8, 0.1, 0.2], [0.1, 0.7, 0.1], [0.1, 0.2, 0.7]], dtype=torch.float64)
+    q = torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)
+    assert torch.allclose(label_shift_proportions(c, c @ q), q, atol=1e-12)
+    assert torch.allclose(label_shift_proportions(torch.zeros(2, 2), torch.ones(2)), torch.full((2,), 0.5).double())
+
+
+def test_twin_indices_draw_classes_by_the_proportions():
+    labels = torch.tensor([0] * 10 + [1] * 30 + [2] * 5)[torch.randperm(45, generator=torch.Generator().manual_seed(3))]
+    q = torch.tensor([0.5, 0.0, 0.5], dtype=torch.float64)
+    idx = twin_indices(labels, q, 4000, torch.Generator().manual_seed(4))
+    drawn = labels[idx]
+    assert not bool((drawn == 1).any())
+    assert float((drawn == 0).double().mean()) == pytest.approx(0.5, abs=0.03)
+    assert set(idx[drawn == 2].tolist()) == set(torch.nonzero(labels == 2).flatten().tolist())  # each sample used
+    with pytest.raises(ValueError, match="no class"):
+        twin_indices(labels, torch.tensor([0.0, 0.0, 0.0, 1.0]), 5)
+
+
+def test_input_features_flatten_average_sequences_and_hash_wide_inputs():
+    x = torch.randn(5, 2, 3, 4)
+    assert torch.equal(input_features(x), x.flatten(1).double())
+    seq = torch.randn(5, 7, 6)
+    assert torch.allclose(input_features(seq), seq.mean(1).double())
+    wide = torch.randn(400, 1000, dtype=torch.float64)
+    hashed = input_features(wide, dims=64, seed=1)
+    assert hashed.shape == (400, 64) and torch.equal(hashed, input_features(wide, dims=64, seed=1))
+    ratio = hashed.square().sum(1) / wide.square().sum(1)  # a count sketch keeps squared norms in expectation
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(ValueError, match="batched"):
+        input_features(torch.randn(3))
+
+
+def _reference(n: int = 600, k: int = 3, seed: int = 5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inputs x [n, 2] around a class mean, labels, and logits of a noisy linear read-out (errors included)."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(k, (n,), generator=g)
+    means = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)[:k]
+    x = means[y] + torch.randn(n, 2, generator=g, dtype=torch.float64)
+    logits = -torch.cdist(x, means).square()
+    return x, y, logits
+
+
+def _estimate(ref, target, **kwargs):
+    x, y, z = ref
+    xt, zt = target
+    error = float((z.argmax(1) != y).double().mean())
+    loss = float(F.cross_entropy(z, y))
+    t = fit_temperature(z, y)
+    return shift_estimate(z, y, x, error, loss, zt, xt, t, generator=torch.Generator().manual_seed(0), **kwargs), t
+
+
+def test_no_shift_gives_doc_ts_and_doe_ts():
+    ref = _reference()
+    x, y, z = ref
+    error, loss = float((z.argmax(1) != y).double().mean()), float(F.cross_entropy(z, y))
+    out, t = _estimate(ref, (x.flip(0), z.flip(0)))  # the reference itself, in another order
+    assert out.shift is Shift.NONE and float(out.p_shift) > 0.05 and float(out.p_classes) > 0.05
+    assert float(out.error) == pytest.approx(error, abs=1e-12) and float(out.loss) == pytest.approx(loss, abs=1e-12)
+    xt, zt = _reference(seed=6)[0], _reference(seed=6)[2]
+    out, t = _estimate(ref, (xt, zt))
+    p, pt = torch.softmax(z / t, 1), torch.softmax(zt / t, 1)
+    entropy = lambda q: float(-(q * q.log()).sum(1).mean())  # noqa: E731
+    assert out.shift is Shift.NONE
+    assert float(out.error) == pytest.approx(error + float(p.max(1).values.mean() - pt.max(1).values.mean()))
+    assert float(out.loss) == pytest.approx(loss + entropy(pt) - entropy(p))
+
+
+def test_a_label_shift_is_kept_and_estimated_on_the_weighted_reference():
+    ref = _reference(n=900)
+    x, y, z = ref
+    keep = torch.cat([torch.nonzero(y == 0).flatten(), torch.nonzero(y != 0).flatten()[:60]])  # mostly class 0
+    out, t = _estimate(ref, (x[keep], z[keep]))
+    assert out.shift is Shift.LABEL and float(out.p_classes) < 0.05 and float(out.p_twin) >= 0.05
+    # brute force: the weights q_y / π_y from the proportions the predictions give, each term by a loop
+    pred = z.argmax(1)
+    q = label_shift_proportions(
+        confusion(pred, y, 3), torch.bincount(z[keep].argmax(1), minlength=3).double() / len(keep)
+    )
+    prior = class_prior(y, 3)
+    w = torch.tensor([float(q[c] / prior[c]) for c in y.tolist()], dtype=torch.float64)
+    w = w / w.sum()
+    p = torch.softmax(z / t, 1)
+    wrong = (pred != y).double()
+    nll = F.cross_entropy(z, y, reduction="none")
+    error = float(wrong.mean()) + float((w * wrong).sum() - wrong.mean()) + float((w * p.max(1).values).sum())
+    error -= float(torch.softmax(z[keep] / t, 1).max(1).values.mean())
+    entropy = -(p * p.log()).sum(1)
+    pt = torch.softmax(z[keep] / t, 1)
+    loss = float(nll.mean()) + float((w * nll).sum() - nll.mean()) + float(-(pt * pt.log()).sum(1).mean())
+    loss -= float((w * entropy).sum())
+    assert float(out.error) == pytest.approx(error, abs=1e-10) and float(out.loss) == pytest.approx(loss, abs=1e-10)
+    actual = float((pred[keep] != y[keep]).double().mean())
+    assert abs(float(out.error) - actual) < abs(float(wrong.mean()) - actual)  # closer than "pool = reference"
+
+
+def test_a_covariate_shift_is_estimated_by_the_difference_of_transport_costs():
+    ref = _reference()
+    x, y, z = ref
+    g = torch.Generator().manual_seed(7)
+    xt = x[:400] + 2.0 * torch.randn(400, 2, generator=g, dtype=torch.float64)  # noisier inputs, same classes
+    means = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
+    zt = -torch.cdist(xt, means).square()
+    out, t = _estimate(ref, (xt, zt))
+    assert out.shift is Shift.COVARIATE and float(out.p_twin) < 0.05
+    prior = class_prior(y, 3)
+    predicted = torch.bincount(zt.argmax(1), minlength=3).double() / len(zt)
+    q = label_shift_proportions(confusion(z.argmax(1), y, 3), predicted)
+    error = float((z.argmax(1) != y).double().mean())
+    loss = float(F.cross_entropy(z, y))
+    w = {
+        kind: [float(transport_costs(v, c, t, kind).mean()) for v, c in ((zt, q), (z, prior))]
+        for kind in ("error", "loss")
+    }
+    assert float(out.error) == pytest.approx(min(max(error + w["error"][0] - w["error"][1], 0), 1))
+    assert float(out.loss) == pytest.approx(max(loss + w["loss"][0] - w["loss"][1], 0))
+
+
+def test_estimates_are_clipped_and_bad_arguments_refused():
+    ref = _reference()
+    x, y, z = ref
+    out = shift_estimate(z, y, x, 1.0, 0.0, 5 * z[:200], x[:200] + 5, generator=torch.Generator().manual_seed(0))
+    assert 0 <= float(out.error) <= 1 and float(out.loss) >= 0
+    with pytest.raises(ValueError, match="alpha"):
+        shift_estimate(z, y, x, 0.1, 0.1, z, x, alpha=1.0)
+    with pytest.raises(ValueError, match="one row per sample"):
+        shift_estimate(z, y, x[:10], 0.1, 0.1, z, x)
