@@ -13,7 +13,7 @@ from lightning_gensens.functional.shift_test import shift_estimate
 from lightning_gensens.functional.temperature import fit_temperature
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
-from lightning_gensens.measures.base import Estimate, Reference, Settings
+from lightning_gensens.measures.base import Estimate, Measure, Reference, Settings
 from lightning_gensens.metrics.input_sample import InputSample
 
 
@@ -65,6 +65,10 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
 
     def make_metric(self, net: nn.Module, settings: Settings) -> InputSample:
         return InputSample(max_samples=self.max_samples, seed=settings.seed, dims=self.dims)
+
+    def shares(self, other: Measure[Any]) -> bool:
+        """Only another shift test's samples, with the same sample and features: others keep no inputs."""
+        return isinstance(other, ShiftTest) and super().shares(other) and other.dims == self.dims
 
     def update(self, metric: InputSample, record: Captured, net: nn.Module) -> None:  # type: ignore[override]
         metric.update(record.logits, record.y, record.x)

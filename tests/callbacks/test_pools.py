@@ -7,6 +7,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor
+from lightning_gensens.measures import ShiftTest
 from tests.callbacks.conftest import make_model, make_trainer
 from tests.measures.test_optimal_transport import ESTIMATORS
 
@@ -130,3 +131,13 @@ def test_a_pools_only_measure_is_left_out_without_pools_and_refused_when_asked_f
     asked = GeneralizationMonitor(measures=["trivial", "shift_test"])
     with pytest.raises(ValueError, match="shift_test measures pools only"):
         make_trainer(tmp_path / "asked", [asked], max_epochs=1).fit(make_model(digits), digits)
+
+
+def test_logit_sample_measures_read_a_shift_test_sample_of_the_same_size(tmp_path, digits):
+    shift = ShiftTest(max_samples=4096)  # the others' sample size: they read its samples, it reads none of theirs
+    monitor = _monitor(digits, ["trivial", "temperature_scaling", "optimal_transport", shift])
+    make_trainer(tmp_path, [monitor], max_epochs=2).fit(make_model(digits), digits)
+    last = monitor.history[-1]
+    for estimator in ("shift_gated", "doc_ts", "cot"):
+        assert 0 <= last[f"gensens/pool/noisy/{estimator}/pred_test_error"] <= 1, estimator
+    assert {m.name for m in monitor.active_measures} >= {"shift_test", "temperature_scaling", "optimal_transport"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_gensens.functional import fit_temperature, shift_estimate
-from lightning_gensens.measures import Settings, ShiftTest
+from lightning_gensens.measures import OptimalTransport, Settings, ShiftTest
 from tests.helpers import run_ddp
 from tests.measures.logit_cases import NET, estimate, feed, logit_data, rank_estimates, reference, union_estimates
 
@@ -46,6 +46,12 @@ def test_an_unlabeled_or_non_finite_reference_predicts_nothing():
     (ref, labels), (target, _) = logit_data(4, 40, 3.0), logit_data(5, 30, 1.0)
     assert estimate(ShiftTest(), ref, None, target, reference()) == ({}, {})
     assert estimate(ShiftTest(), ref, labels, target, reference(math.nan, math.nan))[1] == {}
+
+
+def test_it_reads_only_the_samples_of_a_shift_test_keeping_the_same_features():
+    assert ShiftTest().shares(ShiftTest()) and not ShiftTest().shares(ShiftTest(dims=8))
+    assert not ShiftTest(max_samples=4096).shares(OptimalTransport())  # a logit sample keeps no inputs
+    assert OptimalTransport().shares(ShiftTest(max_samples=4096))  # an input sample holds what it reads
 
 
 def test_bad_arguments():
