@@ -203,9 +203,9 @@ class Evaluation:
         if computed is None:
             return {}
         logs: dict[str, Tensor] = {}
-        if not group:
+        if not group or measure.pools_only:  # a measure of pools only logs its values per pool
             values = self._guard(slot, "reporting", measure.values, computed) or {}
-            logs = {keys.measure(measure.name, k): v.double() for k, v in values.items()}
+            logs = {keys.measure(group + measure.name, k): v.double() for k, v in values.items()}
         estimates = self._guard(slot, "estimating", measure.estimate, computed, reference) or {}
         if not finite:  # said once in evaluate
             estimates = {k: e for k, e in estimates.items() if e.loss is None or bool(torch.isfinite(e.loss))}

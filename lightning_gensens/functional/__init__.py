@@ -36,12 +36,14 @@ from lightning_gensens.functional.relative_flatness import relative_flatness
 from lightning_gensens.functional.shift_test import (
     Shift,
     ShiftEstimate,
+    ShiftTests,
     confusion,
     energy_test,
     input_features,
     label_shift_proportions,
     predicted_class_test,
     shift_estimate,
+    shift_tests,
     twin_indices,
 )
 from lightning_gensens.functional.spectral_norm import (
@@ -75,6 +77,7 @@ from lightning_gensens.functional.transport import (
 __all__ = [
     "Shift",
     "ShiftEstimate",
+    "ShiftTests",
     "active_node_bound",
     "active_node_counts",
     "adversarial_loss_increase",
@@ -122,6 +125,7 @@ __all__ = [
     "relative_flatness",
     "scaled_difference_of_confidences",
     "shift_estimate",
+    "shift_tests",
     "softmax_confidence",
     "spectral_norm_product",
     "tangent_sample_sensitivity",

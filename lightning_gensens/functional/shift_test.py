@@ -31,7 +31,7 @@ Errors are clipped to [0, 1] and losses at 0.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -52,13 +52,20 @@ class Shift(enum.IntEnum):
     COVARIATE = 2
 
 
-class ShiftEstimate(NamedTuple):
-    """The kept hypothesis, the three p-values and the predicted error and loss (float64 scalars)."""
+class ShiftTests(NamedTuple):
+    """The kept hypothesis, the three p-values (float64 scalars) and the target's label-shift proportions q [K]."""
 
     shift: Shift
     p_shift: Tensor
     p_classes: Tensor
     p_twin: Tensor
+    proportions: Tensor
+
+
+class ShiftEstimate(NamedTuple):
+    """The tests and the predicted error and loss (float64 scalars)."""
+
+    tests: ShiftTests
     error: Tensor
     loss: Tensor
 
@@ -158,6 +165,49 @@ def _standardise(reference: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple((t - mean) / sd for t in (reference, *others))
 
 
+def _checked(
+    reference_logits: Tensor, reference_labels: Tensor, reference_features: Tensor, logits: Tensor, features: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    z_ref, z = _check_logits(reference_logits), _check_logits(logits)
+    y = _check_labels(reference_labels.to(z_ref.device), z_ref.shape[1], "reference_labels")
+    if len(y) != len(z_ref) or len(reference_features) != len(z_ref) or len(features) != len(z):
+        raise ValueError("each split's logits, labels and features must have one row per sample.")
+    return z_ref, y, z
+
+
+def shift_tests(
+    reference_logits: Tensor,
+    reference_labels: Tensor,
+    reference_features: Tensor,
+    logits: Tensor,
+    features: Tensor,
+    alpha: float = 0.05,
+    test_samples: int = 512,
+    permutations: int = 100,
+    generator: torch.Generator | None = None,
+) -> ShiftTests:
+    """The three tests on at most ``test_samples`` samples per side (the first ones: pass samples in random order)
+    and the hypothesis they keep at level ``alpha`` (see the module's docstring). The reference is labelled
+    (``reference_labels`` [N]); its logits [N, K] and features [N, d] align with them, as the target's."""
+    z_ref, y, z = _checked(reference_logits, reference_labels, reference_features, logits, features)
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    k = z_ref.shape[1]
+    f_ref, f_tgt = _standardise(reference_features.double(), features.double().to(reference_features.device))
+    n = min(test_samples, len(f_ref), len(f_tgt))
+    p_shift = energy_test(f_tgt[:n], f_ref[:n], permutations, generator)
+    pred_ref, pred = z_ref.argmax(1), z.argmax(1)
+    p_classes = predicted_class_test(pred_ref, pred, k)
+    predicted = torch.bincount(pred, minlength=k).double() / len(pred)
+    q = label_shift_proportions(confusion(pred_ref, y, k), predicted.to(y.device))
+    p_twin = energy_test(f_tgt[:n], f_ref[twin_indices(y, q, n, generator)], permutations, generator)
+    if float(p_shift) >= alpha and float(p_classes) >= alpha:
+        shift = Shift.NONE
+    else:
+        shift = Shift.LABEL if float(p_twin) >= alpha else Shift.COVARIATE
+    return ShiftTests(shift, p_shift, p_classes, p_twin, q)
+
+
 def shift_estimate(
     reference_logits: Tensor,
     reference_labels: Tensor,
@@ -167,51 +217,33 @@ def shift_estimate(
     logits: Tensor,
     features: Tensor,
     temperature: float | Tensor = 1.0,
-    alpha: float = 0.05,
-    test_samples: int = 512,
-    permutations: int = 100,
-    generator: torch.Generator | None = None,
+    tests: ShiftTests | None = None,
+    **kwargs: Any,
 ) -> ShiftEstimate:
-    """The three tests on at most ``test_samples`` samples per side (the first ones: pass samples in random order)
-    and the estimate of the hypothesis they keep at level ``alpha`` (see the module's docstring). The reference is
-    labelled (``reference_labels`` [N]); its logits [N, K] and features [N, d] align with them, as the target's."""
-    z_ref, z = _check_logits(reference_logits), _check_logits(logits)
-    k = z_ref.shape[1]
-    y = _check_labels(reference_labels.to(z_ref.device), k, "reference_labels")
-    if len(y) != len(z_ref) or len(reference_features) != len(z_ref) or len(features) != len(z):
-        raise ValueError("each split's logits, labels and features must have one row per sample.")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
+    """The predicted error and loss of the hypothesis the tests keep (see the module's docstring): ``tests`` where
+    given (from :func:`shift_tests` on the same samples), else :func:`shift_tests` with ``kwargs``."""
+    z_ref, y, z = _checked(reference_logits, reference_labels, reference_features, logits, features)
     error = _check_scalar(reference_error, "reference_error", unit_interval=True)
     loss = _check_scalar(reference_loss, "reference_loss")
-    f_ref, f_tgt = _standardise(reference_features.double(), features.double().to(reference_features.device))
-    n = min(test_samples, len(f_ref), len(f_tgt))
-    p_shift = energy_test(f_tgt[:n], f_ref[:n], permutations, generator)
-    pred_ref, pred = z_ref.argmax(1), z.argmax(1)
-    p_classes = predicted_class_test(pred_ref, pred, k)
-    prior = class_prior(y, k)
-    predicted = torch.bincount(pred, minlength=k).double() / len(pred)
-    q = label_shift_proportions(confusion(pred_ref, y, k), predicted.to(y.device))
-    twin = twin_indices(y, q, n, generator)
-    p_twin = energy_test(f_tgt[:n], f_ref[twin], permutations, generator)
-
+    if tests is None:
+        tests = shift_tests(z_ref, y, reference_features, z, features, **kwargs)
+    prior, q = class_prior(y, z_ref.shape[1]), tests.proportions
     conf_ref, ent_ref = _confidence_update(_scaled_logits(z_ref, temperature))
     conf_tgt, ent_tgt = _confidence_update(_scaled_logits(z, temperature))
-    if float(p_shift) >= alpha and float(p_classes) >= alpha:
-        shift, e, l_ = Shift.NONE, error + conf_ref.mean() - conf_tgt.mean(), loss + ent_tgt.mean() - ent_ref.mean()
-    elif float(p_twin) >= alpha:
+    if tests.shift is Shift.NONE:
+        e, l_ = error + conf_ref.mean() - conf_tgt.mean(), loss + ent_tgt.mean() - ent_ref.mean()
+    elif tests.shift is Shift.LABEL:
         w = (q.to(prior) / prior.clamp_min(torch.finfo(prior.dtype).tiny))[y]
         w = w / w.sum()
-        wrong = (pred_ref != y).double()
+        wrong = (z_ref.argmax(1) != y).double()
         nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
-        shift = Shift.LABEL
-    else:
-        q = q.to(z.device)  # the target onto its own estimated classes, the reference onto its known ones
+    else:  # the target onto its own estimated classes, the reference onto its known ones
+        q = q.to(z.device)
         w_err = transport_costs(z, q, temperature, "error").mean()
         w_err_ref = transport_costs(z_ref, prior, temperature, "error").mean()
         w_loss = transport_costs(z, q, temperature, "loss").mean()
         w_loss_ref = transport_costs(z_ref, prior, temperature, "loss").mean()
-        shift, e, l_ = Shift.COVARIATE, error + w_err - w_err_ref, loss + w_loss - w_loss_ref
-    return ShiftEstimate(shift, p_shift, p_classes, p_twin, e.clamp(0.0, 1.0), l_.clamp_min(0.0))
+        e, l_ = error + w_err - w_err_ref, loss + w_loss - w_loss_ref
+    return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

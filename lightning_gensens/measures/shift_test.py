@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional.shift_test import shift_estimate
+from lightning_gensens.functional.shift_test import ShiftTests, shift_estimate, shift_tests
 from lightning_gensens.functional.temperature import fit_temperature
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
@@ -28,8 +28,9 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
     the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most
     ``max_samples`` samples with their input features (:class:`~lightning_gensens.metrics.InputSample`); the tests
     read ``test_samples`` of them per side with ``permutations`` permutations, seeded, so every rank and every rerun
-    decides alike. Predicts nothing while the reference has no labels or its loss or error is not finite. Logs
-    ``temperature``.
+    decides alike. Predicts nothing while the reference has no labels or its loss or error is not finite. Logs, per
+    pool, ``shift`` (the kept hypothesis: 0 none, 1 label shift, 2 covariate shift), ``p_shift``, ``p_classes``,
+    ``p_twin`` and ``temperature``.
 
     Args:
         max_samples: samples kept per split (the transport problems are ``max_samples`` × classes).
@@ -75,31 +76,52 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
 
     def compute(self, metrics: Mapping[str, Any], net: nn.Module, settings: Settings) -> dict[str, Any]:
         computed = super().compute(metrics, net, settings)
-        computed["seed"] = settings.seed
+        computed["tests"] = None
+        if self.fitted_target(computed) is not None:
+            ref, target = self._labelled(computed["train"]), computed["val"]
+            computed["tests"] = shift_tests(
+                ref["logits"],
+                ref["labels"],
+                ref["features"],
+                target["logits"],
+                target["features"],
+                alpha=self.alpha,
+                test_samples=self.test_samples,
+                permutations=self.permutations,
+                generator=torch.Generator().manual_seed(settings.seed),
+            )
         return computed
 
+    def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
+        out = super().values(computed)
+        tests: ShiftTests | None = computed["tests"]
+        if tests is not None:
+            out["shift"] = torch.tensor(float(tests.shift), dtype=torch.float64)
+            out.update(p_shift=tests.p_shift, p_classes=tests.p_classes, p_twin=tests.p_twin)
+        return out
+
     def estimate(self, computed: Mapping[str, Any], reference: Reference) -> dict[str, Estimate]:
-        fitted = self.fitted_target(computed)
-        if fitted is None or not finite(reference):
+        tests: ShiftTests | None = computed["tests"]
+        if tests is None or not finite(reference):
             return {}
-        fit, logits = fitted
-        ref = computed["train"]
-        labelled = ref["labels"] >= 0
+        ref, target = self._labelled(computed["train"]), computed["val"]
         result = shift_estimate(
-            ref["logits"][labelled],
-            ref["labels"][labelled],
-            ref["features"][labelled],
+            ref["logits"],
+            ref["labels"],
+            ref["features"],
             reference.error,
             reference.loss,
-            logits,
-            computed["val"]["features"],
-            fit.temperature,
-            alpha=self.alpha,
-            test_samples=self.test_samples,
-            permutations=self.permutations,
-            generator=torch.Generator().manual_seed(computed["seed"]),
+            target["logits"],
+            target["features"],
+            computed["fit"].temperature,
+            tests=tests,
         )
         return {"shift_gated": Estimate(result.loss, result.error)}
+
+    @staticmethod
+    def _labelled(sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        keep = sample["labels"] >= 0
+        return {key: sample[key][keep] for key in ("logits", "labels", "features")}
 
     def fit(self, logits: Tensor, labels: Tensor) -> ReferenceFit:
         return ReferenceFit(fit_temperature(logits, labels))

@@ -43,6 +43,8 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
         assert last[f"{p}/pred_test_error"] == last[f"{p}/shift_gated/pred_test_error"]
         assert last[f"{p}/pred_test_loss"] == last[f"{p}/shift_gated/pred_test_loss"]
         assert f"{p}/doc_ts/pred_test_error" in last
+        assert last[f"{p}/shift_test/shift"] in (0.0, 1.0, 2.0)  # which shift the pool shows, and the tests' p-values
+        assert all(0 < last[f"{p}/shift_test/{v}"] <= 1 for v in ("p_shift", "p_classes", "p_twin"))
         assert {f"{p}/{e}/pred_test_{'error' if e.startswith('cot') else 'loss'}" for e in ESTIMATORS} <= set(last)
     for row in monitor.history:
         for key, value in row.items():
@@ -50,7 +52,8 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
                 assert 0.0 <= value <= 1.0, key
             if key.endswith("pred_test_loss"):
                 assert value >= 0.0, key
-    assert not any("shift_gated" in key and "/pool/" not in key for row in monitor.history for key in row)  # pools only
+    top = ("gensens/shift_gated/", "gensens/shift_test/shift", "gensens/shift_test/p_")  # pools only: no val pair
+    assert not any(key.startswith(top) for row in monitor.history for key in row)
     rows = {r["estimator"]: r for r in monitor.mae_table}
     assert rows["pool/noisy/cot"]["epochs"] == 2 and math.isnan(rows["pool/noisy/cot"]["mae_test_loss"])
 

@@ -125,13 +125,13 @@ def test_no_shift_gives_doc_ts_and_doe_ts():
     x, y, z = ref
     error, loss = float((z.argmax(1) != y).double().mean()), float(F.cross_entropy(z, y))
     out, t = _estimate(ref, (x.flip(0), z.flip(0)))  # the reference itself, in another order
-    assert out.shift is Shift.NONE and float(out.p_shift) > 0.05 and float(out.p_classes) > 0.05
+    assert out.tests.shift is Shift.NONE and float(out.tests.p_shift) > 0.05 and float(out.tests.p_classes) > 0.05
     assert float(out.error) == pytest.approx(error, abs=1e-12) and float(out.loss) == pytest.approx(loss, abs=1e-12)
     xt, zt = _reference(seed=6)[0], _reference(seed=6)[2]
     out, t = _estimate(ref, (xt, zt))
     p, pt = torch.softmax(z / t, 1), torch.softmax(zt / t, 1)
     entropy = lambda q: float(-(q * q.log()).sum(1).mean())  # noqa: E731
-    assert out.shift is Shift.NONE
+    assert out.tests.shift is Shift.NONE
     assert float(out.error) == pytest.approx(error + float(p.max(1).values.mean() - pt.max(1).values.mean()))
     assert float(out.loss) == pytest.approx(loss + entropy(pt) - entropy(p))
 
@@ -141,7 +141,7 @@ def test_a_label_shift_is_kept_and_estimated_on_the_weighted_reference():
     x, y, z = ref
     keep = torch.cat([torch.nonzero(y == 0).flatten(), torch.nonzero(y != 0).flatten()[:60]])  # mostly class 0
     out, t = _estimate(ref, (x[keep], z[keep]))
-    assert out.shift is Shift.LABEL and float(out.p_classes) < 0.05 and float(out.p_twin) >= 0.05
+    assert out.tests.shift is Shift.LABEL and float(out.tests.p_classes) < 0.05 and float(out.tests.p_twin) >= 0.05
     # brute force: the weights q_y / π_y from the proportions the predictions give, each term by a loop
     pred = z.argmax(1)
     q = label_shift_proportions(
@@ -172,7 +172,7 @@ def test_a_covariate_shift_is_estimated_by_the_difference_of_transport_costs():
     means = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     zt = -torch.cdist(xt, means).square()
     out, t = _estimate(ref, (xt, zt))
-    assert out.shift is Shift.COVARIATE and float(out.p_twin) < 0.05
+    assert out.tests.shift is Shift.COVARIATE and float(out.tests.p_twin) < 0.05
     prior = class_prior(y, 3)
     predicted = torch.bincount(zt.argmax(1), minlength=3).double() / len(zt)
     q = label_shift_proportions(confusion(z.argmax(1), y, 3), predicted)

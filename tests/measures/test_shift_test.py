@@ -39,6 +39,8 @@ def test_the_estimator_equals_the_functional_layer_on_the_kept_sample():
     )
     got = estimates["shift_gated"]
     assert float(got.error) == float(want.error) and float(got.loss) == float(want.loss)
+    assert float(values["shift"]) == want.tests.shift
+    assert all(float(values[p]) == float(getattr(want.tests, p)) for p in ("p_shift", "p_classes", "p_twin"))
     assert torch.equal(r["features"].double(), r["logits"][:, :3].float().double())  # features travel with their rows
 
 
