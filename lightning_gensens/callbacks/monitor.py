@@ -56,14 +56,14 @@ class GeneralizationMonitor(Callback):
             score the pool (labels that cannot score it leave it unscored, NaN/Inf inputs skip it, with one warning
             each). Without a validation loop the pools are measured at the end of each training epoch.
         recommend: the estimators whose predictions each pool's ``<prefix>/pool/<name>/pred_test_error`` and
-            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``doc_ts``, the temperature-scaled
-            difference of confidences and of entropies, for both; where the pools are measured against the
-            training probe, without a labelled validation run, ``difference_of_confidences``).
+            ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``shift_gated``, the shift test's
+            estimator, for both; where the pools are measured against the training probe, without a labelled
+            validation run, ``difference_of_confidences``).
         budget: the monitor's wall time (every piece of its work, on one stopwatch) stays within ``budget`` × the
-            training time: the riders (the baselines and ``temperature_scaling``, which only read captured outputs,
-            on the probe's first 256 samples at least) run at every validation run, and what they cost beyond their
-            shares comes out of the other measures' shares (``<prefix>/overhead`` says what it all cost); the others
-            run at evenly spaced validation runs (see
+            training time: the riders (the baselines, ``temperature_scaling`` and, with pools, ``shift_test``, which
+            only read captured outputs, on the probe's first 256 samples at least) run at every validation run, and
+            what they cost beyond their shares comes out of the other measures' shares (``<prefix>/overhead`` says
+            what it all cost); the others run at evenly spaced validation runs (see
             :class:`~lightning_gensens.callbacks.budget.Budget`). ``None`` runs every measure on everything every
             time. A key not logged at a run is taken out of ``trainer.callback_metrics``.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
