@@ -41,10 +41,9 @@ from _common import (
     write_report,
 )
 from prediction import SETUPS, Data, Setup
-from scipy.optimize import nnls
 from torch import Tensor
 
-from lightning_gensens.functional.temperature import fit_temperature
+from lightning_gensens.functional import confusion, energy_test, fit_temperature, label_shift_proportions, twin_indices
 from lightning_gensens.models import Classifier, mlp
 
 COVARIATE = ("natural", "corruption")
@@ -78,42 +77,6 @@ def train(setup: Setup, data: Data, seed: int, epochs: int) -> torch.nn.Module:
     return net.eval()
 
 
-def _energy(distances: Tensor, first: Tensor) -> Tensor:
-    """Energy distance 2·E|X − Y| − E|X − X'| − E|Y − Y'| between the points marked by ``first`` and the others, from
-    their pairwise ``distances`` (V-statistics; three quadratic forms instead of three distance matrices)."""
-    a = first.to(distances.dtype)
-    b = 1 - a
-    da, db = distances @ a, distances @ b
-    na, nb = a.sum(), b.sum()
-    return 2 * (a @ db) / (na * nb) - (a @ da) / na**2 - (b @ db) / nb**2
-
-
-def permutation_p(a: Tensor, b: Tensor, permutations: int, generator: torch.Generator) -> float:
-    """The share of random splits of a ∪ b whose energy distance (Székely & Rizzo 2013) reaches the observed one,
-    the observed split counted."""
-    distances = torch.cdist(torch.cat([a, b]), torch.cat([a, b]))
-    first = torch.arange(len(a) + len(b)) < len(a)
-    observed, hits = _energy(distances, first), 0
-    for _ in range(permutations):
-        hits += bool(_energy(distances, first[torch.randperm(len(first), generator=generator)]) >= observed)
-    return (hits + 1) / (permutations + 1)
-
-
-def twin_proportions(confusion: Tensor, predicted: Tensor) -> Tensor:
-    """q ≥ 0 summing to 1 with ``confusion`` [K, K] (C[ŷ, y] = P(ŷ | y) on the validation data) · q ≈ ``predicted``."""
-    q, _ = nnls(confusion.numpy(), predicted.numpy())
-    return torch.from_numpy(q / q.sum()) if q.sum() > 0 else torch.full_like(predicted, 1 / len(predicted))
-
-
-def twin(labels: Tensor, q: Tensor, n: int, generator: torch.Generator) -> Tensor:
-    """Indices of ``n`` validation samples: each one's class drawn from q, then a sample of it (with replacement)."""
-    classes = torch.multinomial(q, n, replacement=True, generator=generator)
-    counts = torch.bincount(labels, minlength=len(q))
-    starts = torch.cumsum(counts, 0) - counts  # where each class begins among the samples sorted by class
-    within = (torch.rand(n, generator=generator, dtype=torch.float64) * counts[classes]).long()
-    return torch.argsort(labels, stable=True)[starts[classes] + within]
-
-
 def _error(logits: Tensor, labels: Tensor) -> float:
     return float((logits.argmax(1) != labels).double().mean())
 
@@ -125,7 +88,7 @@ def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -
         z = net(x).double()
     k = z.shape[1]
     temperature, validation_error = fit_temperature(z, y), _error(z, y)
-    confusion = torch.stack([torch.bincount(z[y == c].argmax(1), minlength=k) / (y == c).sum() for c in range(k)], 1)
+    validation_confusion = confusion(z.argmax(1), y, k)
     generator = torch.Generator().manual_seed(seed)
 
     def probs(logits: Tensor) -> Tensor:
@@ -137,8 +100,8 @@ def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -
             continue
         with torch.no_grad():
             zp = net(pool.x).double()
-        q = twin_proportions(confusion, torch.bincount(zp.argmax(1), minlength=k).double() / len(zp))
-        first, second = (twin(y, q, len(zp), generator) for _ in range(2))
+        q = label_shift_proportions(validation_confusion, torch.bincount(zp.argmax(1), minlength=k).double() / len(zp))
+        first, second = (twin_indices(y, q, len(zp), generator) for _ in range(2))
         out.append(
             Pair(
                 setup.name,
@@ -147,8 +110,8 @@ def pairs(setup: Setup, data: Data, seed: int, epochs: int, permutations: int) -
                 pool.name,
                 _error(zp, pool.y),
                 _error(z[first], y[first]),
-                permutation_p(probs(zp), probs(z[first]), permutations, generator),
-                permutation_p(probs(z[second]), probs(z[first]), permutations, generator),
+                float(energy_test(probs(zp), probs(z[first]), permutations, generator)),
+                float(energy_test(probs(z[second]), probs(z[first]), permutations, generator)),
                 validation_error,
             )
         )

@@ -44,6 +44,7 @@ from lightning_gensens.functional.shift_test import (
     predicted_class_test,
     shift_estimate,
     shift_tests,
+    transport_means,
     twin_indices,
 )
 from lightning_gensens.functional.spectral_norm import (
@@ -133,6 +134,7 @@ __all__ = [
     "tangent_sensitivity_hutchinson",
     "transport_costs",
     "transport_loss",
+    "transport_means",
     "transport_plan",
     "twin_indices",
 ]

@@ -165,6 +165,13 @@ def _standardise(reference: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple((t - mean) / sd for t in (reference, *others))
 
 
+def transport_means(logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
+    """(W_err, W_loss): the optimal transport costs of ``logits`` [N, K] onto the class distribution ``prior`` [K]
+    with cost 1 − p (COT) and −log p (the transport loss)."""
+    error = transport_costs(logits, prior, temperature, "error").mean()
+    return error, transport_costs(logits, prior, temperature, "loss").mean()
+
+
 def _checked(
     reference_logits: Tensor, reference_labels: Tensor, reference_features: Tensor, logits: Tensor, features: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -218,10 +225,13 @@ def shift_estimate(
     features: Tensor,
     temperature: float | Tensor = 1.0,
     tests: ShiftTests | None = None,
+    reference_transport: tuple[Tensor, Tensor] | None = None,
     **kwargs: Any,
 ) -> ShiftEstimate:
     """The predicted error and loss of the hypothesis the tests keep (see the module's docstring): ``tests`` where
-    given (from :func:`shift_tests` on the same samples), else :func:`shift_tests` with ``kwargs``."""
+    given (from :func:`shift_tests` on the same samples), else :func:`shift_tests` with ``kwargs``;
+    ``reference_transport``: the reference's :func:`transport_means` onto its class frequencies, where computed once
+    for several targets."""
     z_ref, y, z = _checked(reference_logits, reference_labels, reference_features, logits, features)
     error = _check_scalar(reference_error, "reference_error", unit_interval=True)
     loss = _check_scalar(reference_loss, "reference_loss")
@@ -240,10 +250,7 @@ def shift_estimate(
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones
-        q = q.to(z.device)
-        w_err = transport_costs(z, q, temperature, "error").mean()
-        w_err_ref = transport_costs(z_ref, prior, temperature, "error").mean()
-        w_loss = transport_costs(z, q, temperature, "loss").mean()
-        w_loss_ref = transport_costs(z_ref, prior, temperature, "loss").mean()
+        w_err, w_loss = transport_means(z, q.to(z.device), temperature)
+        w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior, temperature)
         e, l_ = error + w_err - w_err_ref, loss + w_loss - w_loss_ref
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

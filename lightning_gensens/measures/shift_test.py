@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from lightning_gensens.capture import Captured
-from lightning_gensens.functional.shift_test import ShiftTests, shift_estimate, shift_tests
+from lightning_gensens.functional.shift_test import ShiftTests, shift_estimate, shift_tests, transport_means
 from lightning_gensens.functional.temperature import fit_temperature
+from lightning_gensens.functional.transport import class_prior
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
 from lightning_gensens.measures.base import Estimate, Measure, Reference, Settings
 from lightning_gensens.metrics.input_sample import InputSample
 
 
-class ShiftTest(LogitSampleMeasure[ReferenceFit]):
+@dataclass
+class _ReferenceFit(ReferenceFit):
+    """What the reference gives every pool: its temperature and its transport costs onto its class frequencies."""
+
+    transport: tuple[Tensor, Tensor]
+
+
+class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
     """Tests whether a pool's inputs differ from the labelled reference's, whether its predicted classes do, and
     whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
     loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
@@ -78,7 +87,8 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
         computed = super().compute(metrics, net, settings)
         computed["tests"] = None
         if self.fitted_target(computed) is not None:
-            ref, target = self._labelled(computed["train"]), computed["val"]
+            ref = computed["reference"] = self._labelled(computed["train"])
+            target = computed["val"]
             computed["tests"] = shift_tests(
                 ref["logits"],
                 ref["labels"],
@@ -104,7 +114,7 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
         tests: ShiftTests | None = computed["tests"]
         if tests is None or not finite(reference):
             return {}
-        ref, target = self._labelled(computed["train"]), computed["val"]
+        ref, target, fit = computed["reference"], computed["val"], computed["fit"]
         result = shift_estimate(
             ref["logits"],
             ref["labels"],
@@ -113,8 +123,9 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
             reference.loss,
             target["logits"],
             target["features"],
-            computed["fit"].temperature,
+            fit.temperature,
             tests=tests,
+            reference_transport=fit.transport,
         )
         return {"shift_gated": Estimate(result.loss, result.error)}
 
@@ -123,5 +134,6 @@ class ShiftTest(LogitSampleMeasure[ReferenceFit]):
         keep = sample["labels"] >= 0
         return {key: sample[key][keep] for key in ("logits", "labels", "features")}
 
-    def fit(self, logits: Tensor, labels: Tensor) -> ReferenceFit:
-        return ReferenceFit(fit_temperature(logits, labels))
+    def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
+        temperature = fit_temperature(logits, labels)
+        return _ReferenceFit(temperature, transport_means(logits, class_prior(labels, logits.shape[1]), temperature))

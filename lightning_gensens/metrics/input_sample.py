@@ -46,19 +46,15 @@ class InputSample(LogitSample):
     def compute(self) -> dict[str, Tensor]:
         """The kept sample of :class:`LogitSample` with its ``features`` (float32 [n, d])."""
         out = super().compute()
-        out["features"] = self._rows()[1].float()  # a dtype move casts every state
+        out["features"] = self._features().float()  # a dtype move casts every state
         return out
 
-    def _rows(self) -> tuple[Tensor, Tensor]:
-        """(keys [n], features [n, d]) of the kept rows, ordered by priority."""
-        keys = dim_zero_cat(self.keys)
-        features = dim_zero_cat(self.features).reshape(keys.shape[0], -1)
-        limit = keys.shape[0] if self.max_samples is None else min(self.max_samples, keys.shape[0])
-        order = torch.topk(keys, limit, largest=False, sorted=True).indices
-        return keys[order], features[order]
+    def _features(self) -> Tensor:
+        """Features [n, d] of the kept rows, in priority order."""
+        return dim_zero_cat(self.features).reshape(-1, max(int(self.width), 1))[self._order()]
 
     def _keep(self, k: int) -> None:
-        features = self._rows()[1]
+        features = self._features()
         super()._keep(k)
         self.features = [features.reshape(-1)]
 

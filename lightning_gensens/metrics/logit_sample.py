@@ -93,12 +93,15 @@ class LogitSample(Metric):
 
     def _sample(self, k: int) -> tuple[Tensor, Tensor, Tensor]:
         """The kept rows ordered by priority: (keys [n], logits [n, K], labels [n])."""
-        keys = dim_zero_cat(self.keys)
+        keys, order = dim_zero_cat(self.keys), self._order()
         logits = dim_zero_cat(self.logits).reshape(-1, k)
-        labels = dim_zero_cat(self.labels)
+        return keys[order], logits[order], dim_zero_cat(self.labels)[order]
+
+    def _order(self) -> Tensor:
+        """Indices of the kept rows among all held, in priority order."""
+        keys = dim_zero_cat(self.keys)
         limit = keys.shape[0] if self.max_samples is None else min(self.max_samples, keys.shape[0])
-        order = torch.topk(keys, limit, largest=False, sorted=True).indices
-        return keys[order], logits[order], labels[order]
+        return torch.topk(keys, limit, largest=False, sorted=True).indices
 
     def _trim(self, k: int) -> None:
         """Keep the ``max_samples`` rows of smallest priority once more than twice that many are held."""
