@@ -3,6 +3,7 @@ into logged values and scored predictions (keys from :class:`~lightning_gensens.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -119,6 +120,8 @@ class Evaluation:
         if not self._agreed.outputs:
             return {}
         losses = {split: self._losses(split) for split in self.split_loss}
+        # each value read once: each read of a tensor's value is a synchronisation on CUDA
+        values = {split: {kind: float(v) for kind, v in loss.items()} for split, loss in losses.items()}
         logs: dict[str, Tensor] = {}
         for split, group, name in (
             ("train", "", "train"),
@@ -126,10 +129,10 @@ class Evaluation:
             *((p, f"{p}/", "test") for p in self.pools),
         ):
             for kind in ("loss", "error"):
-                logs[keys.shared(f"{name}_{kind}", group)] = losses[split][kind]
-        logs = {k: v for k, v in logs.items() if bool(torch.isfinite(v))}  # absent labels: nothing, not NaN
-        train = losses["train"]
-        if self._agreed.seen["train"] and not bool(torch.isfinite(train["loss"])) and not self._warned_unlabeled_probe:
+                if math.isfinite(values[split][kind]):  # absent labels: nothing, not NaN
+                    logs[keys.shared(f"{name}_{kind}", group)] = losses[split][kind]
+        unlabeled_probe = self._agreed.seen["train"] and not math.isfinite(values["train"]["loss"])
+        if unlabeled_probe and not self._warned_unlabeled_probe:
             self._warned_unlabeled_probe = True
             rank_zero_warn(
                 f"{self.owner}: the training probe's batches carry no labels, so there is no train loss for the "
@@ -137,14 +140,13 @@ class Evaluation:
             )
         outputs = self._agreed.outputs
         pairs = [("", "train", "val")] if self.seen("val") else []
-        reference = "val" if self.seen("val") and bool(torch.isfinite(losses["val"]["loss"])) else "train"
+        reference = "val" if self.seen("val") and math.isfinite(values["val"]["loss"]) else "train"
         pairs += [(f"{pool}/", reference, pool) for pool in self.pools if self.seen(pool)]
         with self.replay.replaying():
             for group, ref, target in pairs:
                 ref_losses = Reference(losses[ref]["loss"], losses[ref]["error"], num_outputs=outputs)
-                # read once per pair, not per measure: each read of a tensor's value is a synchronisation on CUDA
-                actual = (float(losses[target]["loss"]), float(losses[target]["error"]))
-                finite = bool(torch.isfinite(ref_losses.loss))
+                actual = (values[target]["loss"], values[target]["error"])
+                finite = math.isfinite(values[ref]["loss"])
                 for slot in self.slots:
                     if not slot.runs or (not group and slot.measure.pools_only):
                         continue

@@ -47,7 +47,7 @@ class _Errors:
 
     def mean(self, runs: set[int] | None = None) -> float:
         """The mean over ``runs`` (all scored runs by default); NaN over none."""
-        values = [v for r, v in self.by_run.items() if runs is None or r in runs]
+        values = list(self.by_run.values()) if runs is None else [v for r, v in self.by_run.items() if r in runs]
         return sum(values) / len(values) if values else math.nan
 
 
@@ -99,10 +99,11 @@ class Report:
         loss is clipped at 0 and a predicted error to [0, 1], so no number is wrong in kind."""
         predicted_loss = None if estimate.loss is None else estimate.loss.clamp_min(0.0)
         predicted_error = None if estimate.error is None else estimate.error.clamp(0.0, 1.0)
-        if predicted_loss is not None and not bool(torch.isfinite(predicted_loss)):
-            rank_zero_warn(
-                f"{estimator}: the predicted test loss is not finite ({float(predicted_loss)}); not logged this run."
-            )
+        # each value read once, then checked in Python: a tensor op per check costs more than the read
+        loss = math.nan if predicted_loss is None else float(predicted_loss)
+        error = math.nan if predicted_error is None else float(predicted_error)
+        if predicted_loss is not None and not math.isfinite(loss):
+            rank_zero_warn(f"{estimator}: the predicted test loss is not finite ({loss}); not logged this run.")
             return {}
         errors = self.errors.setdefault(estimator, {"loss": _Errors(), "error": _Errors()})
         self.needs_labels[estimator] = bool(needs_labels)
@@ -110,12 +111,12 @@ class Report:
         if predicted_loss is not None:
             logs[self.keys.estimator(estimator, predicted("loss"))] = predicted_loss
             if scored and math.isfinite(actual_loss):
-                errors["loss"].by_run[self.runs] = abs(float(predicted_loss) - actual_loss)
+                errors["loss"].by_run[self.runs] = abs(loss - actual_loss)
                 logs[self.keys.estimator(estimator, MAE)] = torch.tensor(errors["loss"].mean(), dtype=torch.float64)
-        if predicted_error is not None and bool(torch.isfinite(predicted_error)):
+        if predicted_error is not None and math.isfinite(error):
             logs[self.keys.estimator(estimator, predicted("error"))] = predicted_error
             if scored and math.isfinite(actual_error):
-                errors["error"].by_run[self.runs] = abs(float(predicted_error) - actual_error)
+                errors["error"].by_run[self.runs] = abs(error - actual_error)
         return logs
 
     def record(self, epoch: int, logs: Mapping[str, Tensor]) -> None:

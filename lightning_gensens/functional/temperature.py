@@ -48,14 +48,15 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     low, high = bounds
     if not 0 < low < high:
         raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
-    z_y, z_squared = z.gather(1, y[:, None]).squeeze(1), z.square()
+    mean_z_y = float(z.gather(1, y[:, None]).mean())
+    powers = torch.stack([z, z.square()])  # z and z², so that one product gives both moments of every sample
     lower, upper = 1.0 / high, 1.0 / low
     lo, hi, beta = lower, upper, min(max(1.0, lower), upper)
     for _ in range(_NEWTON_STEPS):
-        p = torch.softmax(beta * z, dim=1)
-        mean = (p * z).sum(1)
-        variance = (p * z_squared).sum(1) - mean.square()
-        slope, curvature = torch.stack([(mean - z_y).mean(), variance.mean()]).tolist()  # one host read
+        moments = (torch.softmax(beta * z, dim=1) * powers).sum(2)  # E_p z, E_p z² per sample
+        # E[E_p z], E[E_p z²], E[(E_p z)²], one host read
+        mean, second, mean_squared = torch.cat([moments, moments[:1].square()]).mean(1).tolist()
+        slope, curvature = mean - mean_z_y, second - mean_squared
         if (beta == upper and slope <= 0) or (beta == lower and slope >= 0):
             break  # the minimum lies at this bound
         lo, hi = (lo, beta) if slope > 0 else (beta, hi)

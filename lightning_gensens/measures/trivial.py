@@ -5,15 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
 from torch import Tensor, nn
-from torchmetrics.aggregation import SumMetric
 
 from lightning_gensens.capture import Captured
 from lightning_gensens.measures.base import Estimate, Measure, Reference, Settings
+from lightning_gensens.metrics._mean import SampleCount
 
 
-class Trivial(Measure[SumMetric]):
+class Trivial(Measure[SampleCount]):
     """Predicts that the test loss and error equal the probe's (l_te ≈ l_tr, e_te ≈ e_tr): the yardstick of every
     estimator's skill, 1 − MAE/MAE(trivial). Any output (regression too). Logs ``train``/``val``, the number of
     samples of each split."""
@@ -21,13 +20,11 @@ class Trivial(Measure[SumMetric]):
     name = "trivial"
     relative_cost = 1.0
 
-    def make_metric(self, net: nn.Module, settings: Settings) -> SumMetric:
-        metric = SumMetric(nan_strategy="disable")
-        metric.set_dtype(torch.float64)
-        return metric
+    def make_metric(self, net: nn.Module, settings: Settings) -> SampleCount:
+        return SampleCount()
 
-    def update(self, metric: SumMetric, record: Captured, net: nn.Module) -> None:
-        metric.update(float(record.logits.shape[0]))
+    def update(self, metric: SampleCount, record: Captured, net: nn.Module) -> None:
+        metric.update(record.logits.shape[0])
 
     def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
         return dict(computed)

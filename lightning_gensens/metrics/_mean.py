@@ -1,4 +1,5 @@
-"""Base of the metrics that average a quantity over samples (or updates): sum-reducible (count, total) states."""
+"""Sums over samples as sum-reducible states: the base of the metrics that average a quantity over samples (or
+updates), and the count of samples fed."""
 
 from __future__ import annotations
 
@@ -44,3 +45,23 @@ class SampleMean(Metric):
         Needs matplotlib; returns the figure and axes (``ax`` is drawn into when given).
         """
         return self._plot(val, ax)
+
+
+class SampleCount(Metric):
+    """The number of samples fed (float64, summed across batches and DDP ranks): one in-place addition per batch."""
+
+    is_differentiable = False
+    higher_is_better: bool | None = None
+    full_state_update = False
+
+    count: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, n: int) -> None:
+        self.count.add_(n)  # in place: assigning a Metric's attribute goes through ``nn.Module.__setattr__``
+
+    def compute(self) -> Tensor:
+        return self.count

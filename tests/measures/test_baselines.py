@@ -83,6 +83,18 @@ def test_trivial_predicts_exactly_the_probe():
     (estimate,) = estimates.values()
     assert torch.equal(estimate.loss, REF.loss) and torch.equal(estimate.error, REF.error)
     assert float(values["train"]) == 40 and float(values["val"]) == 31  # samples per split
+    assert values["train"].dtype == torch.float64
+
+
+def test_trivial_counts_alike_through_update_forward_and_a_merge():
+    through_update, through_forward, merged = (Trivial().make_metric(NET, Settings()) for _ in range(3))
+    for n in (3, 0, 5):
+        through_update.update(n)
+        through_forward(n)
+    merged.update(2)
+    merged.merge_state(through_update)
+    assert float(through_update.compute()) == float(through_forward.compute()) == 8
+    assert float(merged.compute()) == 10
 
 
 def test_average_confidence_against_direct_formula():
