@@ -19,11 +19,14 @@ The estimate then follows the first hypothesis the tests keep, each a difference
 - label shift (p_twin ≥ α): the same differences against the twin, each reference sample weighted by
   w_i = q_{y_i} / π_{y_i}: e_ref + (ē_w − ē) + conf̄_w − conf̄_tgt, l_ref + (l̄_w − l̄) + H̄_tgt − H̄_w
   (ē, l̄: the reference sample's mean 0-1 error and cross-entropy at T = 1; ē_w, l̄_w, conf̄_w, H̄_w: weighted);
-- covariate shift (otherwise): the difference of transport costs (COT, Lu et al., NeurIPS 2023, and its loss
-  counterpart with cost −log p), each split transported onto its own class distribution (the target onto q, the
-  reference onto its class frequencies π): e_ref + W_err(tgt → q) − W_err(ref → π), l_ref + W_loss(tgt → q) −
-  W_loss(ref → π). Transporting the target onto π instead follows covariate shift a little closer, but charges a
-  label shift the twin test rejects for the classes it lacks (predicted losses several times the actual).
+- covariate shift (otherwise): the ratio of transport costs (COT, Lu et al., NeurIPS 2023, and its loss
+  counterpart with cost −log p, ours), each split transported onto its own class distribution (the target onto q,
+  the reference onto its class frequencies π), on the network's own outputs (T = 1):
+  e_ref · W_err(tgt → q) / W_err(ref → π), l_ref · W_loss(tgt → q) / W_loss(ref → π). The reference calibrates
+  the costs by their ratio to its actual error and loss (the difference where its cost is 0); under a covariate
+  shift an overconfident network's costs grow with its error, and the ratio keeps that growth where a temperature
+  fitted on the reference would flatten it. Transporting the target onto π instead charges a label shift the twin
+  test rejects for the classes it lacks (predicted losses several times the actual).
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -165,11 +168,18 @@ def _standardise(reference: Tensor, *others: Tensor) -> tuple[Tensor, ...]:
     return tuple((t - mean) / sd for t in (reference, *others))
 
 
-def transport_means(logits: Tensor, prior: Tensor, temperature: float | Tensor = 1.0) -> tuple[Tensor, Tensor]:
-    """(W_err, W_loss): the optimal transport costs of ``logits`` [N, K] onto the class distribution ``prior`` [K]
-    with cost 1 − p (COT) and −log p (the transport loss)."""
-    error = transport_costs(logits, prior, temperature, "error").mean()
-    return error, transport_costs(logits, prior, temperature, "loss").mean()
+def transport_means(logits: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
+    """(W_err, W_loss): the optimal transport costs of ``logits`` [N, K] (T = 1) onto the class distribution
+    ``prior`` [K] with cost 1 − p (COT) and −log p (the transport loss)."""
+    return transport_costs(logits, prior, kind="error").mean(), transport_costs(logits, prior, kind="loss").mean()
+
+
+def _calibrated(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
+    """``reference_value`` · ``cost`` / ``reference_cost``; their difference added where the reference's cost is
+    0."""
+    if float(reference_cost) > 0:
+        return reference_value * cost / reference_cost
+    return reference_value + cost - reference_cost
 
 
 def _checked(
@@ -250,7 +260,7 @@ def shift_estimate(
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones
-        w_err, w_loss = transport_means(z, q.to(z.device), temperature)
-        w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior, temperature)
-        e, l_ = error + w_err - w_err_ref, loss + w_loss - w_loss_ref
+        w_err, w_loss = transport_means(z, q.to(z.device))
+        w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior)
+        e, l_ = _calibrated(error, w_err, w_err_ref), _calibrated(loss, w_loss, w_loss_ref)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

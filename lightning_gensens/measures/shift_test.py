@@ -21,7 +21,8 @@ from lightning_gensens.metrics.input_sample import InputSample
 
 @dataclass
 class _ReferenceFit(ReferenceFit):
-    """What the reference gives every pool: its temperature and its transport costs onto its class frequencies."""
+    """What the reference gives every pool: its temperature and its transport costs onto its class frequencies
+    (T = 1)."""
 
     transport: tuple[Tensor, Tensor]
 
@@ -30,8 +31,8 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
     """Tests whether a pool's inputs differ from the labelled reference's, whether its predicted classes do, and
     whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
     loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
-    DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, differences of
-    transport costs (COT) under covariate shift. Its estimator: ``shift_gated``.
+    DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, the reference's error
+    and loss scaled by the ratio of transport costs (COT) under covariate shift. Its estimator: ``shift_gated``.
 
     Measures pools only (the reference is the validation data, or the training probe without a validation loop):
     the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most
@@ -136,4 +137,4 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
 
     def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
         temperature = fit_temperature(logits, labels)
-        return _ReferenceFit(temperature, transport_means(logits, class_prior(labels, logits.shape[1]), temperature))
+        return _ReferenceFit(temperature, transport_means(logits, class_prior(labels, logits.shape[1])))

@@ -15,7 +15,9 @@ from lightning_gensens.functional import (
     label_shift_proportions,
     predicted_class_test,
     shift_estimate,
+    shift_tests,
     transport_costs,
+    transport_means,
     twin_indices,
 )
 from lightning_gensens.functional.shift_test import _energy
@@ -164,14 +166,14 @@ def test_a_label_shift_is_kept_and_estimated_on_the_weighted_reference():
     assert abs(float(out.error) - actual) < abs(float(wrong.mean()) - actual)  # closer than "pool = reference"
 
 
-def test_a_covariate_shift_is_estimated_by_the_difference_of_transport_costs():
+def test_a_covariate_shift_is_estimated_by_the_ratio_of_transport_costs():
     ref = _reference()
     x, y, z = ref
     g = torch.Generator().manual_seed(7)
     xt = x[:400] + 2.0 * torch.randn(400, 2, generator=g, dtype=torch.float64)  # noisier inputs, same classes
     means = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 2.0]], dtype=torch.float64)
     zt = -torch.cdist(xt, means).square()
-    out, t = _estimate(ref, (xt, zt))
+    out, _ = _estimate(ref, (xt, zt))
     assert out.tests.shift is Shift.COVARIATE and float(out.tests.p_twin) < 0.05
     prior = class_prior(y, 3)
     predicted = torch.bincount(zt.argmax(1), minlength=3).double() / len(zt)
@@ -179,11 +181,27 @@ def test_a_covariate_shift_is_estimated_by_the_difference_of_transport_costs():
     error = float((z.argmax(1) != y).double().mean())
     loss = float(F.cross_entropy(z, y))
     w = {
-        kind: [float(transport_costs(v, c, t, kind).mean()) for v, c in ((zt, q), (z, prior))]
+        kind: [float(transport_costs(v, c, 1.0, kind).mean()) for v, c in ((zt, q), (z, prior))]
         for kind in ("error", "loss")
     }
-    assert float(out.error) == pytest.approx(min(max(error + w["error"][0] - w["error"][1], 0), 1))
-    assert float(out.loss) == pytest.approx(max(loss + w["loss"][0] - w["loss"][1], 0))
+    assert float(out.error) == pytest.approx(min(error * w["error"][0] / w["error"][1], 1))
+    assert float(out.loss) == pytest.approx(loss * w["loss"][0] / w["loss"][1])
+
+
+def test_a_reference_without_transport_cost_falls_back_to_the_difference():
+    ref = _reference()
+    x, y, z = ref
+    xt = x[:400] + 3.0
+    zt = z[:400] * 0.5
+    tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))
+    zero = torch.zeros((), dtype=torch.float64)
+    out = shift_estimate(
+        z, y, x, 0.1, 0.3, zt, xt, tests=tests._replace(shift=Shift.COVARIATE), reference_transport=(zero, zero)
+    )
+    w_err, w_loss = transport_means(zt, tests.proportions)
+    assert float(out.error) == pytest.approx(min(0.1 + float(w_err), 1)) and float(out.loss) == pytest.approx(
+        0.3 + float(w_loss)
+    )
 
 
 def test_estimates_are_clipped_and_bad_arguments_refused():
