@@ -41,7 +41,7 @@ from torch import Tensor
 
 from lightning_gensens.functional.confidence import _check_logits, _check_scalar, _confidence_update
 from lightning_gensens.functional.temperature import _check_labels, _scaled_logits
-from lightning_gensens.functional.transport import class_prior, transport_costs
+from lightning_gensens.functional.transport import _calibrated, class_prior, transport_costs
 
 _SD_FLOOR = 1e-6
 """Reference standard deviations are floored at this fraction of the largest (a constant input stays testable)."""
@@ -172,14 +172,6 @@ def transport_means(logits: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
     """(W_err, W_loss): the optimal transport costs of ``logits`` [N, K] (T = 1) onto the class distribution
     ``prior`` [K] with cost 1 − p (COT) and −log p (the transport loss)."""
     return transport_costs(logits, prior, kind="error").mean(), transport_costs(logits, prior, kind="loss").mean()
-
-
-def _calibrated(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
-    """``reference_value`` · ``cost`` / ``reference_cost``; their difference added where the reference's cost is
-    0."""
-    if float(reference_cost) > 0:
-        return reference_value * cost / reference_cost
-    return reference_value + cost - reference_cost
 
 
 def _checked(

@@ -82,6 +82,14 @@ def transport_loss(logits: Tensor, prior: Tensor, temperature: float | Tensor = 
     return transport_costs(logits, prior, temperature, "loss").mean().clamp_min(0.0)
 
 
+def _calibrated(reference_value: float | Tensor, cost: Tensor, reference_cost: Tensor) -> Tensor:
+    """``reference_value`` · ``cost`` / ``reference_cost``; their difference added where the reference's cost is at
+    the exact solver's round-off (≤ 1e-6: a reference fitted without error or loss), which a ratio would blow up."""
+    if float(reference_cost) > 1e-6:
+        return reference_value * cost / reference_cost
+    return reference_value + cost - reference_cost
+
+
 def cott_threshold(reference_costs: Tensor, reference_error: float | Tensor) -> Tensor:
     """t such that the share of ``reference_costs`` above t is ``reference_error`` (the nearest share the N costs
     allow, round(e·N)/N; ties at t count as not above): the m = round(e·N)-th largest cost's lower neighbour."""

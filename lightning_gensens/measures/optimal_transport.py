@@ -11,7 +11,13 @@ import torch
 from torch import Tensor
 
 from lightning_gensens.functional.temperature import fit_temperature
-from lightning_gensens.functional.transport import class_prior, cott_threshold, label_shift_prior, transport_costs
+from lightning_gensens.functional.transport import (
+    _calibrated,
+    class_prior,
+    cott_threshold,
+    label_shift_prior,
+    transport_costs,
+)
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
 from lightning_gensens.measures.base import Estimate, Reference
@@ -39,7 +45,7 @@ class OptimalTransport(LogitSampleMeasure[_ReferenceFit]):
     - ``transport_loss``: predicted loss W = the optimal cost with cost −log p_ik (ours); where the target's classes
       follow π, W never exceeds the actual loss (the true labels are one coupling);
     - ``transport_loss_ratio_em``: l_ref · W_em / W_ref, with W_em the transport loss onto the EM estimate of the
-      target's classes and W_ref the reference's own (ours).
+      target's classes and W_ref the reference's own (ours); l_ref + W_em − W_ref where W_ref is 0.
 
     The reference is the validation data for a pool and the training probe for the validation data; T is fitted
     by NLL on its labelled samples and π is their class frequencies. Each split keeps a seeded uniform sample of at
@@ -75,7 +81,7 @@ class OptimalTransport(LogitSampleMeasure[_ReferenceFit]):
             t = cott_threshold(fit.costs, reference.error)
             out["cott"] = Estimate(None, (costs > t).double().mean())
             loss_em = transport_costs(target, shifted_prior, fit.temperature, "loss").mean()
-            out["transport_loss_ratio_em"] = Estimate(reference.loss.double() * loss_em / fit.loss, None)
+            out["transport_loss_ratio_em"] = Estimate(_calibrated(reference.loss.double(), loss_em, fit.loss), None)
         return out
 
     def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:

@@ -4,6 +4,7 @@ DDP against one process."""
 import math
 
 import pytest
+import torch
 
 from lightning_gensens.functional import (
     class_prior,
@@ -64,6 +65,15 @@ def test_an_unlabeled_reference_predicts_nothing_and_a_non_finite_one_only_the_l
     assert values == {} and estimates == {}
     _, estimates = estimate(OptimalTransport(), ref, labels, target, reference(math.nan, math.nan))
     assert set(estimates) == {"cot", "cot_em", "transport_loss"}
+
+
+def test_a_reference_without_transport_loss_shifts_the_loss_by_the_pools_cost():
+    (ref, labels), (target, _) = logit_data(6, 40, 3.0), logit_data(7, 30, 1.0)
+    ref = 2000.0 * torch.nn.functional.one_hot(labels, 4).double()  # fitted without loss: W_ref = 0
+    _, estimates = estimate(OptimalTransport(temperature_scaling=False), ref, labels, target, reference())
+    em = label_shift_prior(target, class_prior(labels, 4))
+    want = 0.9 + transport_costs(target, em, kind="loss").mean()
+    assert float(estimates["transport_loss_ratio_em"].loss) == pytest.approx(float(want), rel=1e-12)
 
 
 def test_bad_arguments():
