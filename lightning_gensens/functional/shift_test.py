@@ -23,9 +23,9 @@ The estimate then follows the first hypothesis the tests keep, each a difference
   counterpart with cost −log p, ours), each split transported onto its own class distribution (the target onto q,
   the reference onto its class frequencies π), on the network's own outputs (T = 1):
   e_ref · W_err(tgt → q) / W_err(ref → π), l_ref · W_loss(tgt → q) / W_loss(ref → π). The reference calibrates
-  the costs by their ratio to its actual error and loss (the difference where its cost is 0); under a covariate
-  shift an overconfident network's costs grow with its error, and the ratio keeps that growth where a temperature
-  fitted on the reference would flatten it. Transporting the target onto π instead charges a label shift the twin
+  the costs by their ratio to its actual error and loss (their difference where it has no error or no cost);
+  under a covariate shift an overconfident network's costs grow with its error, and the ratio keeps that growth
+  where a temperature fitted on the reference would flatten it. Transporting the target onto π instead charges a label shift the twin
   test rejects for the classes it lacks (predicted losses several times the actual).
 
 Errors are clipped to [0, 1] and losses at 0.

@@ -204,6 +204,16 @@ def test_a_reference_without_transport_cost_falls_back_to_the_difference():
     )
 
 
+def test_a_reference_without_error_shifts_the_error_by_the_difference():
+    x, y, z = _reference()
+    xt, zt = x[:400] + 3.0, z[:400] * 0.5
+    tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))._replace(shift=Shift.COVARIATE)
+    out = shift_estimate(z, y, x, 0.0, 0.3, zt, xt, tests=tests)
+    w_err, _ = transport_means(zt, tests.proportions)
+    w_err_ref, _ = transport_means(z, class_prior(y, z.shape[1]))
+    assert float(out.error) == pytest.approx(float((w_err - w_err_ref).clamp(0, 1))) and float(out.error) > 0
+
+
 def test_estimates_are_clipped_and_bad_arguments_refused():
     ref = _reference()
     x, y, z = ref
