@@ -55,7 +55,17 @@ from typing import Any
 import lightning as L
 import torch
 from _common import package_origin
-from _shifts import FAMILIES, LEVELS, NATURAL, NaturalShifts, Pool, corruptions, label_shifts
+from _shifts import (
+    FAMILIES,
+    HELD_OUT,
+    LEVELS,
+    NATURAL,
+    NaturalShifts,
+    Pool,
+    corruptions,
+    held_out_corruptions,
+    label_shifts,
+)
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -121,16 +131,16 @@ class Data:
 
     def pools(self, seed: int, pool_size: int | None) -> list[Pool]:
         """The seed's pools: label shift and corruptions of the test split (or ``pool_size`` samples of it, one draw
-        per seed), MNIST-1D regenerated (as many samples as the test split)."""
+        per seed), MNIST-1D regenerated (as many samples as the test split), then the held-out shifts."""
         if seed not in self._pools:
             x, y = self.module.val_set.tensors
             keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:pool_size]
             x, y = x[keep], y[keep]
             pools = label_shifts(x, y, self.module.num_classes, seed)
             if self.natural is not None:
-                pools = self.natural.pools(seed, len(y)) + pools
+                pools = self.natural.pools(seed, len(y)) + pools + self.natural.held_out(seed, len(y))
             else:
-                pools = corruptions(x, y, seed) + pools
+                pools = corruptions(x, y, seed) + pools + held_out_corruptions(x, y, seed)
             self._pools[seed] = pools
         return self._pools[seed]
 
@@ -682,8 +692,12 @@ def main() -> None:
             "class at 30/50/80%. Corruption (digits, on the z-scored inputs): gaussian noise σ 0.4/0.75/1.2, 1/2/3 "
             "passes of a 3×3 binomial blur, a ¼/½/1-pixel shift along a random axis (linear interpolation with a "
             "wrapping roll), contrast pulled to 70/40/20% around each image's mean, a random 3/4/5-pixel square "
-            "set to 0. The data split is fixed; the seed sets initialisation, batch order, the probe draw and the "
-            "pools.",
+            "set to 0. Held out (designed after the shift test's covariate estimate was chosen on the families "
+            "above, one severity each): MNIST-1D with "
+            + ", ".join(f"`{k}` {v}" for k, v in HELD_OUT["mnist1d"].items())
+            + " (generator seed 2000 + seed; `+dirichlet`: a draw with Dirichlet(1) class proportions); digits "
+            + ", ".join(f"`{k}` {v}" for k, v in HELD_OUT["digits"].items())
+            + ". The data split is fixed; the seed sets initialisation, batch order, the probe draw and the pools.",
             "Measuring time per epoch (mean over runs, `gensens/<measure>/seconds`): " + costs + ". " + ot_seconds,
             "Per-run wall time: "
             + ", ".join(f"{s} {statistics.fmean([r.seconds for r in runs if r.setup == s]):.0f} s" for s in setup_names)

@@ -19,14 +19,16 @@ The estimate then follows the first hypothesis the tests keep, each a difference
 - label shift (p_twin ≥ α): the same differences against the twin, each reference sample weighted by
   w_i = q_{y_i} / π_{y_i}: e_ref + (ē_w − ē) + conf̄_w − conf̄_tgt, l_ref + (l̄_w − l̄) + H̄_tgt − H̄_w
   (ē, l̄: the reference sample's mean 0-1 error and cross-entropy at T = 1; ē_w, l̄_w, conf̄_w, H̄_w: weighted);
-- covariate shift (otherwise): the ratio of transport costs (COT, Lu et al., NeurIPS 2023, and its loss
-  counterpart with cost −log p, ours), each split transported onto its own class distribution (the target onto q,
-  the reference onto its class frequencies π), on the network's own outputs (T = 1):
-  e_ref · W_err(tgt → q) / W_err(ref → π), l_ref · W_loss(tgt → q) / W_loss(ref → π). The reference calibrates
-  the costs by their ratio to its actual error and loss (their difference where it has no error or no cost);
-  under a covariate shift an overconfident network's costs grow with its error, and the ratio keeps that growth
-  where a temperature fitted on the reference would flatten it. Transporting the target onto π instead charges a label shift the twin
-  test rejects for the classes it lacks (predicted losses several times the actual).
+- covariate shift (otherwise): the transport costs (COT, Lu et al., NeurIPS 2023, and its loss counterpart with
+  cost −log p, ours) of each split onto its own class distribution (the target onto q, the reference onto its
+  class frequencies π), on the network's own outputs (T = 1), turned into an error by the mean of two calibrations
+  on the reference: the difference, e_ref + W_err(tgt → q) − W_err(ref → π), and the ratio,
+  e_ref · W_err(tgt → q) / W_err(ref → π); the loss likewise with W_loss and l_ref. That is the excess cost
+  W − W_ref with a slope halfway between 1 (the difference) and e_ref / W_ref (the ratio). Under a covariate
+  shift an overconfident network's costs grow with its error, but slower: the difference underestimates a strong
+  shift; the ratio follows it, but multiplies any excess cost, a misjudged q's too, by a slope that reaches 6 on
+  the loss of a network confidently wrong on its reference. Transporting the target onto π instead charges a label shift
+  the twin test rejects for the classes it lacks (predicted losses several times the actual).
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -174,6 +176,11 @@ def transport_means(logits: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
     return transport_costs(logits, prior, kind="error").mean(), transport_costs(logits, prior, kind="loss").mean()
 
 
+def _halfway(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
+    """The mean of the reference value shifted by the difference of the costs and scaled by their ratio."""
+    return (reference_value + cost - reference_cost + _calibrated(reference_value, cost, reference_cost)) / 2
+
+
 def _checked(
     reference_logits: Tensor, reference_labels: Tensor, reference_features: Tensor, logits: Tensor, features: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,5 +261,5 @@ def shift_estimate(
     else:  # the target onto its own estimated classes, the reference onto its known ones
         w_err, w_loss = transport_means(z, q.to(z.device))
         w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior)
-        e, l_ = _calibrated(error, w_err, w_err_ref), _calibrated(loss, w_loss, w_loss_ref)
+        e, l_ = _halfway(error, w_err, w_err_ref), _halfway(loss, w_loss, w_loss_ref)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

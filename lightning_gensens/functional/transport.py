@@ -83,10 +83,9 @@ def transport_loss(logits: Tensor, prior: Tensor, temperature: float | Tensor = 
 
 
 def _calibrated(reference_value: float | Tensor, cost: Tensor, reference_cost: Tensor) -> Tensor:
-    """``reference_value`` · ``cost`` / ``reference_cost``; their difference added where the ratio has no scale: a
-    reference value of 0 (a reference without error), or a reference cost at the exact solver's round-off (≤ 1e-6),
-    which a ratio would blow up."""
-    if float(reference_value) > 0 and float(reference_cost) > 1e-6:
+    """``reference_value`` · ``cost`` / ``reference_cost``; their difference added instead where the reference cost is
+    at the exact solver's round-off (≤ 1e-6: a reference fitted without loss), which a ratio would blow up."""
+    if float(reference_cost) > 1e-6:
         return reference_value * cost / reference_cost
     return reference_value + cost - reference_cost
 
