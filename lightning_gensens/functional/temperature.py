@@ -40,6 +40,16 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     (Guo et al., ICML 2017). With β = 1/T the NLL f(β) = E[logsumexp(βz) − βz_y] is convex, f'(β) = E[E_p z − z_y]
     and f''(β) = E[Var_p z] (p = softmax(βz)): Newton steps on β, safeguarded by the bracket of the minimum (a step
     past it tries the bound it passes, once, then bisects), converge in a few vectorised passes."""
+    return _fit_temperature(logits, labels, bounds)[0]
+
+
+def _fit_temperature(
+    logits: Tensor, labels: Tensor, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`fit_temperature`'s T, and the mean confidence and mean entropy of softmax(z/T) (:func:`_scaled_means`)
+    from its last pass. Each pass reads the logits less their row's maximum, d ≤ 0 (p = softmax(βd), and f' and f''
+    are the same in d), as e = exp(βd) with S = Σ_k e_k: no softmax; the sample means f' and f'' need come from
+    one 3 × 3 product, and the ones returned from S, conf = 1/S and H = log S − β E_p d."""
     z = _check_logits(logits)
     _check_finite(z, "logits")
     y = _check_labels(labels.to(z.device), z.shape[1])
@@ -48,25 +58,40 @@ def fit_temperature(logits: Tensor, labels: Tensor, bounds: tuple[float, float] 
     low, high = bounds
     if not 0 < low < high:
         raise ValueError(f"bounds must satisfy 0 < low < high, got {bounds}.")
-    mean_z_y = float(z.gather(1, y[:, None]).mean())
-    powers = torch.stack([z, z.square()])  # z and z², so that one product gives both moments of every sample
-    lower, upper = 1.0 / high, 1.0 / low
+    d = z - z.amax(1, keepdim=True)
+    mean_d_y = float(d.gather(1, y[:, None]).mean())
+    powers = torch.stack([torch.ones_like(d), d, d.square()])  # one product gives Σ_k e_k d^j, j = 0, 1, 2
+    lower, upper, n = 1.0 / high, 1.0 / low, z.shape[0]
     lo, hi, beta = lower, upper, min(max(1.0, lower), upper)
     for _ in range(_NEWTON_STEPS):
-        moments = (torch.softmax(beta * z, dim=1) * powers).sum(2)  # E_p z, E_p z² per sample
-        # E[E_p z], E[E_p z²], E[(E_p z)²], one host read
-        mean, second, mean_squared = torch.cat([moments, moments[:1].square()]).mean(1).tolist()
-        slope, curvature = mean - mean_z_y, second - mean_squared
+        total, moments = _moments(d, powers, beta)
+        gram = (moments @ moments[:2].T).tolist()  # Σ E_p d, Σ (E_p d)², Σ E_p d² in its first rows: one host read
+        mean, mean_squared, second = gram[0][1] / n, gram[1][1] / n, gram[2][0] / n
+        slope, curvature = mean - mean_d_y, second - mean_squared
         if (beta == upper and slope <= 0) or (beta == lower and slope >= 0):
             break  # the minimum lies at this bound
         lo, hi = (lo, beta) if slope > 0 else (beta, hi)
         step = beta - slope / curvature if curvature > 0 else (lower if slope > 0 else upper)
+        if curvature > 0 and abs(step - beta) <= _BETA_TOLERANCE * max(beta, 1.0):
+            break  # β is the minimum: a step rounded onto the bracket's end would bisect towards it for nothing
         # a step past the bracket tries the bound it passes once, else bisects
         new = step if lo < step < hi else (hi if step >= hi == upper else lo if step <= lo == lower else (lo + hi) / 2)
         if abs(new - beta) <= _BETA_TOLERANCE * max(beta, 1.0):
             break
         beta = new
-    return torch.tensor(1.0 / beta, dtype=torch.float64)
+    else:  # out of steps: the last pass was at the β before
+        total, moments = _moments(d, powers, beta)
+    return (
+        torch.tensor(1.0 / beta, dtype=torch.float64),
+        total.reciprocal().mean(),
+        (total.log() - beta * moments[1]).mean(),
+    )
+
+
+def _moments(d: Tensor, powers: Tensor, beta: float) -> tuple[Tensor, Tensor]:
+    """S = Σ_k exp(βd_k) [N], and 1, E_p d, E_p d² [3, N] of every sample (p = softmax(βd), ``powers``: d⁰, d¹, d²)."""
+    sums = ((beta * d).exp_() * powers).sum(2)
+    return sums[0], sums / sums[0]
 
 
 def _scaled_logits(logits: Tensor, temperature: float | Tensor) -> Tensor:

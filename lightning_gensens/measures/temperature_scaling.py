@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from lightning_gensens.functional.confidence import _difference_of_confidences_compute
-from lightning_gensens.functional.temperature import _scaled_means, fit_temperature
+from lightning_gensens.functional.temperature import _fit_temperature, _scaled_means
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
 from lightning_gensens.measures.base import Estimate, Reference
@@ -57,5 +57,4 @@ class TemperatureScaling(LogitSampleMeasure[_ReferenceFit]):
         return {"doc_ts": Estimate(doc["loss"], doc["error"])}
 
     def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
-        temperature = fit_temperature(logits, labels)
-        return _ReferenceFit(temperature, *_scaled_means(logits, temperature))
+        return _ReferenceFit(*_fit_temperature(logits, labels))

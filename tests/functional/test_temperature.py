@@ -11,6 +11,7 @@ from lightning_gensens.functional import (
     fit_temperature,
     mean_confidence,
     scaled_difference_of_confidences,
+    temperature,
 )
 from tests.functional.test_transport import _logits
 
@@ -29,6 +30,52 @@ def test_the_temperature_minimises_the_nll_over_a_grid():
     assert t == pytest.approx(best, rel=2e-3)
     assert float(torch.nn.functional.cross_entropy(logits / t, labels)) <= min(nll) + 1e-9
     assert t > 1  # overconfident logits are softened
+
+
+def test_the_temperature_is_the_exact_minimiser():
+    # the root of f'(β) = E[E_p z − z_y] by bisection to the last bit, with p = softmax(βz) as the NLL reads it
+    logits = _logits(21, n=256, k=10, scale=3.0)
+    labels = torch.where(torch.rand(256, generator=torch.Generator().manual_seed(6)) < 0.8, logits.argmax(1), 0)
+
+    def slope(beta: float) -> float:
+        p = torch.softmax(beta * logits.double(), 1)
+        return float(((p * logits).sum(1) - logits.gather(1, labels[:, None]).squeeze(1)).mean())
+
+    lo, hi = 1 / 20, 1 / 0.05
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if slope(mid) > 0 else (mid, hi)
+    assert float(fit_temperature(logits, labels)) == pytest.approx(2 / (lo + hi), rel=1e-8)
+
+
+def test_the_fit_takes_a_few_passes(monkeypatch):
+    # a Newton step rounded onto the bracket's end stops the fit, rather than bisecting towards it pass after pass
+    passes = []
+    moments = temperature._moments
+    monkeypatch.setattr(temperature, "_moments", lambda *args: passes.append(1) or moments(*args))
+    g = torch.Generator().manual_seed(1)
+    for scale in (0.3, 1.0, 3.0, 10.0, 30.0):
+        for right in (128, 204, 243):
+            logits = torch.randn(256, 10, generator=g, dtype=torch.float64) * scale
+            labels = torch.randint(0, 10, (256,), generator=g)
+            labels[:right] = logits[:right].argmax(1)
+            passes.clear()
+            fit_temperature(logits, labels)
+            assert len(passes) <= 10
+
+
+@pytest.mark.parametrize("steps", [1, 2, 100])
+def test_the_fit_reads_the_scaled_means_at_its_temperature(monkeypatch, steps):
+    # the means from the fit's last pass, as _scaled_means reads them, however the fit ends (converged, at a bound,
+    # out of steps)
+    monkeypatch.setattr(temperature, "_NEWTON_STEPS", steps)
+    logits = _logits(22, n=200, k=6, scale=2.0)
+    for labels in (logits.argmax(1), torch.randint(0, 6, (200,), generator=torch.Generator().manual_seed(7))):
+        t, confidence, entropy = temperature._fit_temperature(logits, labels)
+        assert float(t) == float(fit_temperature(logits, labels))
+        expected = temperature._scaled_means(logits, t)
+        assert float(confidence) == pytest.approx(float(expected[0]), rel=1e-12)
+        assert float(entropy) == pytest.approx(float(expected[1]), rel=1e-12)
 
 
 def test_difference_of_entropies_at_temperature_one_is_doc_loss_side():
