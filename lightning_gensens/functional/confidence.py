@@ -19,6 +19,7 @@ Everything is float64; ``_..._update``/``_..._compute`` are the pieces the Metri
 
 from __future__ import annotations
 
+import bisect
 import math
 
 import torch
@@ -163,11 +164,16 @@ def atc_threshold(ref_scores: Tensor, ref_error: float | Tensor) -> Tensor | Non
     error = _check_scalar(ref_error, "ref_error", unit_interval=True)
     if error == 0.0:
         return None
-    values, counts = torch.unique_consecutive(scores.sort().values, return_counts=True)
-    below = torch.cat([torch.cumsum(counts, 0) - counts, counts.new_tensor([scores.numel()])])
-    candidates = torch.cat([values, values.new_tensor([math.inf])])
-    best = torch.argmin((below.to(torch.float64) - error * scores.numel()).abs())  # first minimum: smaller count
-    return candidates[best]
+    ordered: list[float] = scores.sort().values.tolist()  # one host read; the rule is a few bisections of it
+    n, target = len(ordered), error * scores.numel()
+    # #{s < v} of a reference score v is the index of its first occurrence: the nearest counts either side of the
+    # target are those of the scores at floor(target) and at ceil(target) (or of the next distinct score after it)
+    below = n if target >= n else bisect.bisect_left(ordered, ordered[math.floor(target)])
+    above = min(math.ceil(target), n)
+    if above < n and bisect.bisect_left(ordered, ordered[above]) < above:  # inside a run of ties: after it
+        above = bisect.bisect_right(ordered, ordered[above])
+    count = below if target - below <= above - target else above  # on a tie, the smaller count
+    return torch.tensor(ordered[count] if count < n else math.inf, dtype=torch.float64, device=scores.device)
 
 
 def _average_thresholded_confidence_compute(

@@ -127,6 +127,21 @@ def test_atc_threshold_never_splits_ties():
     assert atc_threshold(scores, 0.05) == 0.1  # wants 0.25: nothing below the minimum
 
 
+def test_atc_threshold_follows_its_rule_on_random_ties():
+    # the rule by brute force: of the candidates (distinct scores, then +inf), the first whose count below is
+    # nearest e·n
+    g = torch.Generator().manual_seed(0)
+    for trial in range(300):
+        n = int(torch.randint(1, 40, (), generator=g))
+        scores = torch.randint(0, 1 + trial % 7, (n,), generator=g).double() / 7
+        for error in [*torch.rand(5, generator=g, dtype=torch.float64).tolist(), 1.0, 0.5 / n, min(1.5 / n, 1.0)]:
+            candidates = [*sorted(set(scores.tolist())), math.inf]
+            below = [int((scores < c).sum()) for c in candidates]
+            distance = [abs(b - error * n) for b in below]
+            expected = candidates[distance.index(min(distance))]
+            assert float(atc_threshold(scores, error)) == expected
+
+
 def test_atc_with_zero_reference_error_is_skipped():
     assert atc_threshold(softmax_confidence(REF), 0.0) is None
     assert average_thresholded_confidence(REF, 0.0, TARGET, ref_loss=0.1) is None
