@@ -135,14 +135,16 @@ def preserved_rng() -> Iterator[None]:
 
 @contextmanager
 def evaluation_mode(model: nn.Module) -> Iterator[None]:
-    """Put every submodule in eval mode and restore each one's own mode on exit."""
+    """Put every submodule in eval mode and restore each one's own mode on exit (only where it changed: setting a
+    module's attribute costs microseconds)."""
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
         yield
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:
+                m.training = mode
 
 
 def rank_generator(seed: int, device: torch.device) -> torch.Generator:
