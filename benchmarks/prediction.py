@@ -469,7 +469,7 @@ def shift_report(runs: Sequence[Run], names: Sequence[str]) -> list[str]:
         order = [r["estimator"] for r in rows]
         sections += [
             f"### The test {quantity}",
-            f"Over every shifted pool (natural, label, corruption; not the control), {quantity}:",
+            f"Over every shifted pool ({', '.join(SHIFTED)}; not the control), {quantity}:",
             markdown(rows, SHIFT_COLUMNS),
             f"Skill ({quantity}) per shift family (natural + corruption: every shift but the label shift), MAE over "
             "pools × setups × seeds (wins in brackets):",
