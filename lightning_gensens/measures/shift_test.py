@@ -31,8 +31,9 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
     """Tests whether a pool's inputs differ from the labelled reference's, whether its predicted classes do, and
     whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
     loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
-    DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, the reference's error
-    and loss scaled by the ratio of transport costs (COT) under covariate shift. Its estimator: ``shift_gated``.
+    DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, under covariate shift
+    the mean of the reference's error and loss shifted by the difference and scaled by the ratio of transport costs
+    (COT). Its estimator: ``shift_gated``.
 
     Measures pools only (the reference is the validation data, or the training probe without a validation loop):
     the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most
