@@ -1,6 +1,7 @@
 """What the benchmark scripts share: their common arguments, the machine and package they ran on, a fit of each
-configuration (plain, default monitor, ``budget=None``) as users run it, timing of calls and of a callback's hooks,
-the process's resident memory, and the Markdown tables of the monitor's costs."""
+configuration (plain, default monitor, ``budget=None``) as users run it (its validation runs and the monitor's fixed
+hooks timed by ``_hooks.py``), timing of calls, the process's resident memory, and the Markdown tables of the
+monitor's costs."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from _hooks import ValidationClock, time_hooks
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
@@ -118,20 +120,6 @@ def trainer(epochs: int, callbacks: Sequence[Callback], logs: str, **kwargs: Any
     )
 
 
-class ValidationClock(Callback):
-    """Wall time from each ``on_validation_start`` to its ``on_validation_end``: first among the callbacks, it
-    holds every monitor hook of a validation run and Lightning's handling of what was logged there."""
-
-    def __init__(self) -> None:
-        self.seconds, self._start = 0.0, 0.0
-
-    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._start = time.perf_counter()
-
-    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._start
-
-
 @dataclass
 class Fit:
     """One ``Trainer.fit``: its wall time and, with a monitor, what the monitor reported and its fixed cost."""
@@ -210,25 +198,6 @@ def median_time(fn: Callable[[], T], repeats: int) -> tuple[T, float]:
         out, seconds = timed(fn)
         times.append(seconds)
     return out, statistics.median(times)
-
-
-def time_hooks(callback: Callback, hooks: Iterable[str]) -> dict[str, float]:
-    """Wrap the callback's ``hooks`` so that each accumulates its wall time in the returned dict (Lightning looks a
-    hook up on the instance, so it calls the wrapper)."""
-    seconds: dict[str, float] = {}
-    for hook in hooks:
-        seconds[hook] = 0.0
-        method = getattr(callback, hook)
-
-        def wrapper(*args: Any, _method: Callable[..., Any] = method, _hook: str = hook, **kwargs: Any) -> Any:
-            start = time.perf_counter()
-            try:
-                return _method(*args, **kwargs)
-            finally:
-                seconds[_hook] += time.perf_counter() - start
-
-        setattr(callback, hook, wrapper)
-    return seconds
 
 
 # -- memory -------------------------------------------------------------------------------------------------------
