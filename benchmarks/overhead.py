@@ -37,6 +37,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from _bert import BERT, SmallBert, TokenDataModule
 from _common import (
     BREAKDOWN,
     BREAKDOWN_TEXT,
@@ -62,10 +63,9 @@ from _common import (
     rss_mib,
     write_report,
 )
-from torch import Tensor
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
-from lightning_gensens.data import ArrayDataModule, TokenData
+from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.models import Classifier, ResidualNet, mlp
 
 GOAL_RATIO, GOAL_ESTIMATORS = 1.10, 5
@@ -77,54 +77,6 @@ Fits = dict[str, dict[str, list[Fit]]]
 
 
 # -- workloads ----------------------------------------------------------------------------------------------------
-BERT = dict(vocab=50, length=32, hidden=64, layers=2, heads=4, intermediate=128, train=2048, val=512, batch=32)
-
-
-class TokenDataModule(L.LightningDataModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.train_set = TokenData(BERT["train"], BERT["length"], BERT["vocab"], seed=0)
-        self.val_set = TokenData(BERT["val"], BERT["length"], BERT["vocab"], seed=1)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=BERT["batch"], shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=256)
-
-
-class SmallBert(L.LightningModule):
-    """``BertForSequenceClassification`` from a config, called as users do: ``self(**batch)`` returning a
-    ModelOutput (``tests/callbacks/real_models.py::TinyBert``, wider and deeper so that training is not trivial)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from transformers import BertConfig, BertForSequenceClassification
-
-        config = BertConfig(
-            vocab_size=BERT["vocab"],
-            hidden_size=BERT["hidden"],
-            num_hidden_layers=BERT["layers"],
-            num_attention_heads=BERT["heads"],
-            intermediate_size=BERT["intermediate"],
-            max_position_embeddings=BERT["length"],
-            num_labels=2,  # type: ignore[call-arg]  # a PretrainedConfig keyword
-        )
-        self.model = BertForSequenceClassification(config)
-
-    def forward(self, **batch: Tensor) -> Any:
-        return self.model(**batch)
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        return self(**batch).loss
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self.log("val_loss", self(**batch).loss, batch_size=batch["labels"].shape[0])
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-3)
-
-
 @dataclass
 class Workload:
     description: str
