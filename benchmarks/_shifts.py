@@ -103,30 +103,31 @@ class NaturalShifts:
         made = [(CONTROL, 0, {})] + [(k, lv, {k: v[lv - 1]}) for k, v in NATURAL.items() for lv in LEVELS]
         out = []
         for kind, level, changes in made:
-            x, y = _mnist1d(1000 + seed, samples, **changes)
-            z = torch.tensor((x - self.mean) / self.std, dtype=torch.float32)
             family = "control" if kind == CONTROL else "natural"
-            out.append(Pool(family, kind, level, z, torch.tensor(y, dtype=torch.long)))
+            out.append(Pool(family, kind, level, *self._drawn(1000 + seed, samples, changes)))
         return out
 
     def held_out(self, seed: int, samples: int) -> list[Pool]:
         """:data:`HELD_OUT`'s MNIST-1D pools, ``samples`` each, generator seed 2000 + seed."""
         rng, out = np.random.default_rng(30_000 + seed), []
         for kind, changes in HELD_OUT["mnist1d"].items():
-            x, y = _mnist1d(2000 + seed, samples, **changes)
-            z, labels = torch.tensor((x - self.mean) / self.std, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
+            z, labels = self._drawn(2000 + seed, samples, changes)
             if kind.endswith("+dirichlet"):
-                z, labels = _imbalanced(z, labels, 10, rng)
+                z, labels = _with_proportions(z, labels, rng.dirichlet(np.ones(10)), rng)
             out.append(Pool("held_out", kind, 1, z, labels))
         return out
 
+    def _drawn(self, seed: int, samples: int, changes: dict[str, float]) -> tuple[Tensor, Tensor]:
+        """``samples`` z-scored signals and their labels from the generator with ``changes``."""
+        x, y = _mnist1d(seed, samples, **changes)
+        return torch.tensor((x - self.mean) / self.std, dtype=torch.float32), torch.tensor(y, dtype=torch.long)
 
-def _imbalanced(x: Tensor, y: Tensor, num_classes: int, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
-    """As many draws as ``y``, with replacement: each sample's class from a symmetric Dirichlet(1) draw of class
-    proportions, then the sample uniformly among those of that class."""
-    q = rng.dirichlet(np.ones(num_classes))
-    by_class = [np.flatnonzero(y.numpy() == k) for k in range(num_classes)]
-    picks = torch.tensor([rng.choice(by_class[k]) for k in rng.choice(num_classes, len(y), p=q)])
+
+def _with_proportions(x: Tensor, y: Tensor, q: np.ndarray, rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    """As many draws as ``y``, with replacement: each sample's class from the proportions ``q``, then the sample
+    uniformly among those of that class."""
+    by_class = [np.flatnonzero(y.numpy() == k) for k in range(len(q))]
+    picks = torch.tensor([rng.choice(by_class[k]) for k in rng.choice(len(q), len(y), p=q)])
     return x[picks], y[picks]
 
 
@@ -134,7 +135,6 @@ def label_shifts(x: Tensor, y: Tensor, num_classes: int, seed: int) -> list[Pool
     """Class-imbalanced pools as large as the test split ``(x, y)``: each sample's class drawn from the pool's
     proportions, then the sample uniformly (with replacement) among the test samples of that class."""
     rng = np.random.default_rng(20_000 + seed)
-    by_class = [np.flatnonzero(y.numpy() == k) for k in range(num_classes)]
     out = []
     for kind, levels in LABEL.items():
         for level, value in zip(LEVELS, levels, strict=True):
@@ -147,8 +147,7 @@ def label_shifts(x: Tensor, y: Tensor, num_classes: int, seed: int) -> list[Pool
             else:
                 q = np.full(num_classes, (1.0 - value) / (num_classes - 1))
                 q[order[0]] = value
-            picks = torch.tensor([rng.choice(by_class[k]) for k in rng.choice(num_classes, len(y), p=q)])
-            out.append(Pool("label", kind, level, x[picks], y[picks]))
+            out.append(Pool("label", kind, level, *_with_proportions(x, y, q, rng)))
     return out
 
 
@@ -195,7 +194,7 @@ def held_out_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n)
     rotation = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
     grid = F.affine_grid(rotation, list(img.shape), align_corners=False)
-    noisy = _imbalanced(x + 0.6 * torch.randn(x.shape, generator=g), y, 10, rng)
+    noisy = _with_proportions(x + 0.6 * torch.randn(x.shape, generator=g), y, rng.dirichlet(np.ones(10)), rng)
     shifted = {
         "salt_pepper": (salted, y),
         "pixelate": (F.interpolate(F.avg_pool2d(img, 2), scale_factor=2.0, mode="nearest").reshape(n, -1), y),

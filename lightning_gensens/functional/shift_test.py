@@ -27,8 +27,8 @@ The estimate then follows the first hypothesis the tests keep, each a difference
   W − W_ref with a slope halfway between 1 (the difference) and e_ref / W_ref (the ratio). Under a covariate
   shift an overconfident network's costs grow with its error, but slower: the difference underestimates a strong
   shift; the ratio follows it, but multiplies any excess cost, a misjudged q's too, by a slope that reaches 6 on
-  the loss of a network confidently wrong on its reference. Transporting the target onto π instead charges a label shift
-  the twin test rejects for the classes it lacks (predicted losses several times the actual).
+  the loss of a network confidently wrong on its reference. Transporting the target onto π instead charges a
+  label shift the twin test rejects for the classes it lacks (predicted losses several times the actual).
 
 Errors are clipped to [0, 1] and losses at 0.
 """
