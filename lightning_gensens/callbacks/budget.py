@@ -9,8 +9,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_gensens.callbacks.costs import GROW, NEVER, SHRINK, Cost, Need, format_costs, steady
-from lightning_gensens.callbacks.stopwatch import MEASURE, Stopwatch
+from lightning_gensens.callbacks.costs import GROW, NEVER, SHRINK, Cost, Need, cost_table, format_costs, steady
+from lightning_gensens.callbacks.stopwatch import Stopwatch
 
 __all__ = ["GROW", "NEVER", "SHRINK", "Budget", "Cost", "Need", "format_costs"]
 
@@ -25,7 +25,7 @@ MIN_PROBE = 256
 
 RIDER_COST = 1.0
 """The ``relative_cost`` up to which a measure is a rider: it only reads captured outputs or a few weights, and runs
-at every run."""
+at every run the budget affords (at every run where a callback watches the monitor's keys)."""
 
 PLANNED = 0.8
 """The part of the allowance the plans spend; the rest covers what the plans cannot foresee (a period kept up to
@@ -46,14 +46,16 @@ class Budget:
 
     The plans are made per run, from rates: the allowance of a run is ``fraction`` × the training time per run so
     far, in equal shares per measure. The riders (``relative_cost`` at most :data:`RIDER_COST`: they read captured
-    outputs) run at every run, on every sample and :data:`MIN_PROBE` probe samples at least, so their keys are fresh
-    at every validation; their shares pay for a run's own work (the probe, bookkeeping, logging), and what they
-    leave at the second run pays for more of the probe for the rest of the fit (a power of two times
-    :data:`MIN_PROBE`). What they cost beyond their shares comes out of the others' shares, so that the monitor's
-    total stays within ``fraction`` (with no other measure to pay for them, the overhead logged says so): the others
-    get their share divided by a power of two, which moves only when the deficit crosses a margin (as the periods
-    do), and none where it would be less than 1/:data:`SQUEEZE_LIMIT`. The riders' costs, the run's own work and
-    the probe's are means over the fit's runs, so that this deficit moves little with timing noise.
+    outputs) run at every run, on every sample and :data:`MIN_PROBE` probe samples at least; their shares pay for a
+    run's own work (the probe, bookkeeping, logging), and what they leave at the second run pays for more of the
+    probe for the rest of the fit (a power of two times :data:`MIN_PROBE`). What they cost beyond their shares comes
+    out of the others' shares: those are divided by a power of two, which moves only when the deficit crosses a
+    margin (as the periods do), and none where it would be less than 1/:data:`SQUEEZE_LIMIT` (the riders' costs,
+    the run's own work and the probe's are means over the fit's runs, so the deficit moves little with noise). Where
+    a run of the riders costs more than the whole allowance of a run (epochs of milliseconds), runs happen every
+    ``k``-th time only, with nothing but the riders (``k`` a power of two, from the third run on, on the others'
+    grid, at most the longest period that still measures four times), unless :attr:`watched`: then every run runs,
+    whatever it costs (the overhead logged says so).
 
     The other measures are spread evenly over the fit: each gets an equal share of what the allowance leaves per
     run (so that one measure's cost never moves another's runs), and runs at every ``k``-th run, ``k`` the smallest
@@ -103,6 +105,10 @@ class Budget:
         self._divisors: dict[str, int] = {}
         self._squeeze: int | None = None
         """The others' shares are the share divided by this power of two (the riders' deficit taken out)."""
+        self._spacing: int | None = None
+        """Runs happen every this many (a power of two): where a run of the riders exceeds a run's allowance."""
+        self.watched = False
+        """A callback watches the monitor's keys: every run runs, so that they are fresh at each validation."""
         self._probe: int | None = None
         """The probe's samples this run, in units of :data:`MIN_PROBE` (a power of two)."""
 
@@ -118,7 +124,8 @@ class Budget:
         """Start the clock of a fit (when the monitor starts setting up), counting ``setup`` seconds spent already."""
         self._start, self.measuring, self.runs, self.index = self.clock(), setup, 0, 0
         self.probe_per_sample = self.call = self.expected = self.closing = None
-        self.costs, self.guesses, self._periods, self._divisors, self._squeeze = {}, {}, {}, {}, None
+        self.costs, self.guesses, self._periods, self._divisors = {}, {}, {}, {}
+        self._squeeze = self._spacing = None
         self.own, self._probe, self._owns, self._probed = 0.0, None, (0.0, 0), (0.0, 0)
         self.stopwatch.reset()
 
@@ -170,15 +177,21 @@ class Budget:
         self._plan_probe(share * len(riders) - ridden - probe)
         # what the riders, the run's own work and the probe cost beyond the riders' shares comes out of the others'
         # equal shares (equal, so that one measure's cost never moves another's runs)
-        deficit = max(ridden + probe * (self._probe or 1) - share * len(riders), 0.0)
+        run = ridden + probe * (self._probe or 1)
+        deficit = max(run - share * len(riders), 0.0)
         left = max(share - deficit / max(len(others), 1), share / SQUEEZE_LIMIT)
-        # a power-of-two part of the share, moved only past a margin, from the third run on (means over two runs at
-        # least): the deficit is a difference of noisy costs
+        # powers of two, moved only past a margin, from the third run on (means over two runs at least): the deficit
+        # is a difference of noisy costs
+        longest = _longest_period(self.expected)
         if n > 2 and share > 0:
             self._squeeze = steady(self._squeeze or 1, share / left)
+            if not self.watched:  # a run of the riders against the whole allowance of a run
+                self._spacing = steady(self._spacing or 1, run / (share * len(needs)))
+        spacing = min(self._spacing or 1, longest)
+        if spacing > 1 and not self._due(n, spacing):
+            return dict.fromkeys(needs, 0)
         squeeze = self._squeeze or 1
-        others_share = 0.0 if squeeze >= SQUEEZE_LIMIT else share / squeeze
-        longest = _longest_period(self.expected)
+        others_share = 0.0 if squeeze >= SQUEEZE_LIMIT or spacing > 1 else share / squeeze
         for name in others:
             cap, period = self._schedule(name, needs[name], estimates[name], others_share, longest)
             if self._due(n, period):
@@ -301,35 +314,8 @@ class Budget:
         return table
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per measure (runs, total seconds, seconds per run), then one per section of the monitor's own
-        work (``monitor: <section>``), so that the table adds up to everything the monitor spent."""
-        # a measure's seconds as the stopwatch timed them (a run it failed in included), its runs as accounted
-        timed = {s.removeprefix(MEASURE): t for s, t in self.stopwatch.totals.items() if s.startswith(MEASURE)}
-        spent_by = {name: timed.get(name, c.seconds) for name, c in self.costs.items()}
-        spent_by.update({name: t for name, t in timed.items() if name not in spent_by})
-        rows = []
-        for name, spent in sorted(spent_by.items(), key=lambda item: -item[1]):
-            runs = self.costs[name].runs if name in self.costs else 0
-            rows.append({"measure": name, "runs": runs, "seconds": spent, "seconds_per_run": spent / max(runs, 1)})
-        own = {s: t for s, t in self.stopwatch.totals.items() if not s.startswith(MEASURE)}
-        for section, seconds in sorted(own.items(), key=lambda item: -item[1]):
-            runs = 1 if section in ONCE else self.runs
-            rows.append(
-                {
-                    "measure": f"{OWN}{section}",
-                    "runs": runs,
-                    "seconds": seconds,
-                    "seconds_per_run": seconds / max(runs, 1),
-                }
-            )
-        return rows
-
-
-OWN = "monitor: "
-"""Prefix of the cost table's rows of the monitor's own work."""
-
-ONCE = ("setup", "report")
-"""Sections of the monitor's work that happen once per fit."""
+        """The cost table of the fit so far (:func:`~lightning_gensens.callbacks.costs.cost_table`)."""
+        return cost_table(self.costs, self.stopwatch.totals, self.runs)
 
 
 def _longest_period(expected: int | None) -> int:

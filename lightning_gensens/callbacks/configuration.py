@@ -52,6 +52,20 @@ def check_namespaces(callback: Any, callbacks: Sequence[Any]) -> None:
                 )
 
 
+def watched(callback: Any, callbacks: Sequence[Any], budgeted: bool) -> bool:
+    """Whether another callback watches one of ``callback``'s keys (the ``monitor`` of ``EarlyStopping`` or
+    ``ModelCheckpoint``); under a budget (``budgeted``), whose riders then run at every run, said in one info line."""
+    prefixes = tuple(f"{namespace}/" for namespace in callback.namespaces())
+    monitors = (getattr(other, "monitor", None) for other in callbacks if other is not callback)
+    keys = [key for key in monitors if isinstance(key, str) and key.startswith(prefixes)]
+    if keys and budgeted:
+        rank_zero_info(
+            f"{type(callback).__name__}: {', '.join(keys)} watched by another callback, so every validation run "
+            "measures the riders, whatever they cost."
+        )
+    return bool(keys)
+
+
 def pools(unlabeled: Iterable[Any] | Mapping[str, Iterable[Any]] | None) -> dict[str, Iterable[Any]]:
     """Named unlabeled pools from a loader (named ``unlabeled``) or a ``{name: loader}`` mapping."""
     if unlabeled is None:

@@ -8,6 +8,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
+from lightning_gensens.callbacks.stopwatch import MEASURE
+
 KEPT = 3
 """Runs kept per sample count: a cost is the median of the last few, so one slow run does not move the plans."""
 
@@ -56,6 +58,34 @@ class Cost:
         if seconds < c0:
             return 0
         return n0 + int((seconds - c0) / slope) if slope > 0 else 2**62
+
+
+OWN = "monitor: "
+"""Prefix of the cost table's rows of the monitor's own work."""
+
+ONCE = ("setup", "report")
+"""Sections of the monitor's work that happen once per fit."""
+
+
+def cost_table(costs: dict[str, Cost], totals: dict[str, float], runs: int) -> list[dict[str, Any]]:
+    """One row per measure (runs, total seconds, seconds per run), then one per section of the monitor's own work
+    (``monitor: <section>``; ``totals``: the stopwatch's seconds per section, over ``runs`` runs), so that the table
+    adds up to everything the monitor spent."""
+    # a measure's seconds as the stopwatch timed them (a run it failed in included), its runs as accounted
+    timed = {s.removeprefix(MEASURE): t for s, t in totals.items() if s.startswith(MEASURE)}
+    spent_by = {name: timed.get(name, c.seconds) for name, c in costs.items()}
+    spent_by.update({name: t for name, t in timed.items() if name not in spent_by})
+    rows = []
+    for name, spent in sorted(spent_by.items(), key=lambda item: -item[1]):
+        ran = costs[name].runs if name in costs else 0
+        rows.append({"measure": name, "runs": ran, "seconds": spent, "seconds_per_run": spent / max(ran, 1)})
+    own = {s: t for s, t in totals.items() if not s.startswith(MEASURE)}
+    for section, seconds in sorted(own.items(), key=lambda item: -item[1]):
+        ran = 1 if section in ONCE else runs
+        rows.append(
+            {"measure": f"{OWN}{section}", "runs": ran, "seconds": seconds, "seconds_per_run": seconds / max(ran, 1)}
+        )
+    return rows
 
 
 def format_costs(table: list[dict[str, Any]]) -> str:

@@ -14,7 +14,14 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from lightning_gensens.batches import BatchToXY, default_batch_to_xy
 from lightning_gensens.callbacks.budget import Budget
-from lightning_gensens.callbacks.configuration import Schedule, check_namespaces, pools, recommended, resolve_measures
+from lightning_gensens.callbacks.configuration import (
+    Schedule,
+    check_namespaces,
+    pools,
+    recommended,
+    resolve_measures,
+    watched,
+)
 from lightning_gensens.callbacks.feeding import Feeder
 from lightning_gensens.callbacks.hooks import RunHooks
 from lightning_gensens.callbacks.keys import Keys, predicted
@@ -42,11 +49,9 @@ class GeneralizationMonitor(Callback):
         probe_size: training samples in the probe (drawn once per fit with ``seed``, sharded over ranks).
         probe_batch_size: batch size of the probe's forward passes.
         probe: a Dataset or DataLoader to draw the probe from instead of the training loader.
-        every_n_epochs: measure every n-th validation run (however the Trainer schedules them: per epoch, every
-            ``val_check_interval`` steps, or by time).
+        every_n_epochs: measure every n-th validation run (per epoch, every ``val_check_interval`` steps, or by time).
         seed: seed of the probe and of each measure's noise (a measure's own ``seed`` wins).
-        batch_to_xy: maps a batch to ``(x, y)`` (``y`` may be None); the default reads tensors, tuples, lists and
-            mappings with common key names.
+        batch_to_xy: maps a batch to ``(x, y)`` (``y`` may be None); the default reads tensors, tuples, lists, dicts.
         loss_fn: mean-reduced ``loss_fn(logits, y)``, cross-entropy by default (a measure's own ``loss_fn`` wins).
         output_fn: maps the model's output to its logits (default: a tensor, a tuple's first element, ``logits``).
         module: name of the submodule to measure (``pl_module.get_submodule``); the LightningModule by default.
@@ -59,13 +64,10 @@ class GeneralizationMonitor(Callback):
             ``pred_test_loss`` carry, ``{"error": …, "loss": …}`` (default: ``shift_gated``, the shift test's
             estimator, for both; where the pools are measured against the training probe, without a labelled
             validation run, ``difference_of_confidences``).
-        budget: the monitor's wall time (every piece of its work, on one stopwatch) stays within ``budget`` × the
-            training time: the riders (the baselines, ``temperature_scaling`` and, with pools, ``shift_test``, which
-            only read captured outputs, on the probe's first 256 samples at least) run at every validation run, and
-            what they cost beyond their shares comes out of the other measures' shares (``<prefix>/overhead`` says
-            what it all cost); the others run at evenly spaced validation runs (see
-            :class:`~lightning_gensens.callbacks.budget.Budget`). ``None`` runs every measure on everything every
-            time. A key not logged at a run is taken out of ``trainer.callback_metrics``.
+        budget: the monitor's wall time (all its work, on one stopwatch) stays within ``budget`` × the training time
+            (``<prefix>/overhead``): the riders (baselines, ``temperature_scaling``, ``shift_test``) at every run it
+            affords (every run where a callback watches our keys), the others at evenly spaced runs (see
+            :class:`~lightning_gensens.callbacks.budget.Budget`). ``None`` runs everything on everything every time.
         strict: re-raise a measure's error instead of switching the measure off (for tests and debugging).
         dataloader_idx: the validation loader measured, where there are several (said in one info line).
     """
@@ -184,7 +186,9 @@ class GeneralizationMonitor(Callback):
         else:  # trainer.validate() leaves the fit's MAE and what its estimators remember as they were
             self._fit_state = (self.report, {m.name: copy.deepcopy(m.state_dict()) for m in self.measures})
             self.report = Report(self.prefix)
-        check_namespaces(self, trainer.callbacks)  # type: ignore[attr-defined]
+        callbacks = trainer.callbacks  # type: ignore[attr-defined]
+        check_namespaces(self, callbacks)
+        self.budget.watched = watched(self, callbacks, self.budget.fraction is not None)
         net = pl_module if self.module is None else pl_module.get_submodule(self.module)
         net = getattr(net, "_orig_mod", net)  # torch.compile: measure the original module
         weight_layers(net)

@@ -84,6 +84,10 @@ COSTS = {"cheap": 0.001, "weights": 0.001, "medium": 0.057, "slow": 0.146}
 5.7 of what medium leaves it (every 8th)."""
 
 
+RIDERS_OVER = {**COSTS, "cheap": 0.064, "weights": 0.064}
+"""Riders of 130 ms a run with the probe and the run's own work, on an allowance of 80 ms: 1.6 runs' allowances."""
+
+
 def test_the_others_run_at_evenly_spaced_runs_and_the_riders_at_every_run():
     ran = _simulate(Budget(0.1), _needs(cheap=1, weights=1, medium=10, slow=20), COSTS, runs=32)
     assert ran["cheap"] == ran["weights"] == list(range(1, 33))
@@ -92,11 +96,13 @@ def test_the_others_run_at_evenly_spaced_runs_and_the_riders_at_every_run():
     assert ran["slow"] == [2, *range(8, 33, 8)]
 
 
+@pytest.mark.parametrize("costs", ["within", "riders over"])
 @pytest.mark.parametrize("seed", range(5))
-def test_timing_noise_of_20_percent_moves_no_run(seed):
-    needs = _needs(cheap=1, weights=1, medium=10, slow=20)
-    exact = _simulate(Budget(0.1), needs, COSTS, runs=32)
-    assert _simulate(Budget(0.1), needs, COSTS, runs=32, jitter=0.2, seed=seed) == exact
+def test_timing_noise_of_20_percent_moves_no_run(seed, costs):
+    """Neither the others' periods nor, where the riders alone cost more than a run's allowance, the runs' spacing."""
+    needs, costs = _needs(cheap=1, weights=1, medium=10, slow=20), COSTS if costs == "within" else RIDERS_OVER
+    exact = _simulate(Budget(0.1), needs, costs, runs=32)
+    assert _simulate(Budget(0.1), needs, costs, runs=32, jitter=0.2, seed=seed) == exact
 
 
 def test_in_a_fit_of_known_length_the_runs_are_counted_back_from_the_last_and_the_total_stays_within_budget():
@@ -134,6 +140,25 @@ def test_timing_noise_moves_no_run_where_the_riders_overspend(seed):
     exact = _simulate(Budget(0.1), needs, costs, runs=32)
     assert exact["medium"] == [2, *range(8, 33, 8)]
     assert _simulate(Budget(0.1), needs, costs, runs=32, jitter=0.2, seed=seed) == exact
+
+
+def test_riders_costing_more_than_a_runs_allowance_run_at_spaced_runs_with_nothing_else():
+    budget = Budget(0.1)
+    ran = _simulate(budget, _needs(cheap=1, weights=1, medium=10, slow=20), RIDERS_OVER, runs=32)
+    # the first two runs time them; from the third on, every 2nd counted back from the last
+    assert ran["cheap"] == ran["weights"] == [1, 2, *range(4, 33, 2)]
+    assert ran["medium"] == ran["slow"] == [2]  # the timing run only: the riders took the whole allowance
+    assert budget.overhead() <= 0.1
+    odd = Budget(0.1)
+    assert _simulate(odd, _needs(cheap=1, weights=1), RIDERS_OVER, runs=31)["cheap"] == [1, 2, *range(3, 32, 2)]
+
+
+def test_where_a_callback_watches_the_keys_the_riders_run_at_every_run_whatever_they_cost():
+    budget = Budget(0.1)
+    budget.watched = True
+    ran = _simulate(budget, _needs(cheap=1, weights=1, medium=10, slow=20), RIDERS_OVER, runs=32)
+    assert ran["cheap"] == ran["weights"] == list(range(1, 33)) and ran["medium"] == ran["slow"] == [2]
+    assert budget.overhead() > 0.1  # what they cost is said, not hidden
 
 
 def test_a_measure_too_slow_for_four_runs_in_the_fit_runs_four_times_on_a_power_of_two_share_of_its_samples():
@@ -231,19 +256,23 @@ class Slow(Measure):
         return {self.name: Estimate(reference.loss)}
 
 
-def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tmp_path, digits, monkeypatch):
-    """On the budget's clock (the monitor's one stopwatch), where each training step takes 1 s and each batch the slow
-    measure sees 0.5 s; nothing patches the global clock."""
+class SlowRider(Slow):
+    """A rider (it only reads captured outputs) as slow as :class:`Slow`."""
+
+    name = "slow_rider"
+    relative_cost = 1.0
+
+
+def _slow_clock(monkeypatch, step: float) -> tuple:
+    """A budget clock (the wall clock plus simulated seconds; nothing patches the global clock) and a callback
+    on which each training step takes ``step`` s; each batch a :class:`Slow` measure sees takes 0.5 s of it."""
     import time
 
     extra = {"seconds": 0.0}
 
-    def clock():
-        return time.perf_counter() + extra["seconds"]
-
     class Steps(L.Callback):
         def on_train_batch_end(self, *args):
-            extra["seconds"] += 1.0
+            extra["seconds"] += step
 
     original_update = Slow.update
 
@@ -252,9 +281,16 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
         original_update(self, metric, record, net)
 
     monkeypatch.setattr(Slow, "update", slow_update)
+    return (lambda: time.perf_counter() + extra["seconds"]), Steps()
+
+
+def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tmp_path, digits, monkeypatch):
+    """On the budget's clock (the monitor's one stopwatch), where each training step takes 1 s and each batch the slow
+    measure sees 0.5 s."""
+    clock, steps = _slow_clock(monkeypatch, step=1.0)
     monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "average_confidence"], probe_size=300, budget=0.1)
     monitor.budget.clock = clock
-    trainer = make_trainer(tmp_path, [monitor, Steps()], max_epochs=8)
+    trainer = make_trainer(tmp_path, [monitor, steps], max_epochs=8)
     trainer.fit(make_model(digits), digits)
     runs = {row["measure"]: row["runs"] for row in monitor.cost_table}
     seconds = {row["measure"]: row["seconds"] for row in monitor.cost_table}
@@ -265,6 +301,28 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
     assert all(math.isfinite(row["gensens/overhead"]) for row in monitor.history)
     assert monitor.history[-1]["gensens/overhead"] <= 0.1
     assert monitor.budget.closing is not None and monitor.budget.closing <= 0.1
+
+
+@pytest.mark.parametrize("watch", [False, True])
+def test_riders_over_the_budget_measure_at_spaced_runs_unless_a_callback_watches_their_keys(
+    tmp_path, digits, monkeypatch, watch
+):
+    """On the budget's clock, where each training step takes 0.1 s and each batch the rider sees 0.5 s."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    clock, steps = _slow_clock(monkeypatch, step=0.1)
+    monitor = GeneralizationMonitor(measures=[SlowRider(), "trivial"], probe_size=256, budget=0.1)
+    monitor.budget.clock = clock
+    stop = [EarlyStopping(monitor="gensens/trivial/pred_test_loss", strict=True, patience=100)] if watch else []
+    trainer = make_trainer(tmp_path, [monitor, steps, *stop], max_epochs=12)
+    trainer.fit(make_model(digits), digits)
+    epochs = [int(row["epoch"]) for row in monitor.history]
+    if watch:
+        assert epochs == list(range(12))  # EarlyStopping's key fresh at every run
+        assert monitor.budget.closing > 0.1
+    else:  # spaced (every 2nd: the longest period that still measures four times in 12), the last run measured
+        assert epochs == [0, 1, 3, 5, 7, 9, 11]
+        assert monitor.budget.closing < monitor.history[1]["gensens/overhead"]
 
 
 def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digits):

@@ -191,18 +191,19 @@ RIDER_KEYS = [
 
 
 class _Fresh(L.Callback):
-    """After each validation run, which of our keys ``trainer.callback_metrics`` holds and whether each is the value
-    the monitor measured at this run."""
+    """After each validation run, which of our keys ``trainer.callback_metrics`` holds and whether the monitor
+    measured at this run (its history grew, by a row of this epoch)."""
 
     def __init__(self, monitor):
-        self.monitor, self.runs = monitor, []
+        self.monitor, self.runs, self._rows = monitor, [], 0
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking:
             return
         ours = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("gensens/")}
         row = self.monitor.history[-1] if self.monitor.history else {}
-        current = row.get("epoch") == trainer.current_epoch and len(self.monitor.history) == len(self.runs) + 1
+        current = row.get("epoch") == trainer.current_epoch and len(self.monitor.history) == self._rows + 1
+        self._rows = len(self.monitor.history)
         self.runs.append((current, ours, row))
 
 
@@ -229,10 +230,9 @@ def test_every_value_under_our_prefix_in_callback_metrics_was_computed_at_the_cu
     monitor = GeneralizationMonitor(unlabeled=_pool(digits))
     fresh = _Fresh(monitor)
     make_trainer(tmp_path, [monitor, fresh], max_epochs=6).fit(make_model(digits), digits)
-    assert len(fresh.runs) == 6
-    for current, ours, row in fresh.runs:
-        assert current
-        assert ours == {k: v for k, v in row.items() if k != "epoch"}  # nothing left from an earlier run
+    assert len(fresh.runs) == 6 and fresh.runs[-1][0]  # the last run measures
+    for current, ours, row in fresh.runs:  # a run the budget skipped (riders over it) leaves none of our keys
+        assert ours == ({k: v for k, v in row.items() if k != "epoch"} if current else {})
 
 
 def test_a_validation_run_that_measures_nothing_leaves_none_of_our_keys(tmp_path, digits):
