@@ -398,3 +398,22 @@ def test_identical_seeded_fits_under_different_timing_noise_agree_in_sign_for_ev
             a, b = first[name][f"skill_{kind}"], second[name][f"skill_{kind}"]
             assert (a > 0, a < 0, math.isnan(a)) == (b > 0, b < 0, math.isnan(b)), (name, kind, a, b)
     assert runs[0] == runs[1]  # which estimator logged at which run
+
+
+def test_a_callback_watches_the_monitors_keys_where_its_monitor_is_one_of_them(caplog):
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from lightning_gensens.callbacks.configuration import watched
+
+    monitor = GeneralizationMonitor(prefix="ours")
+    theirs = [
+        EarlyStopping(monitor="val_loss"),
+        ModelCheckpoint(),
+        EarlyStopping(monitor="oursx/trivial/pred_test_loss"),
+    ]
+    assert not watched(monitor, [monitor, *theirs], budgeted=True)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        assert watched(monitor, [*theirs, ModelCheckpoint(monitor="ours/pool/a/pred_test_error")], budgeted=True)
+        assert watched(monitor, [EarlyStopping(monitor="ours/test_loss")], budgeted=False)  # says nothing
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert "ours/pool/a/pred_test_error watched by another callback, so every validation run measures" in line
