@@ -1,20 +1,15 @@
-"""The compute budget: measuring stays within a fraction of training time, the riders run every time, the others at
-evenly spaced runs that timing noise does not move, an expensive one less often or on fewer samples;
-``budget=None`` runs everything. Tested on the mechanism (a fake clock, an artificially slow measure), never on
-wall-clock thresholds."""
+"""The compute budget's plans on a fake clock: measuring stays within a fraction of training time, the riders run
+at every run it affords (every run where a callback watches the keys), the others at evenly spaced runs that timing
+noise does not move, an expensive one less often or on fewer samples; ``budget=None`` runs everything. Fits on the
+budget's clock are in ``test_budget_fits.py``; never wall-clock thresholds."""
 
 import logging
-import math
 import random
 
-import lightning as L
 import pytest
-from torchmetrics import MeanMetric
 
 from lightning_gensens import GeneralizationMonitor
-from lightning_gensens.callbacks.budget import MIN_SAMPLES, TRIAL_SAMPLES, Budget, Cost, Need
-from lightning_gensens.measures import Estimate, Measure
-from tests.callbacks.conftest import make_model, make_trainer
+from lightning_gensens.callbacks.budget import MIN_SAMPLES, TRIAL_SAMPLES, Budget, Need
 
 
 class FakeClock:
@@ -169,21 +164,6 @@ def test_a_measure_too_slow_for_four_runs_in_the_fit_runs_four_times_on_a_power_
     assert caps["medium"] == [TRIAL_SAMPLES] + [500 // 4] * 4 and 500 // 4 >= MIN_SAMPLES  # on a quarter
 
 
-def test_cost_model_is_proportional_from_one_size_then_affine_through_the_smallest_and_largest():
-    cost = Cost()
-    cost.add(0.32, 32)
-    assert cost.estimate(64) == pytest.approx(0.64)  # one size seen: proportional
-    assert cost.samples_for(0.64) == 64 and cost.samples_for(0.1) == 0
-    cost.add(0.5, 128)  # affine: 0.32 s at 32 samples, 0.18 s more for 96 more
-    assert cost.estimate(1000) == pytest.approx(0.32 + 0.18 / 96 * (1000 - 32))
-    assert cost.samples_for(cost.estimate(300)) == 300
-    cost.add(0.4, 64)  # only the smallest and the largest sizes are kept
-    assert sorted(cost.timed) == [32, 128] and cost.runs == 3 and cost.seconds == pytest.approx(1.22)
-    cost.add(0.5, 128)
-    cost.add(5.0, 128)  # one slow run: the median of the last three at a size counts
-    assert cost.estimate(128) == pytest.approx(0.5)
-
-
 def test_first_runs_start_with_the_cheapest_and_time_an_expensive_one_when_its_share_covers_a_guess():
     clock = FakeClock()
     budget = Budget(0.1, clock=clock)
@@ -239,165 +219,6 @@ def test_without_riders_the_cheapest_starts_and_budget_none_runs_everything():
     assert Budget(None).probe_batches([256] * 8) == 8
     with pytest.raises(ValueError, match="budget"):
         Budget(0.0)
-
-
-class Slow(Measure):
-    """A measure that takes 0.5 s of the fake clock per batch it sees."""
-
-    name = "slow"
-
-    def make_metric(self, net, settings):
-        return MeanMetric()
-
-    def update(self, metric, record, net):
-        metric.update(record.logits.mean())
-
-    def estimate(self, computed, reference):
-        return {self.name: Estimate(reference.loss)}
-
-
-class SlowRider(Slow):
-    """A rider (it only reads captured outputs) as slow as :class:`Slow`."""
-
-    name = "slow_rider"
-    relative_cost = 1.0
-
-
-def _slow_clock(monkeypatch, step: float) -> tuple:
-    """A budget clock (the wall clock plus simulated seconds; nothing patches the global clock) and a callback
-    on which each training step takes ``step`` s; each batch a :class:`Slow` measure sees takes 0.5 s of it."""
-    import time
-
-    extra = {"seconds": 0.0}
-
-    class Steps(L.Callback):
-        def on_train_batch_end(self, *args):
-            extra["seconds"] += step
-
-    original_update = Slow.update
-
-    def slow_update(self, metric, record, net):
-        extra["seconds"] += 0.5
-        original_update(self, metric, record, net)
-
-    monkeypatch.setattr(Slow, "update", slow_update)
-    return (lambda: time.perf_counter() + extra["seconds"]), Steps()
-
-
-def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tmp_path, digits, monkeypatch):
-    """On the budget's clock (the monitor's one stopwatch), where each training step takes 1 s and each batch the slow
-    measure sees 0.5 s."""
-    clock, steps = _slow_clock(monkeypatch, step=1.0)
-    monitor = GeneralizationMonitor(measures=[Slow(), "trivial", "average_confidence"], probe_size=300, budget=0.1)
-    monitor.budget.clock = clock
-    trainer = make_trainer(tmp_path, [monitor, steps], max_epochs=8)
-    trainer.fit(make_model(digits), digits)
-    runs = {row["measure"]: row["runs"] for row in monitor.cost_table}
-    seconds = {row["measure"]: row["seconds"] for row in monitor.cost_table}
-    assert runs["trivial"] == runs["average_confidence"] == len(monitor.history) == 8  # riders: with every run
-    assert 1 <= runs["slow"] < 8
-    training = 8 * trainer.num_training_batches
-    assert seconds["slow"] <= 0.1 * training / 3 + 0.5 * 2 * 64 / 16  # its share, overdrawn by one run at most
-    assert all(math.isfinite(row["gensens/overhead"]) for row in monitor.history)
-    assert monitor.history[-1]["gensens/overhead"] <= 0.1
-    assert monitor.budget.closing is not None and monitor.budget.closing <= 0.1
-
-
-@pytest.mark.parametrize("watch", [False, True])
-def test_riders_over_the_budget_measure_at_spaced_runs_unless_a_callback_watches_their_keys(
-    tmp_path, digits, monkeypatch, watch
-):
-    """On the budget's clock, where each training step takes 0.1 s and each batch the rider sees 0.5 s."""
-    from lightning.pytorch.callbacks import EarlyStopping
-
-    clock, steps = _slow_clock(monkeypatch, step=0.1)
-    monitor = GeneralizationMonitor(measures=[SlowRider(), "trivial"], probe_size=256, budget=0.1)
-    monitor.budget.clock = clock
-    stop = [EarlyStopping(monitor="gensens/trivial/pred_test_loss", strict=True, patience=100)] if watch else []
-    trainer = make_trainer(tmp_path, [monitor, steps, *stop], max_epochs=12)
-    trainer.fit(make_model(digits), digits)
-    epochs = [int(row["epoch"]) for row in monitor.history]
-    if watch:
-        assert epochs == list(range(12))  # EarlyStopping's key fresh at every run
-        assert monitor.budget.closing > 0.1
-    else:  # spaced (every 2nd: the longest period that still measures four times in 12), the last run measured
-        assert epochs == [0, 1, 3, 5, 7, 9, 11]
-        assert monitor.budget.closing < monitor.history[1]["gensens/overhead"]
-
-
-def test_budget_none_runs_every_measure_on_everything_every_time(tmp_path, digits):
-    monitor = GeneralizationMonitor(measures=["output_sensitivity", "jacobian_norm"], probe_size=300, budget=None)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=3)
-    trainer.fit(make_model(digits), digits)
-    measures = {row["measure"]: row["runs"] for row in monitor.cost_table if not row["measure"].startswith("monitor:")}
-    assert measures == {"output_sensitivity": 3, "jacobian_norm": 3}
-    assert all("gensens/jacobian_norm/seconds" in row for row in monitor.history)
-
-
-def test_a_short_fit_names_what_it_never_afforded_and_builds_no_metric_for_it(tmp_path, digits, caplog):
-    monitor = GeneralizationMonitor(probe_size=256)  # the default budget and measures
-    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
-        make_trainer(tmp_path, [monitor], max_epochs=3).fit(make_model(digits), digits)
-    assert monitor.history and monitor.budget.call is not None and monitor.budget.call > 0  # the guesses' unit
-    ran = {row["measure"] for row in monitor.cost_table}
-    assert {"trivial", "average_confidence", "difference_of_confidences", "atc"} <= ran
-    slots = {slot.measure.name: slot for slot in monitor._session.slots}
-    assert "relative_flatness" not in ran and not slots["relative_flatness"].metrics
-    (line,) = [r.getMessage() for r in caplog.records if "validation runs" in r.getMessage()]
-    assert "within budget=0.1 it measured 3 of 3 validation runs; of the measures, " in line  # the riders: each
-    assert "never ran: " in line and "relative_flatness (guessed" in line.split("never ran")[1]
-    once = [row["measure"] for row in monitor.cost_table if row["runs"] == 1 and row["measure"] in slots]
-    assert all(f"{name} (" in line.split("never ran")[0] for name in once)  # "ran once (a first, timing run)"
-
-
-class JitteredClock:
-    """A fit's clock for the budget: every reading advances it 0.1 ms and each training step what ``_Steps`` says,
-    each off by a seeded random factor within ±20%. The monitor's work costs what it does (its readings),
-    deterministically, and clocks of two seeds are two machines' timing noise."""
-
-    def __init__(self, seed: int) -> None:
-        self.rng, self.now = random.Random(seed), 0.0
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds * self.rng.uniform(0.8, 1.2)
-
-    def __call__(self) -> float:
-        self.advance(1e-4)
-        return self.now
-
-
-class _Steps(L.Callback):
-    def __init__(self, clock: JitteredClock, seconds: float) -> None:
-        self.clock, self.seconds = clock, seconds
-
-    def on_train_batch_end(self, *args):
-        self.clock.advance(self.seconds)
-
-
-@pytest.mark.parametrize("step", [0.04, 0.06])  # steps where the two clocks agree (README: Limits)
-def test_identical_seeded_fits_under_different_timing_noise_agree_in_sign_for_every_reliable_estimator(
-    tmp_path, digits, step
-):
-    """The default monitor (budget=0.1) on two clocks of different noise: the same runs, so every estimator with at
-    least 3 scored runs in both MAE tables has the same sign of skill in both."""
-    tables, runs = [], []
-    for seed in (1, 2):
-        clock = JitteredClock(seed)
-        monitor = GeneralizationMonitor()
-        monitor.budget.clock = clock
-        trainer = make_trainer(tmp_path / str(seed), [monitor, _Steps(clock, step)], max_epochs=10)
-        trainer.fit(make_model(digits), digits)
-        tables.append({row["estimator"]: row for row in monitor.mae_table})
-        runs.append([sorted(key for key in row if key.endswith("/pred_test_loss")) for row in monitor.history])
-    first, second = tables
-    reliable = [name for name, row in first.items() if row["reliable"] and second[name]["reliable"]]
-    spread = [name for name in reliable if first[name]["epochs"] < len(runs[0])]  # not riders: measured at some runs
-    assert len(reliable) >= 10 and spread
-    for name in reliable:
-        for kind in ("loss", "error"):
-            a, b = first[name][f"skill_{kind}"], second[name][f"skill_{kind}"]
-            assert (a > 0, a < 0, math.isnan(a)) == (b > 0, b < 0, math.isnan(b)), (name, kind, a, b)
-    assert runs[0] == runs[1]  # which estimator logged at which run
 
 
 def test_a_callback_watches_the_monitors_keys_where_its_monitor_is_one_of_them(caplog):
