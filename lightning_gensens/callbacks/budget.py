@@ -54,7 +54,7 @@ class Budget:
     the run's own work and the probe's are means over the fit's runs, so the deficit moves little with noise). Where
     a run of the riders costs more than the whole allowance of a run (epochs of milliseconds), runs happen every
     ``k``-th time only, with nothing but the riders (``k`` a power of two, from the third run on, on the others'
-    grid, at most the longest period that still measures four times), unless :attr:`watched`: then every run runs,
+    grid, at most the fit's runs, so that its last run measures), unless :attr:`watched`: then every run runs,
     whatever it costs (the overhead logged says so).
 
     The other measures are spread evenly over the fit: each gets an equal share of what the allowance leaves per
@@ -182,16 +182,16 @@ class Budget:
         left = max(share - deficit / max(len(others), 1), share / SQUEEZE_LIMIT)
         # powers of two, moved only past a margin, from the third run on (means over two runs at least): the deficit
         # is a difference of noisy costs
-        longest = _longest_period(self.expected)
         if n > 2 and share > 0:
             self._squeeze = steady(self._squeeze or 1, share / left)
             if not self.watched:  # a run of the riders against the whole allowance of a run
                 self._spacing = steady(self._spacing or 1, run / (share * len(needs)))
-        spacing = min(self._spacing or 1, longest)
+        spacing = min(self._spacing or 1, _widest_spacing(self.expected))
         if spacing > 1 and not self._due(n, spacing):
             return dict.fromkeys(needs, 0)
         squeeze = self._squeeze or 1
         others_share = 0.0 if squeeze >= SQUEEZE_LIMIT or spacing > 1 else share / squeeze
+        longest = _longest_period(self.expected)
         for name in others:
             cap, period = self._schedule(name, needs[name], estimates[name], others_share, longest)
             if self._due(n, period):
@@ -323,6 +323,11 @@ def _longest_period(expected: int | None) -> int:
     if expected is None:
         return 8
     return 2 ** max(int(math.log2(max(expected // 4, 1))), 0)
+
+
+def _widest_spacing(expected: int | None) -> int:
+    """The widest spacing of whole runs that still measures the last of a fit of ``expected`` runs (8 if unknown)."""
+    return 8 if expected is None else 2 ** max(int(math.log2(max(expected, 1))), 0)
 
 
 def _seconds(guess: float) -> str:

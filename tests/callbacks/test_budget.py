@@ -146,6 +146,12 @@ def test_riders_costing_more_than_a_runs_allowance_run_at_spaced_runs_with_nothi
     assert budget.overhead() <= 0.1
     odd = Budget(0.1)
     assert _simulate(odd, _needs(cheap=1, weights=1), RIDERS_OVER, runs=31)["cheap"] == [1, 2, *range(3, 32, 2)]
+    costly = {"cheap": 0.5, "weights": 0.5}  # 12.5 runs' allowances: every 16th run, at most as wide as the fit
+    assert _simulate(Budget(0.1), _needs(cheap=1, weights=1), costly, runs=40)["cheap"] == [1, 2, 24, 40]
+    assert _simulate(Budget(0.1), _needs(cheap=1, weights=1), costly, runs=5)["cheap"] == [1, 2, 5]  # the last
+    unknown = Budget(0.1)
+    unknown.expect = lambda runs: None  # the Trainer cannot tell: every 8th at the widest
+    assert _simulate(unknown, _needs(cheap=1, weights=1), costly, runs=20)["cheap"] == [1, 2, 8, 16]
 
 
 def test_where_a_callback_watches_the_keys_the_riders_run_at_every_run_whatever_they_cost():
