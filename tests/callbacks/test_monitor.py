@@ -1,16 +1,12 @@
 import csv
 import math
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from lightning_gensens import GeneralizationMonitor, OutputSensitivity
-from lightning_gensens.callbacks.budget import Budget
-from lightning_gensens.callbacks.probe import TrainingProbe
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.measures import MEASURES, Estimate, JacobianNorm, Measure
 from lightning_gensens.models import Classifier, small_cnn
@@ -259,131 +255,6 @@ def test_arguments_are_validated():
         OutputSensitivity(sigma=-1)
 
 
-def test_model_without_linear_or_conv_layers(tmp_path, digits):
-    class NoWeights(Classifier):
-        def __init__(self):
-            super().__init__(nn.Sequential(nn.Flatten()))
-            self.scale = nn.Parameter(torch.ones(()))
-
-        def forward(self, x):
-            return x[:, :10] * self.scale
-
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None)], max_epochs=1)
-    with pytest.raises(ValueError, match="no nn.Linear or nn.Conv"):
-        trainer.fit(NoWeights(), digits)
-
-
-def _probe(source=None, size=5):
-    return TrainingProbe(
-        size, batch_size=2, seed=0, batch_to_xy=lambda b: (b[0], b[1] if len(b) > 1 else None), source=source
-    )
-
-
-def test_empty_or_unsized_probe_source():
-    """Lightning stops before validating on an empty train loader, so the probe draw is checked directly."""
-    empty = SimpleNamespace(
-        train_dataloader=DataLoader(TensorDataset(torch.zeros(0, 3)), batch_size=2), global_rank=0, world_size=1
-    )
-    with pytest.raises(ValueError, match="training dataset is empty"):
-        _probe().get(empty)
-
-    class Stream(IterableDataset):
-        def __iter__(self):
-            for i in range(100):
-                yield torch.full((3,), float(i)), torch.tensor(i)
-
-    stream = SimpleNamespace(train_dataloader=DataLoader(Stream(), batch_size=4), global_rank=0, world_size=1)
-    batches = _probe().get(stream)  # an iterable dataset: its first batches, up to `size` samples
-    assert torch.equal(torch.cat([x for x, _ in batches])[:, 0], torch.arange(8.0))
-    assert torch.equal(torch.cat([y for _, y in batches]), torch.arange(8))
-    nothing, probe = SimpleNamespace(train_dataloader=None, global_rank=0, world_size=1), _probe()
-    assert probe.get(nothing) == [] and probe.missing  # trainer.validate() measures without it
-
-
-def test_a_map_style_probe_collates_only_the_batches_a_run_uses():
-    class Counted(TensorDataset):
-        reads = 0
-
-        def __getitem__(self, i):
-            Counted.reads += 1
-            return super().__getitem__(i)
-
-    data = Counted(torch.randn(20, 3), torch.arange(20))
-    trainer = SimpleNamespace(train_dataloader=DataLoader(data, batch_size=8), global_rank=0, world_size=1)
-    probe = _probe(size=12)
-    assert probe.sizes(trainer) == [2] * 6 and Counted.reads == 0  # drawn: indices only
-    assert len(probe.get(trainer, 2)) == 2 and Counted.reads == 4
-    assert [len(y) for _, y in probe.get(trainer)] == [2] * 6 and Counted.reads == 12
-
-
-def test_probe_is_drawn_again_for_every_fit(tmp_path, digits):
-    monitor = GeneralizationMonitor(budget=None, measures=["output_sensitivity"], probe_size=100)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=1)
-    trainer.fit(make_model(digits), digits)
-    first = monitor.probe.get(trainer)[0][0]
-    images = ArrayDataModule("digits", image=True)  # other data with another shape
-    L.seed_everything(0, verbose=False)
-    trainer = make_trainer(tmp_path / "2", [monitor], max_epochs=1)
-    trainer.fit(Classifier(small_cnn(1, 8, 10, width=4)), images)
-    assert monitor.probe.get(trainer)[0][0].shape[1:] == (1, 8, 8) != first.shape[1:]
-
-
-@pytest.mark.parametrize("bad", [float("nan"), -float("inf")])
-def test_nan_weights_are_reported_not_measured(tmp_path, digits, bad):
-    class Diverging(Classifier):
-        def on_validation_epoch_start(self):
-            with torch.no_grad():
-                self.net[1].weight[0, 0] = bad
-
-    model = Diverging(make_model(digits).net)
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, probe_size=50)], max_epochs=1)
-    with pytest.warns(UserWarning, match="NaN/Inf weights"):
-        trainer.fit(model, digits)
-    assert not any(k.startswith("gensens/") for k in trainer.callback_metrics)
-
-
-def test_unreadable_batch_layout(tmp_path, digits):
-    class Wrapped(Classifier):
-        def validation_step(self, batch, batch_idx):
-            self(batch.pair[0])
-
-    class Batch:
-        def __init__(self, pair):
-            self.pair = pair
-
-    class Odd(ArrayDataModule):
-        def val_dataloader(self):
-            return torch.utils.data.DataLoader(
-                self.val_set, batch_size=128, collate_fn=lambda items: Batch(torch.utils.data.default_collate(items))
-            )
-
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
-    with pytest.raises(TypeError, match="batch_to_xy"):
-        trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
-    monitor = GeneralizationMonitor(
-        budget=None, measures=["linf_norm"], batch_to_xy=lambda b: tuple(b.pair) if isinstance(b, Batch) else tuple(b)
-    )
-    trainer = make_trainer(tmp_path / "ok", [monitor], max_epochs=1)
-    trainer.fit(Wrapped(make_model(digits).net), Odd("digits"))
-    assert "gensens/test_loss" in trainer.callback_metrics
-
-
-def test_validation_step_that_never_calls_the_model(tmp_path, digits):
-    class Indirect(Classifier):
-        def validation_step(self, batch, batch_idx):
-            x, y = batch
-            self.log("val/loss", nn.functional.cross_entropy(self.net(x), y))
-
-    trainer = make_trainer(tmp_path, [GeneralizationMonitor(budget=None, measures=["linf_norm"])], max_epochs=1)
-    with pytest.raises(RuntimeError, match="module="):
-        trainer.fit(Indirect(make_model(digits).net), digits)
-    trainer = make_trainer(
-        tmp_path / "ok", [GeneralizationMonitor(budget=None, measures=["linf_norm"], module="net")], max_epochs=1
-    )
-    trainer.fit(Indirect(make_model(digits).net), digits)
-    assert "gensens/linf_norm/val" in trainer.callback_metrics
-
-
 def _hooked(model: nn.Module) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
@@ -414,45 +285,6 @@ def test_hooks_are_attached_only_while_measuring_and_removed_after_fit(tmp_path,
     assert seen["training"] and not any(seen["training"])  # the training forwards pay for no hook
     assert seen["measuring"] and all(seen["measuring"])
     assert not _hooked(model)
-
-
-def test_ddp_fit_reduces_over_both_ranks(tmp_path, digits):
-    """Under 2-process gloo DDP, the logged losses are those of the whole validation set and the whole probe."""
-    monitor = GeneralizationMonitor(budget=None, probe_size=256)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, strategy="ddp_fork", devices=2)
-    model = make_model(digits)
-    trainer.fit(model, digits)  # ddp_fork copies rank 0's final weights back into `model`
-    logged = trainer.callback_metrics
-    for key in (
-        "gensens/output_sensitivity/val",
-        "gensens/linf_norm/pred_test_loss",
-        "gensens/output_sensitivity/pred_test_loss",
-        "gensens/spectral_norm/mae",
-    ):
-        assert math.isfinite(float(logged[key])), key
-    probe = torch.randperm(len(digits.train_set), generator=torch.Generator().manual_seed(0))[:256]
-    model.eval()
-    with torch.no_grad():
-        for key, (x, y) in (("test", digits.val_set.tensors), ("train", digits.train_set[probe])):
-            loss = nn.functional.cross_entropy(model(x), y)
-            assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
-
-
-def test_ddp_ranks_run_what_rank_zero_planned(tmp_path, digits, monkeypatch):
-    """Each rank times its own runs, so their budgets disagree; all follow rank 0's plan, or a rank that measures
-    would wait forever in a reduction the others never enter."""
-    planned = Budget.plan
-
-    def rank_dependent(self, needs):
-        plan = planned(self, needs)
-        return plan if torch.distributed.get_rank() == 0 else dict.fromkeys(plan, 0)
-
-    monkeypatch.setattr(Budget, "plan", rank_dependent)
-    monitor = GeneralizationMonitor(measures=["trivial", "average_confidence"], probe_size=256)
-    trainer = make_trainer(tmp_path, [monitor], max_epochs=2, strategy="ddp_fork", devices=2)
-    trainer.fit(make_model(digits), digits)
-    for key in ("gensens/train_loss", "gensens/average_confidence/pred_test_loss"):
-        assert math.isfinite(float(trainer.callback_metrics[key])), key
 
 
 def test_general_measures_on_a_cnn_with_batchnorm_and_dropout(tmp_path):
