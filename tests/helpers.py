@@ -26,7 +26,7 @@ DDP_TIMEOUT_S = 120.0
 _FAILURE_GRACE_S = 2.0
 """How long the other ranks get to finish once one rank has failed (they may be stuck in a collective)."""
 
-COLLECTIVE_TIMEOUT = timedelta(seconds=60)
+_COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 """gloo's own timeout: a rank left alone in a collective errors out instead of waiting forever."""
 
 
@@ -43,7 +43,7 @@ def _serve(rank: int, world_size: int, port: int, conn: Connection) -> None:
     """
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=COLLECTIVE_TIMEOUT)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size, timeout=_COLLECTIVE_TIMEOUT)
     try:
         while True:
             try:

@@ -1,105 +1,22 @@
-"""A fit never dies or hangs because of the monitor: measure callbacks side by side, a reused monitor, any exception
-while measuring, bad pools, ranks that disagree, step-based validation, capped measures. Every DDP fit runs on 2
-gloo processes under a deadline that fails the test instead of hanging it."""
+"""A fit never dies because of the monitor: measure callbacks side by side, a reused monitor, any exception while
+measuring, bad pools, step-based validation, capped measures. Faults across DDP ranks: ``test_distributed.py``."""
 
 import math
-import multiprocessing
 import signal
 import sys
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
-from datetime import timedelta
-from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
-import torch.distributed as dist
-from lightning.pytorch.strategies import DDPStrategy
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 from torchmetrics import MeanMetric
 
 from lightning_gensens import GeneralizationMonitor, JacobianNorm, OutputSensitivity, measures
 from lightning_gensens.callbacks.budget import Budget
-from lightning_gensens.measures import Estimate, Measure
+from lightning_gensens.measures import Measure
 from lightning_gensens.models import Classifier
-from tests.callbacks.conftest import make_model, make_trainer
-
-DDP_DEADLINE_S = 20
-"""Longest one DDP fit may take here (about 2 s when nothing hangs)."""
-
-
-@contextmanager
-def _deadline(seconds: int) -> Iterator[None]:
-    """Fail with ``TimeoutError`` after ``seconds``, killing the processes the block started (stuck DDP ranks)."""
-    before = set(multiprocessing.active_children())
-
-    def expire(signum, frame):
-        raise TimeoutError(f"the fit did not finish within {seconds} s: a rank is stuck")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-        for child in set(multiprocessing.active_children()) - before:
-            child.kill()
-            child.join()
-
-
-def _fit_ddp(tmp_path, callbacks, model, *loaders, **kwargs) -> L.Trainer:
-    """Fit on 2 forked gloo ranks; gloo itself gives up on a collective after the deadline too."""
-    strategy = DDPStrategy(start_method="fork", timeout=timedelta(seconds=DDP_DEADLINE_S))
-    trainer = make_trainer(tmp_path, callbacks, strategy=strategy, devices=2, **kwargs)
-    with _deadline(DDP_DEADLINE_S):
-        trainer.fit(model, *loaders)
-    return trainer
-
-
-class _Warnings(L.Callback):
-    """Writes the warnings each rank raised during the fit to ``<dir>/warnings-<rank>.txt``."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-
-    def setup(self, trainer, pl_module, stage):
-        self._catcher = warnings.catch_warnings(record=True)
-        self._caught = self._catcher.__enter__()
-        warnings.simplefilter("always")
-
-    def teardown(self, trainer, pl_module, stage):
-        self._catcher.__exit__(None, None, None)
-        lines = [str(w.message).replace("\n", " ") for w in self._caught]
-        (self.directory / f"warnings-{trainer.global_rank}.txt").write_text("\n".join(lines))
-
-
-def _rank_warnings(directory: Path, rank: int) -> list[str]:
-    return (directory / f"warnings-{rank}.txt").read_text().splitlines()
-
-
-class _Failing(Measure):
-    """A plug-in measure whose update raises ``error`` (a factory) on the ranks in ``ranks``."""
-
-    name = "failing"
-
-    def __init__(self, error=lambda: RuntimeError("boom"), ranks=(0,)):
-        super().__init__()
-        self.error, self.ranks = error, ranks
-
-    def make_metric(self, net, settings):
-        return MeanMetric()
-
-    def update(self, metric, record, net):
-        if (dist.get_rank() if dist.is_initialized() else 0) in self.ranks:
-            raise self.error()
-        metric.update(record.logits.mean())
-
-    def estimate(self, computed, reference):
-        return {self.name: Estimate(reference.loss)}
+from tests.callbacks.conftest import Failing, make_model, make_trainer
 
 
 def _hooked(model: nn.Module) -> bool:
@@ -162,7 +79,7 @@ class _Untouched(L.Callback):
         self.modes = [m.training for m in pl_module.modules()]
 
 
-class _Raising(_Failing):
+class _Raising(Failing):
     """Draws from the global RNG and switches grad mode off before raising, as a careless measure might."""
 
     def update(self, metric, record, net):
@@ -208,7 +125,7 @@ def test_an_exception_while_measuring_leaves_the_model_as_it_was(tmp_path, digit
 
 @pytest.mark.usefixtures("_sigint")
 def test_an_interrupt_in_a_validation_batch_leaves_no_hook(tmp_path, digits):
-    monitor = GeneralizationMonitor(budget=None, measures=[_Failing(KeyboardInterrupt)], probe_size=64)
+    monitor = GeneralizationMonitor(budget=None, measures=[Failing(KeyboardInterrupt)], probe_size=64)
     model = make_model(digits)
     with pytest.raises(SystemExit):
         make_trainer(tmp_path, [monitor], max_epochs=1).fit(model, digits)
@@ -219,7 +136,7 @@ def test_out_of_memory_in_a_measure_frees_the_cache_and_training_goes_on(tmp_pat
     emptied = []
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(sys._getframe(1).f_globals["__name__"]))
-    oom = _Failing(lambda: torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
+    oom = Failing(lambda: torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)"))
     monitor = GeneralizationMonitor(budget=None, measures=[oom, "trivial"], probe_size=64)
     with pytest.warns(UserWarning, match="failing raised OutOfMemoryError") as caught:
         trainer = make_trainer(tmp_path, [monitor], max_epochs=2)
@@ -259,56 +176,7 @@ def test_bad_pools_are_skipped_or_left_unscored_with_one_warning_each(tmp_path, 
     assert {"gensens/pool/good/test_loss", "gensens/pool/good/atc/pred_test_error"} <= set(last)
 
 
-# -- 5. ranks agree before every collective --------------------------------------------------------------------------
-def test_ddp_pools_and_probes_of_fewer_batches_than_ranks(tmp_path, digits):
-    x, y = digits.val_set.tensors
-    probe = DataLoader(TensorDataset(*digits.train_set[:64]), batch_size=64)  # one batch
-    pool = DataLoader(TensorDataset(x[:64] + 0.5, y[:64]), batch_size=64)
-    monitor = GeneralizationMonitor(
-        budget=None, measures=["trivial", "atc"], probe=probe, probe_size=64, unlabeled={"one": pool}
-    )
-    model = make_model(digits)
-    trainer = _fit_ddp(tmp_path, [monitor], model, digits, max_epochs=2)
-    logged = trainer.callback_metrics
-    for key in ("gensens/pool/one/atc/pred_test_error", "gensens/trivial/pred_test_loss"):
-        assert math.isfinite(float(logged[key])), key
-    model.eval()
-    with torch.no_grad():  # both ranks' halves of the one batch, reduced exactly
-        for key, (inputs, labels) in (("pool/one/test", pool.dataset.tensors), ("train", probe.dataset.tensors)):
-            loss = nn.functional.cross_entropy(model(inputs), labels)
-            assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
-
-
-def test_ddp_a_measure_failing_on_one_rank_is_switched_off_on_both(tmp_path, digits):
-    monitor = GeneralizationMonitor(budget=None, measures=[_Failing(ranks=(1,)), "trivial"], probe_size=64)
-    trainer = _fit_ddp(tmp_path, [_Warnings(tmp_path), monitor], make_model(digits), digits, max_epochs=2)
-    logged = trainer.callback_metrics
-    assert math.isfinite(float(logged["gensens/trivial/pred_test_loss"]))
-    assert not any(k.startswith("gensens/failing") for k in logged)
-    said = [s for rank in (0, 1) for s in _rank_warnings(tmp_path, rank) if "failing raised" in s]
-    assert len(said) == 1 and said[0].startswith("[rank: 1] GeneralizationMonitor: failing raised RuntimeError")
-
-
-def test_ddp_a_rank_without_samples_neither_hangs_nor_loses_the_scores(tmp_path, digits):
-    x, y = digits.val_set.tensors
-    single = DataLoader(TensorDataset(x[:1], y[:1]), batch_size=1)  # rank 1 gets none of it
-    monitor = GeneralizationMonitor(
-        budget=None, measures=["trivial", "linf_norm"], probe_size=1, unlabeled={"single": single}
-    )  # rank 1's probe shard is empty too
-    model = make_model(digits)
-    trainer = _fit_ddp(tmp_path, [monitor], model, digits, max_epochs=2)
-    logged = trainer.callback_metrics
-    probe = torch.randperm(len(digits.train_set), generator=torch.Generator().manual_seed(0))[:1]
-    model.eval()
-    with torch.no_grad():
-        for key, (inputs, labels) in (("pool/single/test", (x[:1], y[:1])), ("train", digits.train_set[probe])):
-            loss = nn.functional.cross_entropy(model(inputs), labels)
-            assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
-    assert math.isfinite(float(logged["gensens/linf_norm/pred_test_loss"]))
-    assert "gensens/trivial/pred_test_loss" not in logged  # rank 1 fed its train split nothing: not computed
-
-
-# -- 6. step-based validation ----------------------------------------------------------------------------------------
+# -- 5. step-based validation ----------------------------------------------------------------------------------------
 class _Endless(IterableDataset):
     def __init__(self, dataset):
         self.dataset = dataset
@@ -342,7 +210,7 @@ def test_a_fit_that_may_never_measure_says_so_at_its_start(tmp_path, digits):
     assert monitor.history == []
 
 
-# -- 7. caps take a seeded random subset -----------------------------------------------------------------------------
+# -- 6. caps take a seeded random subset -----------------------------------------------------------------------------
 def test_a_capped_measure_takes_a_seeded_random_subset_of_the_validation_stream(tmp_path, digits, monkeypatch):
     runs: list[list[torch.Tensor]] = []
 
@@ -377,7 +245,7 @@ def test_a_capped_measure_takes_a_seeded_random_subset_of_the_validation_stream(
     assert int(second.max()) >= 256  # spread over the stream's batches (of 256), not its head
 
 
-# -- 8. our own measures' programming errors fail the suite -------------------------------------------------------
+# -- 7. our own measures' programming errors fail the suite -------------------------------------------------------
 def _broken(self, metric, record, net):
     return record.missing  # an AttributeError: a bug of ours, not the user's data
 
@@ -396,8 +264,3 @@ def test_a_bug_in_our_own_measure_switches_it_off_for_users(tmp_path, digits, mo
     with pytest.warns(UserWarning, match="average_confidence raised AttributeError"):
         make_trainer(tmp_path, [monitor], max_epochs=1, limit_train_batches=2).fit(make_model(digits), digits)
     assert [m.name for m in monitor.active_measures] == ["trivial"]
-
-
-def test_the_deadline_fails_instead_of_hanging():
-    with pytest.raises(TimeoutError, match="within 1 s"), _deadline(1):
-        signal.pause()
