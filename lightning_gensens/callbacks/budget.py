@@ -302,13 +302,17 @@ class Budget:
             if r["runs"] < 2 and r["measure"] in self.costs
         ]
         never = [f"{name} (guessed {_seconds(g)})" for name, g in self.guesses.items() if name not in self.costs]
-        if once or never:
+        spaced = (self._spacing or 1) > 1 and measured < validations
+        if once or never or spaced:
             runs = f"{measured} of {validations} validation runs" if validations else f"{self.runs} runs"
+            if spaced:
+                k = min(self._spacing or 1, _widest_spacing(self.expected))
+                runs += f" (a run of the riders cost more than a run's allowance: 1 run in {k} at the end)"
             parts = [f"ran once (a first, timing run): {', '.join(once)}"] if once else []
             parts += [f"never ran: {', '.join(never)}"] if never else []
             rank_zero_info(
-                f"{owner}: within budget={self.fraction} it measured {runs}; of the measures, "
-                + "; ".join(parts)
+                f"{owner}: within budget={self.fraction} it measured {runs}"
+                + (f"; of the measures, {'; '.join(parts)}" if parts else "")
                 + ". A longer fit or a larger budget runs them."
             )
         return table

@@ -79,7 +79,7 @@ def test_an_artificially_slow_measure_is_throttled_and_the_cheap_ones_are_not(tm
 
 @pytest.mark.parametrize("watch", [False, True])
 def test_riders_over_the_budget_measure_at_spaced_runs_unless_a_callback_watches_their_keys(
-    tmp_path, digits, monkeypatch, watch
+    tmp_path, digits, monkeypatch, caplog, watch
 ):
     """On the budget's clock, where each training step takes 0.1 s and each batch the rider sees 0.5 s."""
     from lightning.pytorch.callbacks import EarlyStopping
@@ -89,8 +89,12 @@ def test_riders_over_the_budget_measure_at_spaced_runs_unless_a_callback_watches
     monitor.budget.clock = clock
     stop = [EarlyStopping(monitor="gensens/trivial/pred_test_loss", strict=True, patience=100)] if watch else []
     trainer = make_trainer(tmp_path, [monitor, steps, *stop], max_epochs=12)
-    trainer.fit(make_model(digits), digits)
+    with caplog.at_level(logging.INFO, logger="lightning.pytorch"):
+        trainer.fit(make_model(digits), digits)
+    said = " ".join(r.getMessage() for r in caplog.records)
     epochs = [int(row["epoch"]) for row in monitor.history]
+    assert ("gensens/trivial/pred_test_loss watched by another callback" in said) == watch
+    assert ("measured 3 of 12 validation runs (a run of the riders cost more than a run's allowance" in said) != watch
     if watch:
         assert epochs == list(range(12))  # EarlyStopping's key fresh at every run
         assert monitor.budget.closing > 0.1
