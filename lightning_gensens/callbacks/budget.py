@@ -106,7 +106,7 @@ class Budget:
         self._squeeze: int | None = None
         """The others' shares are the share divided by this power of two (the riders' deficit taken out)."""
         self._spacing: int | None = None
-        """Runs happen every this many (a power of two): where a run of the riders exceeds a run's allowance."""
+        """The riders' run over a run's allowance, as a steady power of two (:attr:`spacing` caps it)."""
         self.watched = False
         """A callback watches the monitor's keys: every run runs, so that they are fresh at each validation."""
         self._probe: int | None = None
@@ -119,6 +119,13 @@ class Budget:
     @clock.setter
     def clock(self, clock: Callable[[], float]) -> None:
         self.stopwatch.clock = clock
+
+    @property
+    def spacing(self) -> int:
+        """Runs happen every this many: 1, or where a run of the riders exceeds a run's allowance a power of two, at
+        most as wide as the fit so that its last run measures (8 where its length is unknown)."""
+        widest = 8 if self.expected is None else 2 ** max(int(math.log2(max(self.expected, 1))), 0)
+        return min(self._spacing or 1, widest)
 
     def fit_start(self, setup: float = 0.0) -> None:
         """Start the clock of a fit (when the monitor starts setting up), counting ``setup`` seconds spent already."""
@@ -186,7 +193,7 @@ class Budget:
             self._squeeze = steady(self._squeeze or 1, share / left)
             if not self.watched:  # a run of the riders against the whole allowance of a run
                 self._spacing = steady(self._spacing or 1, run / (share * len(needs)))
-        spacing = min(self._spacing or 1, _widest_spacing(self.expected))
+        spacing = self.spacing
         if spacing > 1 and not self._due(n, spacing):
             return dict.fromkeys(needs, 0)
         squeeze = self._squeeze or 1
@@ -302,12 +309,11 @@ class Budget:
             if r["runs"] < 2 and r["measure"] in self.costs
         ]
         never = [f"{name} (guessed {_seconds(g)})" for name, g in self.guesses.items() if name not in self.costs]
-        spaced = (self._spacing or 1) > 1 and measured < validations
+        spaced = self.spacing > 1 and measured < validations
         if once or never or spaced:
             runs = f"{measured} of {validations} validation runs" if validations else f"{self.runs} runs"
             if spaced:
-                k = min(self._spacing or 1, _widest_spacing(self.expected))
-                runs += f" (a run of the riders cost more than a run's allowance: 1 run in {k} at the end)"
+                runs += f" (a run of the riders cost more than a run's allowance: 1 run in {self.spacing} at the end)"
             parts = [f"ran once (a first, timing run): {', '.join(once)}"] if once else []
             parts += [f"never ran: {', '.join(never)}"] if never else []
             rank_zero_info(
@@ -327,11 +333,6 @@ def _longest_period(expected: int | None) -> int:
     if expected is None:
         return 8
     return 2 ** max(int(math.log2(max(expected // 4, 1))), 0)
-
-
-def _widest_spacing(expected: int | None) -> int:
-    """The widest spacing of whole runs that still measures the last of a fit of ``expected`` runs (8 if unknown)."""
-    return 8 if expected is None else 2 ** max(int(math.log2(max(expected, 1))), 0)
 
 
 def _seconds(guess: float) -> str:
