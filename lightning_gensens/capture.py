@@ -1,4 +1,4 @@
-"""Forward-hook capture of a model's input, logits and ReLU pre-activations."""
+"""Forward-hook capture of a model's input, logits, ReLU pre-activations and the input of its output layer."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ OutputFn = Callable[[Any], Tensor]
 @dataclass
 class Captured:
     """One forward pass of the measured model: its input (for token ids, the output of the input embedding), its
-    logits, the hidden pre-activations and the call itself."""
+    logits, the hidden pre-activations, the call itself and, where recorded, ``head``: the input [B, D] of the
+    output layer whose output the logits are (the features the network classifies)."""
 
     x: Tensor
     logits: Tensor
@@ -29,6 +30,7 @@ class Captured:
     y: Tensor | None = None
     cache: dict[str, Tensor] = field(default_factory=dict)
     """Per-sample quantities several measures share, computed once (e.g. ``"tangent"``, T(A(x)))."""
+    head: Tensor | None = None
 
     def take(self, rows: slice | Tensor) -> Captured:
         """The record of the samples ``rows`` selects (a slice or indices)."""
@@ -39,6 +41,7 @@ class Captured:
             y=None if self.y is None else self.y[rows],
             cache={k: v[rows] for k, v in self.cache.items()},
             call=None if self.call is None else self.call.take(rows),
+            head=None if self.head is None else self.head[rows],
         )
 
 
@@ -83,6 +86,11 @@ class ForwardCapture:
     ReLU pre-activations are read by forward *pre*-hooks on the ``nn.ReLU`` modules, which see the input even
     with ``inplace=True``; a ReLU module applied several times in one forward pass is recorded at each call. They
     are recorded while :attr:`record_preactivations` is set (by default whenever ``preactivations`` is).
+
+    With ``head=True`` a forward hook on the last Linear/Conv layer registered (the output layer of most
+    classifiers, a Hugging Face model's included) records its input, flattened, while :attr:`record_head` is set;
+    it is kept as :attr:`Captured.head` only where that layer's output is the logits (same shape), so a model whose
+    last layer is not its output layer records none.
     """
 
     def __init__(
@@ -91,13 +99,16 @@ class ForwardCapture:
         preactivations: bool = False,
         measure: str = "capture",
         output_fn: OutputFn | None = None,
+        head: bool = False,
     ) -> None:
-        weight_layers(model)
+        layers = weight_layers(model)
         self.model = model
         self.preactivations = preactivations
         self.output_fn = output_fn or default_output_fn
         self._relus = relu_modules(model, measure) if preactivations else []
         self._embedding = input_embedding(model)
+        self._head = layers[-1][1] if head else None
+        self._head_call: tuple[Tensor, tuple[int, ...]] | None = None
         self._handles: list[RemovableHandle] = []
         self._preacts: list[Tensor] = []
         self._embedded: Tensor | None = None
@@ -106,6 +117,7 @@ class ForwardCapture:
         """The arguments of the last call recorded without an input tensor found among them, in a few words."""
         self.enabled = False
         self.record_preactivations = preactivations
+        self.record_head = head
 
     def attach(self) -> ForwardCapture:
         if self._handles:
@@ -115,6 +127,8 @@ class ForwardCapture:
             self._handles.append(relu.register_forward_pre_hook(self._on_relu_input))
         if self._embedding is not None:
             self._handles.append(self._embedding.register_forward_hook(self._on_embedding))
+        if self._head is not None:
+            self._handles.append(self._head.register_forward_hook(self._on_head))
         return self
 
     def detach(self) -> None:
@@ -127,6 +141,7 @@ class ForwardCapture:
     def clear(self) -> None:
         self._preacts = []
         self._embedded = None
+        self._head_call = None
         self.records = []
 
     def pop(self) -> Captured | None:
@@ -146,6 +161,11 @@ class ForwardCapture:
         if self._recording() and isinstance(output, Tensor):
             self._embedded = output.detach()
 
+    def _on_head(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
+        if self.record_head and self._recording() and args and isinstance(args[0], Tensor):
+            if isinstance(output, Tensor):
+                self._head_call = (args[0].detach().flatten(1), tuple(output.shape))
+
     def _on_output(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
         if not self._recording():
             return
@@ -159,6 +179,7 @@ class ForwardCapture:
         call = Call(tuple(args), dict(kwargs), site)
         preacts, self._preacts = self._preacts, []
         embedded, self._embedded = self._embedded, None
+        head_call, self._head_call = self._head_call, None
         x = call.input.detach()
         if not x.is_floating_point():
             if embedded is None:
@@ -168,7 +189,8 @@ class ForwardCapture:
                 )
             x = embedded
         logits = self.output_fn(output)
-        self.records.append(Captured(x=x, logits=logits.detach(), preacts=preacts, call=call))
+        head = head_call[0] if head_call is not None and head_call[1] == tuple(logits.shape) else None
+        self.records.append(Captured(x=x, logits=logits.detach(), preacts=preacts, call=call, head=head))
 
     def __enter__(self) -> ForwardCapture:
         self.attach()

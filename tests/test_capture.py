@@ -105,3 +105,34 @@ def test_a_call_with_one_mapping_is_recorded_and_replayed_with_the_input_changed
     other = {"x": torch.randn(3, 4), "shift": torch.ones(3), "y": torch.zeros(3)}
     call = CallTemplate.infer(batch, record.call).call(other)  # the probe's batches are called the same way
     assert call.args[0] is other and torch.equal(call.input, other["x"])
+
+
+def test_the_output_layer_s_input_is_recorded_where_its_output_is_the_logits():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv1d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(16, 3))
+    x = torch.randn(5, 1, 10)
+    cap = ForwardCapture(net, head=True).attach()
+    cap.enabled = True
+    net(x)
+    record = cap.pop()
+    assert torch.equal(record.head, net[2](net[1](net[0](x))))
+    assert torch.equal(record.take(slice(1, 3)).head, record.head[1:3])
+    cap.record_head = False
+    net(x)
+    assert cap.pop().head is None
+    cap.detach()
+    assert not net[3]._forward_hooks
+
+    class LastIsNotTheOutput(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(4, 2)
+            self.side = nn.Linear(4, 4)  # registered last, applied first
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(x + self.side(x))
+
+    other = LastIsNotTheOutput()
+    with ForwardCapture(other, head=True) as cap:
+        other(torch.randn(3, 4))
+        assert cap.pop().head is None

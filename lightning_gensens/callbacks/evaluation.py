@@ -201,6 +201,8 @@ class Evaluation:
             metrics = {"train": slot.metrics[ref], "val": slot.metrics[target]}
             if not all(slot.agreed.get(split) for split in (ref, target)):
                 return {}  # a split some rank did not feed it (its share of samples ran out, or it has none)
+            if measure.reads_probe and slot.agreed.get("train"):
+                metrics["probe"] = slot.metrics["train"]
         computed = self._guard(slot, "computing", measure.compute, metrics, self.net, slot.settings)
         if computed is None:
             return {}

@@ -215,6 +215,7 @@ class GeneralizationMonitor(Callback):
             preactivations=self._session.needs(Requirement.PREACTIVATIONS),
             measure=self.prefix,
             output_fn=self.output_fn,
+            head=self._session.needs(Requirement.HEAD),
         )
         hooks = RunHooks(net, capture, replay, root=pl_module)
         self._runner = Runner(

@@ -88,6 +88,7 @@ class Runner:
             self.session.reset()
             self.session.plan(caps)
             self.capture.record_preactivations = self.session.running(Requirement.PREACTIVATIONS)
+            self.capture.record_head = self.session.running(Requirement.HEAD)
             self.hooks.attach()
             self.capture.clear()
             self.capture.enabled = True

@@ -24,6 +24,7 @@ from lightning_gensens.functional.linf_norm import (
     linf_sensitivity_bound,
     log_linf_sensitivity_bound,
 )
+from lightning_gensens.functional.neighbours import neighbour_distances, neighbour_error
 from lightning_gensens.functional.output_sensitivity import output_sensitivity
 from lightning_gensens.functional.perturbation import (
     calibrated_log_sigma,
@@ -115,6 +116,8 @@ __all__ = [
     "log_linf_sensitivity_bound",
     "log_psi_star",
     "log_spectral_norm_product",
+    "neighbour_distances",
+    "neighbour_error",
     "output_sensitivity",
     "perturbation_curves",
     "perturbation_disagreement",

@@ -19,16 +19,19 @@ The estimate then follows the first hypothesis the tests keep, each a difference
 - label shift (p_twin ≥ α): the same differences against the twin, each reference sample weighted by
   w_i = q_{y_i} / π_{y_i}: e_ref + (ē_w − ē) + conf̄_w − conf̄_tgt, l_ref + (l̄_w − l̄) + H̄_tgt − H̄_w
   (ē, l̄: the reference sample's mean 0-1 error and cross-entropy at T = 1; ē_w, l̄_w, conf̄_w, H̄_w: weighted);
-- covariate shift (otherwise): the transport costs (COT, Lu et al., NeurIPS 2023, and its loss counterpart with
-  cost −log p, ours) of each split onto its own class distribution (the target onto q, the reference onto its
-  class frequencies π), on the network's own outputs (T = 1), turned into an error by the mean of two calibrations
-  on the reference: the difference, e_ref + W_err(tgt → q) − W_err(ref → π), and the ratio,
-  e_ref · W_err(tgt → q) / W_err(ref → π); the loss likewise with W_loss and l_ref. That is the excess cost
-  W − W_ref with a slope halfway between 1 (the difference) and e_ref / W_ref (the ratio). Under a covariate
-  shift an overconfident network's costs grow with its error, but slower: the difference underestimates a strong
-  shift; the ratio follows it, but multiplies any excess cost, a misjudged q's too, by a slope that reaches 6 on
-  the loss of a network confidently wrong on its reference. Transporting the target onto π instead charges a
-  label shift the twin test rejects for the classes it lacks (predicted losses several times the actual).
+- covariate shift (otherwise): the larger of two estimates, each blind to part of such a shift.
+  (a) The transport costs (COT, Lu et al., NeurIPS 2023, and its loss counterpart with cost −log p, ours) of
+  each split onto its own class distribution (the target onto q, the reference onto its class frequencies π), on
+  the network's own outputs (T = 1) with the target's logits first rescaled to the reference's mean centred norm
+  (so a shift that only shrinks the logits, a contrast change, costs nothing it does not cost in argmax), turned
+  into an error by the mean of two calibrations on the reference: the difference,
+  e_ref + W_err(tgt → q) − W_err(ref → π), and the ratio, e_ref · W_err(tgt → q) / W_err(ref → π); the loss
+  likewise with W_loss and l_ref. (b) Where the inputs of the output layer were captured, ATC on the distance to
+  the k-th nearest training sample in that feature space (:mod:`lightning_gensens.functional.neighbours`): e_nn,
+  and the loss l_ref · e_nn / e_ref. Under a covariate shift an overconfident network's transport costs grow with
+  its error, but slower, and inputs it is confidently wrong on sit far from the training samples in its own
+  features, where (a) sees nothing; (b) misses the errors made close to the training samples. Transporting the
+  target onto π instead charges a label shift the twin test rejects for the classes it lacks.
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -42,6 +45,7 @@ import torch
 from torch import Tensor
 
 from lightning_gensens.functional.confidence import _check_logits, _check_scalar, _confidence_update
+from lightning_gensens.functional.neighbours import neighbour_error
 from lightning_gensens.functional.temperature import _check_labels, _scaled_logits
 from lightning_gensens.functional.transport import _calibrated, class_prior, transport_costs
 
@@ -176,6 +180,17 @@ def transport_means(logits: Tensor, prior: Tensor) -> tuple[Tensor, Tensor]:
     return transport_costs(logits, prior, kind="error").mean(), transport_costs(logits, prior, kind="loss").mean()
 
 
+def _centred_norm(logits: Tensor) -> Tensor:
+    """The mean L2 norm of the logits [N, K] centred per sample (softmax ignores a per-sample shift)."""
+    return (logits - logits.mean(dim=1, keepdim=True)).norm(dim=1).mean()
+
+
+def _rescaled(logits: Tensor, reference_logits: Tensor) -> Tensor:
+    """``logits`` scaled to ``reference_logits``' mean centred norm (unchanged where their own is 0)."""
+    norm = _centred_norm(logits)
+    return logits * (_centred_norm(reference_logits) / norm) if float(norm) > 0 else logits
+
+
 def _halfway(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
     """The mean of the reference value shifted by the difference of the costs and scaled by their ratio."""
     return (reference_value + cost - reference_cost + _calibrated(reference_value, cost, reference_cost)) / 2
@@ -235,12 +250,15 @@ def shift_estimate(
     temperature: float | Tensor = 1.0,
     tests: ShiftTests | None = None,
     reference_transport: tuple[Tensor, Tensor] | None = None,
+    neighbours: tuple[Tensor, Tensor] | None = None,
     **kwargs: Any,
 ) -> ShiftEstimate:
     """The predicted error and loss of the hypothesis the tests keep (see the module's docstring): ``tests`` where
     given (from :func:`shift_tests` on the same samples), else :func:`shift_tests` with ``kwargs``;
     ``reference_transport``: the reference's :func:`transport_means` onto its class frequencies, where computed once
-    for several targets."""
+    for several targets; ``neighbours``: the reference's and the target's
+    :func:`~lightning_gensens.functional.neighbour_distances` (the covariate estimate uses the transport alone
+    without them)."""
     z_ref, y, z = _checked(reference_logits, reference_labels, reference_features, logits, features)
     error = _check_scalar(reference_error, "reference_error", unit_interval=True)
     loss = _check_scalar(reference_loss, "reference_loss")
@@ -259,7 +277,12 @@ def shift_estimate(
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones
-        w_err, w_loss = transport_means(z, q.to(z.device))
+        w_err, w_loss = transport_means(_rescaled(z, z_ref.to(z.device)), q.to(z.device))
         w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior)
         e, l_ = _halfway(error, w_err, w_err_ref), _halfway(loss, w_loss, w_loss_ref)
+        if neighbours is not None:
+            e_nn = neighbour_error(neighbours[0], error, neighbours[1]).to(e)
+            e = torch.maximum(e, e_nn)
+            if float(error) > 0:
+                l_ = torch.maximum(l_, loss * e_nn / error)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

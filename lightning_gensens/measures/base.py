@@ -42,6 +42,9 @@ class Requirement(enum.Flag):
     """Logits of shape ``[B, K]`` with K ≥ 2 classes."""
     RELU = enum.auto()
     """A piecewise-linear network with ``nn.ReLU`` modules."""
+    HEAD = enum.auto()
+    """The input of the output layer in the captured forward pass (:attr:`~lightning_gensens.capture.Captured.head`;
+    None where the last Linear/Conv layer's output is not the logits)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,9 @@ class Measure(Generic[M]):
     marks a measure that only reads captured outputs or a few weights, which may start at once."""
     pools_only: ClassVar[bool] = False
     """Whether the measure predicts for pools only (the validation data is not measured against the probe)."""
+    reads_probe: ClassVar[bool] = False
+    """Whether :meth:`compute` also reads the training probe's metric, as ``"probe"``, where the reference is the
+    validation data (the same metric as ``"train"`` otherwise)."""
 
     def __init__(self, *, seed: int | None = None, loss_fn: LossFn | None = None) -> None:
         if seed is not None and not isinstance(seed, int):

@@ -10,12 +10,13 @@ import torch
 from torch import Tensor, nn
 
 from lightning_gensens.capture import Captured
+from lightning_gensens.functional.neighbours import neighbour_distances
 from lightning_gensens.functional.shift_test import ShiftTests, shift_estimate, shift_tests, transport_means
 from lightning_gensens.functional.temperature import fit_temperature
 from lightning_gensens.functional.transport import class_prior
 from lightning_gensens.measures._confidence import finite
 from lightning_gensens.measures._logits import LogitSampleMeasure, ReferenceFit
-from lightning_gensens.measures.base import Estimate, Measure, Reference, Settings
+from lightning_gensens.measures.base import Estimate, Measure, Reference, Requirement, Settings
 from lightning_gensens.metrics.input_sample import InputSample
 
 
@@ -32,8 +33,11 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
     whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
     loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
     DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, under covariate shift
-    the mean of the reference's error and loss shifted by the difference and scaled by the ratio of transport costs
-    (COT). Its estimator: ``shift_gated``.
+    the larger of two: the mean of the reference's error and loss shifted by the difference and scaled by the
+    ratio of transport costs (COT, on the pool's logits rescaled to the reference's norm), and ATC on the distance
+    to the ``neighbours``-th nearest training-probe sample in the input of the output layer (Sun et al. 2022),
+    where that input is captured (the last Linear/Conv layer's output is the logits). Its estimator:
+    ``shift_gated``.
 
     Measures pools only (the reference is the validation data, or the training probe without a validation loop):
     the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most
@@ -49,11 +53,15 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
         test_samples: samples per side of each two-sample test.
         permutations: permutations per energy test (the p-value's resolution is 1 / (permutations + 1)).
         dims: input features kept per sample (more are hashed into this many).
+        neighbours: k of the nearest-neighbour distance; None leaves the covariate estimate to the transport costs
+            (and captures nothing more).
+        head_dims: features of the output layer's input kept per sample (more are hashed into this many).
         **kwargs: ``seed`` (of the sample and the tests) and ``loss_fn`` (unused) of
             :class:`~lightning_gensens.measures.Measure`.
     """
 
     name = "shift_test"
+    reads_probe = True
     relative_cost = 1.0  # reads the captured logits and inputs; two permutation tests per pool: a rider of pools
     pools_only = True
 
@@ -64,6 +72,8 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
         test_samples: int = 512,
         permutations: int = 100,
         dims: int = 128,
+        neighbours: int | None = 5,
+        head_dims: int = 1024,
         **kwargs: Any,
     ) -> None:
         super().__init__(max_samples, **kwargs)
@@ -72,18 +82,30 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
         for name, value in (("test_samples", test_samples), ("permutations", permutations)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
-        InputSample(dims=dims)  # validates it
+        if neighbours is not None and (
+            isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1
+        ):
+            raise ValueError(f"neighbours must be a positive int or None, got {neighbours!r}.")
+        InputSample(dims=dims, head_dims=head_dims)  # validates them
         self.alpha, self.test_samples, self.permutations, self.dims = alpha, test_samples, permutations, dims
+        self.neighbours, self.head_dims = neighbours, head_dims
+        self._distances: tuple[Tensor, Tensor] | None = None
+
+    def requirements(self) -> Requirement:
+        return self.requires | Requirement.HEAD if self.neighbours else self.requires
 
     def make_metric(self, net: nn.Module, settings: Settings) -> InputSample:
-        return InputSample(max_samples=self.max_samples, seed=settings.seed, dims=self.dims)
+        return InputSample(max_samples=self.max_samples, seed=settings.seed, dims=self.dims, head_dims=self.head_dims)
 
     def shares(self, other: Measure[Any]) -> bool:
         """Only another shift test's samples, with the same sample and features: others keep no inputs."""
-        return isinstance(other, ShiftTest) and super().shares(other) and other.dims == self.dims
+        if not isinstance(other, ShiftTest) or not super().shares(other):
+            return False
+        heads = (other.neighbours is None, other.head_dims) == (self.neighbours is None, self.head_dims)
+        return other.dims == self.dims and heads
 
     def update(self, metric: InputSample, record: Captured, net: nn.Module) -> None:  # type: ignore[override]
-        metric.update(record.logits, record.y, record.x)
+        metric.update(record.logits, record.y, record.x, record.head if self.neighbours else None)
 
     def compute(self, metrics: Mapping[str, Any], net: nn.Module, settings: Settings) -> dict[str, Any]:
         computed = super().compute(metrics, net, settings)
@@ -102,7 +124,21 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
                 permutations=self.permutations,
                 generator=torch.Generator().manual_seed(settings.seed),
             )
+            computed["neighbours"] = self._neighbours(computed, metrics.get("probe") is metrics["train"])
         return computed
+
+    def _neighbours(self, computed: Mapping[str, Any], probe_reference: bool) -> tuple[Tensor, Tensor] | None:
+        """The reference's and the target's distances to the probe's k-th nearest sample, where every split kept
+        the output layer's inputs (the reference's computed once per run)."""
+        probe, ref, target = computed.get("probe"), computed["reference"], computed["val"]
+        if self.neighbours is None or probe is None or any("heads" not in s for s in (probe, ref, target)):
+            return None
+        if self.neighbours + int(probe_reference) > len(probe["heads"]):
+            return None
+        if self._distances is None or self._distances[0] is not computed["train"]["logits"]:
+            distances = neighbour_distances(probe["heads"], ref["heads"], self.neighbours, exclude_self=probe_reference)
+            self._distances = (computed["train"]["logits"], distances)
+        return self._distances[1], neighbour_distances(probe["heads"], target["heads"], self.neighbours)
 
     def values(self, computed: Mapping[str, Any]) -> dict[str, Tensor]:
         out = super().values(computed)
@@ -128,13 +164,14 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
             fit.temperature,
             tests=tests,
             reference_transport=fit.transport,
+            neighbours=computed["neighbours"],
         )
         return {"shift_gated": Estimate(result.loss, result.error)}
 
     @staticmethod
     def _labelled(sample: Mapping[str, Tensor]) -> dict[str, Tensor]:
         keep = sample["labels"] >= 0
-        return {key: sample[key][keep] for key in ("logits", "labels", "features")}
+        return {key: sample[key][keep] for key in ("logits", "labels", "features", "heads") if key in sample}
 
     def fit(self, logits: Tensor, labels: Tensor) -> _ReferenceFit:
         temperature = fit_temperature(logits, labels)

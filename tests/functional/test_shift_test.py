@@ -166,6 +166,15 @@ def test_a_label_shift_is_kept_and_estimated_on_the_weighted_reference():
     assert abs(float(out.error) - actual) < abs(float(wrong.mean()) - actual)  # closer than "pool = reference"
 
 
+def _to_norm_of(logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``logits`` scaled so that their rows' mean centred norm is ``reference``'s, row by row."""
+
+    def norm(rows: torch.Tensor) -> float:
+        return sum(float((r - r.mean()).norm()) for r in rows) / len(rows)
+
+    return logits * (norm(reference) / norm(logits))
+
+
 def test_a_covariate_shift_is_estimated_halfway_between_the_difference_and_the_ratio_of_transport_costs():
     ref = _reference()
     x, y, z = ref
@@ -181,7 +190,7 @@ def test_a_covariate_shift_is_estimated_halfway_between_the_difference_and_the_r
     error = float((z.argmax(1) != y).double().mean())
     loss = float(F.cross_entropy(z, y))
     w = {
-        kind: [float(transport_costs(v, c, 1.0, kind).mean()) for v, c in ((zt, q), (z, prior))]
+        kind: [float(transport_costs(v, c, 1.0, kind).mean()) for v, c in ((_to_norm_of(zt, z), q), (z, prior))]
         for kind in ("error", "loss")
     }
     for value, reference, (cost, reference_cost) in ((out.error, error, w["error"]), (out.loss, loss, w["loss"])):
@@ -199,7 +208,7 @@ def test_a_reference_without_transport_cost_shifts_by_the_difference():
     out = shift_estimate(
         z, y, x, 0.1, 0.3, zt, xt, tests=tests._replace(shift=Shift.COVARIATE), reference_transport=(zero, zero)
     )
-    w_err, w_loss = transport_means(zt, tests.proportions)
+    w_err, w_loss = transport_means(_to_norm_of(zt, z), tests.proportions)
     assert float(out.error) == pytest.approx(min(0.1 + float(w_err), 1)) and float(out.loss) == pytest.approx(
         0.3 + float(w_loss)
     )
@@ -210,9 +219,33 @@ def test_a_reference_without_error_shifts_the_error_by_half_the_difference():
     xt, zt = x[:400] + 3.0, z[:400] * 0.5
     tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))._replace(shift=Shift.COVARIATE)
     out = shift_estimate(z, y, x, 0.0, 0.3, zt, xt, tests=tests)
-    w_err, _ = transport_means(zt, tests.proportions)
+    w_err, _ = transport_means(_to_norm_of(zt, z), tests.proportions)
     w_err_ref, _ = transport_means(z, class_prior(y, z.shape[1]))
     assert float(out.error) == pytest.approx(float((w_err - w_err_ref).clamp(0, 2) / 2)) and float(out.error) > 0
+
+
+def test_logits_that_only_shrink_cost_what_the_reference_costs():
+    x, y, z = _reference()
+    tests = shift_tests(z, y, x, 0.3 * z, x + 3.0, generator=torch.Generator().manual_seed(0))
+    tests = tests._replace(shift=Shift.COVARIATE, proportions=class_prior(y, z.shape[1]))
+    out = shift_estimate(z, y, x, 0.2, 0.6, 0.3 * z, x + 3.0, tests=tests)
+    assert float(out.error) == pytest.approx(0.2, abs=1e-9) and float(out.loss) == pytest.approx(0.6, abs=1e-9)
+
+
+def test_the_covariate_estimate_is_the_larger_of_the_transport_and_the_neighbour_estimate():
+    x, y, z = _reference()
+    xt, zt = x[:300] + 1.5, z[:300] * 0.7
+    tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))._replace(shift=Shift.COVARIATE)
+    alone = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests)
+    ref_d = torch.linspace(0, 1, 100, dtype=torch.float64)  # 20 of 100 above the threshold 0.79...
+    for target_d, share in ((torch.full((50,), 0.9, dtype=torch.float64), 1.0), (torch.zeros(50), 0.0)):
+        out = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, target_d))
+        assert float(out.error) == pytest.approx(max(float(alone.error), share))
+        assert float(out.loss) == pytest.approx(max(float(alone.loss), 0.6 * share / 0.2))
+    free = shift_estimate(z, y, x, 0.0, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((50,), 2.0)))
+    assert float(free.error) == 1.0 and float(free.loss) == pytest.approx(
+        float(shift_estimate(z, y, x, 0.0, 0.6, zt, xt, tests=tests).loss)
+    )  # without a reference error, the neighbours give no loss
 
 
 def test_estimates_are_clipped_and_bad_arguments_refused():

@@ -139,7 +139,7 @@ CASES: dict[str, Case] = {
             "InputSample",
             lambda r, **kw: metrics.InputSample(max_samples=12, seed=5 + 7919 * r, **kw),
             _relu_net,
-            lambda m, b: (_no_grad_logits(m, b[0]), b[1], b[0]),
+            lambda m, b: (_no_grad_logits(m, b[0]), b[1], b[0], 2 * b[0]),  # inputs and output-layer inputs
             seeded=True,
         ),
         Case("JacobianNorm", lambda r, **kw: metrics.JacobianNorm(**kw), _relu_net, lambda m, b: (m, b[0])),

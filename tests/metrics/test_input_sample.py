@@ -35,3 +35,21 @@ def test_wide_inputs_are_hashed_and_bad_inputs_refused():
         small.update(torch.randn(4, 3), None, torch.randn(4, 7))
     with pytest.raises(ValueError, match="dims"):
         InputSample(dims=0)
+
+
+def test_output_layer_inputs_stay_with_their_rows_or_are_none_once_a_batch_lacks_them():
+    metric = InputSample(max_samples=20, seed=3, head_dims=4)
+    for start in range(0, 200, 16):
+        rows = torch.arange(start, min(start + 16, 200), dtype=torch.float64)[:, None]
+        metric.update(rows.repeat(1, 3), None, rows.repeat(1, 2), rows.repeat(1, 3))
+    out = metric.compute()
+    assert out["heads"].shape == (20, 3) and torch.equal(out["heads"].double(), out["logits"])
+    metric.update(torch.randn(4, 3, dtype=torch.float64), None, torch.randn(4, 2))  # no heads
+    assert "heads" not in metric.compute()
+    wide = InputSample(head_dims=4)
+    wide.update(torch.randn(4, 3), None, torch.randn(4, 2), torch.randn(4, 9))
+    assert wide.compute()["heads"].shape == (4, 4)  # hashed
+    with pytest.raises(ValueError, match="one row per logit row"):
+        wide.update(torch.randn(4, 3), None, torch.randn(4, 2), torch.randn(3, 9))
+    with pytest.raises(ValueError, match="head_dims"):
+        InputSample(head_dims=0)
