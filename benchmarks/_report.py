@@ -30,7 +30,7 @@ from _scoring import (
     score,
     shift_items,
 )
-from _shifts import FAMILIES, HELD_OUT, LEVELS, NATURAL
+from _shifts import FAMILIES, HELD_OUT, LEVELS, NATURAL, UNSEEN
 
 OT = "optimal_transport"
 SHIFTED = tuple(FAMILIES)
@@ -235,6 +235,11 @@ def configuration_section(runs: Sequence[Run], descriptions: dict[str, str]) -> 
         + ", ".join(f"`{k}` {v}" for k, v in HELD_OUT["mnist1d"].items())
         + " (generator seed 2000 + seed; `+dirichlet`: a draw with Dirichlet(1) class proportions); digits "
         + ", ".join(f"`{k}` {v}" for k, v in HELD_OUT["digits"].items())
+        + ". Unseen (designed after the covariate estimate took the nearest-neighbour distance and the rescaled "
+        "logits, one severity each): MNIST-1D with "
+        + ", ".join(f"`{k}` {v}" for k, v in UNSEEN["mnist1d"].items())
+        + " (generator seed 3000 + seed; `+dominant`: one random class at 50%); digits "
+        + ", ".join(f"`{k}` {v}" for k, v in UNSEEN["digits"].items())
         + ". The data split is fixed; the seed sets initialisation, batch order, the probe draw and the pools.",
         "Measuring time per epoch (mean over runs, `gensens/<measure>/seconds`): " + costs + ". " + ot_seconds,
         "Per-run wall time: "

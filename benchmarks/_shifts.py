@@ -1,6 +1,6 @@
 """Shifted pools for benchmarks/prediction.py: MNIST-1D regenerated with other generator parameters, class-imbalanced
-draws from the test split, corruptions of the z-scored digits, and held-out shifts of both. Each pool is named
-``<kind>-<level>``."""
+draws from the test split, corruptions of the z-scored digits, and two held-out families of shifts of both. Each pool
+is named ``<kind>-<level>``."""
 
 from __future__ import annotations
 
@@ -51,7 +51,27 @@ HELD_OUT = {  # one severity each; "+dirichlet": the shift applied to a class-im
 }
 """Shifts designed after the shift test's covariate estimate was chosen on the other families, to check it on
 shifts it was not chosen on."""
-FAMILIES = {"natural": NATURAL, "label": LABEL, "corruption": CORRUPTION, "held_out": HELD_OUT}
+UNSEEN = {  # one severity each; "+dominant" / "+classes": the shift applied to a class-imbalanced draw
+    "mnist1d": {
+        "noise+scale+translate": {"iid_noise_scale": 0.08, "scale_coeff": 1.0, "max_translation": 58},
+        "corr+shear+scale": {"corr_noise_scale": 0.5, "shear_scale": 1.75, "scale_coeff": 0.7},
+        "shear+translate": {"shear_scale": 2.5, "max_translation": 64},
+        "mild_noise+corr": {"iid_noise_scale": 0.04, "corr_noise_scale": 0.3},
+        "translate+noise": {"max_translation": 68, "iid_noise_scale": 0.15},
+        "scale+dominant": {"scale_coeff": 1.4},
+    },
+    "digits": {
+        "erase_rows": "two random rows set to 0",
+        "speckle": "x·(1 + 0.5ε)",
+        "affine": "a random scale in 0.85–1.15 and shear in ±0.2, edges repeated",
+        "blur+noise": "one blur pass, then gaussian σ 0.5",
+        "contrast+brightness": "pulled to 60% around each image's mean, then +0.4",
+        "rotate+classes": "a uniform angle in ±12°, on a draw of 5 random classes",
+    },
+}
+"""Shifts designed after the covariate estimate took the nearest-neighbour distance and the rescaled logits (chosen
+on the four families above), run once and reported as they came."""
+FAMILIES = {"natural": NATURAL, "label": LABEL, "corruption": CORRUPTION, "held_out": HELD_OUT, "unseen": UNSEEN}
 CONTROL = "fresh"
 """MNIST-1D drawn anew with the default parameters: no shift, the control."""
 
@@ -115,6 +135,18 @@ class NaturalShifts:
             if kind.endswith("+dirichlet"):
                 z, labels = _with_proportions(z, labels, rng.dirichlet(np.ones(10)), rng)
             out.append(Pool("held_out", kind, 1, z, labels))
+        return out
+
+    def unseen(self, seed: int, samples: int) -> list[Pool]:
+        """:data:`UNSEEN`'s MNIST-1D pools, ``samples`` each, generator seed 3000 + seed."""
+        rng, out = np.random.default_rng(40_000 + seed), []
+        for kind, changes in UNSEEN["mnist1d"].items():
+            z, labels = self._drawn(3000 + seed, samples, changes)
+            if kind.endswith("+dominant"):
+                q = np.full(10, 0.5 / 9)
+                q[rng.integers(10)] = 0.5
+                z, labels = _with_proportions(z, labels, q, rng)
+            out.append(Pool("unseen", kind, 1, z, labels))
         return out
 
     def _drawn(self, seed: int, samples: int, changes: dict[str, float]) -> tuple[Tensor, Tensor]:
@@ -203,3 +235,41 @@ def held_out_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
         "noise+dirichlet": noisy,
     }
     return [Pool("held_out", kind, 1, z, labels) for kind, (z, labels) in shifted.items()]
+
+
+def _resampled(img: Tensor, theta: Tensor) -> Tensor:
+    """Images [N, 1, 8, 8] under the affine maps ``theta`` [N, 2, 3], bilinear, edges repeated."""
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, padding_mode="border", align_corners=False)
+
+
+def unseen_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
+    """:data:`UNSEEN`'s digits pools, of the z-scored 8×8 digits ``x`` (N × 64)."""
+    g, rng = torch.Generator().manual_seed(60_000 + seed), np.random.default_rng(40_000 + seed)
+    n = x.shape[0]
+    img = x.view(n, 1, 8, 8)
+    erased = img.clone()
+    for i, rows in enumerate(torch.rand(n, 8, generator=g).argsort(dim=1)[:, :2].tolist()):
+        erased[i, 0, rows] = 0.0
+    scale = 1 + (2 * torch.rand(n, generator=g) - 1) * 0.15
+    shear, zero = (2 * torch.rand(n, generator=g) - 1) * 0.2, torch.zeros(n)
+    affine = torch.stack([torch.stack([scale, shear, zero], 1), torch.stack([zero, scale, zero], 1)], 1)
+    kernel = (torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16).view(1, 1, 3, 3)
+    blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel).reshape(n, -1)
+    mean = x.mean(dim=1, keepdim=True)
+    angle = (2 * torch.rand(n, generator=g) - 1) * math.radians(12)
+    cos, sin = angle.cos(), angle.sin()
+    rotation = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
+    rotated = _resampled(img, rotation)
+    q = np.zeros(10)
+    q[rng.permutation(10)[:5]] = 0.2
+    warped = _resampled(img, affine)
+    shifted = {
+        "erase_rows": (erased.reshape(n, -1), y),
+        "speckle": (x * (1 + 0.5 * torch.randn(x.shape, generator=g)), y),
+        "affine": (warped.reshape(n, -1), y),
+        "blur+noise": (blurred + 0.5 * torch.randn(x.shape, generator=g), y),
+        "contrast+brightness": (mean + 0.6 * (x - mean) + 0.4, y),
+        "rotate+classes": _with_proportions(rotated.reshape(n, -1), y, q, rng),
+    }
+    return [Pool("unseen", kind, 1, z, labels) for kind, (z, labels) in shifted.items()]

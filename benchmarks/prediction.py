@@ -12,7 +12,9 @@ and hands it shifted pools as `unlabeled` (their labels only score, no estimator
   control drawn anew with the default parameters;
 - label (both datasets): class-imbalanced draws from the test split (Dirichlet, k classes kept, one dominant
   class), 3 levels each;
-- corruption (digits): noise, blur, sub-pixel translation, contrast and occlusion of the inputs, 3 levels each.
+- corruption (digits): noise, blur, sub-pixel translation, contrast and occlusion of the inputs, 3 levels each;
+- held out and unseen (both datasets): two families of other shifts, one severity each, designed after the covariate
+  estimate's successive versions had been chosen on the families before them.
 
 The measures are the label-free baselines (`trivial`, `average_confidence`, `difference_of_confidences`, `atc`) and
 `optimal_transport` where the package has it; `--all-measures` runs every default measure (slow: the sensitivity
@@ -53,7 +55,7 @@ import torch
 from _common import package_origin
 from _report import OT, report
 from _scoring import KINDS, PREFIX, RECOMMENDED, Run, actual_key, finite_mean, parse
-from _shifts import NaturalShifts, Pool, corruptions, held_out_corruptions, label_shifts
+from _shifts import NaturalShifts, Pool, corruptions, held_out_corruptions, label_shifts, unseen_corruptions
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -110,16 +112,19 @@ class Data:
 
     def pools(self, seed: int, pool_size: int | None) -> list[Pool]:
         """The seed's pools: label shift and corruptions of the test split (or ``pool_size`` samples of it, one draw
-        per seed), MNIST-1D regenerated (as many samples as the test split), then the held-out shifts."""
+        per seed), MNIST-1D regenerated (as many samples as the test split), then the two held-out families."""
         if seed not in self._pools:
             x, y = self.module.val_set.tensors
             keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:pool_size]
             x, y = x[keep], y[keep]
             pools = label_shifts(x, y, self.module.num_classes, seed)
             if self.natural is not None:
-                pools = self.natural.pools(seed, len(y)) + pools + self.natural.held_out(seed, len(y))
+                natural = self.natural
+                pools = natural.pools(seed, len(y)) + pools + natural.held_out(seed, len(y))
+                pools += natural.unseen(seed, len(y))
             else:
                 pools = corruptions(x, y, seed) + pools + held_out_corruptions(x, y, seed)
+                pools += unseen_corruptions(x, y, seed)
             self._pools[seed] = pools
         return self._pools[seed]
 
