@@ -129,6 +129,28 @@ def shift_report(runs: Sequence[Run], names: Sequence[str]) -> list[str]:
     return sections
 
 
+def training_table(runs: Sequence[Run], names: Sequence[str], quantity: str) -> str:
+    """Skill (wins) over every shifted pool at every fourth measured epoch and the last, for the estimators that
+    predicted at each of them."""
+    last = max(int(r["epoch"]) for run in runs for r in run.history)
+    epochs = sorted({*range(0, last + 1, 4), last})
+    scores = {
+        epoch: {
+            e: score([i for i in shift_items(runs, [e], epoch) if i.family in SHIFTED and i.quantity == quantity])
+            for e in names
+        }
+        for epoch in epochs
+    }
+    kept = [e for e in names if all(scores[epoch][e]["n"] for epoch in epochs)]
+    kept.sort(key=lambda e: -statistics.fmean(scores[epoch][e]["skill"] for epoch in epochs))
+
+    def cell(e: str, column: str) -> str:
+        found = scores[int(column.split()[-1])][e]
+        return f"{_fmt(found['skill'], '+.2f')} ({found['wins']})"
+
+    return by_column(kept, [f"epoch {epoch}" for epoch in epochs], cell)
+
+
 def severity_table(runs: Sequence[Run], reference: str = "") -> str:
     """Mean over runs of each pool's actual test error and loss minus the reference's (``""``: the validation data's,
     ``"train"``: the probe's)."""
@@ -276,6 +298,13 @@ def report(runs: Sequence[Run], meta: dict[str, Any], descriptions: dict[str, st
             "mean/median skill per run = of each run's skill over its pools; wins = pools where |predicted − "
             "actual| < trivial's, of the pools the estimator predicted; MAE = mean |predicted − actual|.",
             *shift_report(runs, estimators(runs, main=False)),
+            "### During training",
+            "Skill (wins) over every shifted pool at every fourth epoch and the last, for the estimators that "
+            "predicted at each of them (the recommended keys are read at every measured run):",
+            *(
+                f"{quantity.capitalize()}:\n\n" + training_table(runs, estimators(runs, main=False), quantity)
+                for quantity in KINDS
+            ),
             f"How strong the shifts are: mean over runs of the pool's test error / loss minus {against} at the end "
             "of training:",
             severity_table(runs, reference),

@@ -91,7 +91,7 @@ def _finite_median(values: Iterable[float]) -> float:
 
 @dataclass(frozen=True)
 class Item:
-    """One pool of one run at the end of training: an estimator's |error| and trivial's."""
+    """One pool of one run at one epoch (by default the last): an estimator's |error| and trivial's."""
 
     run: tuple[str, int]
     family: str
@@ -103,10 +103,10 @@ class Item:
     trivial: float
 
 
-def shift_items(runs: Sequence[Run], names: Sequence[str]) -> list[Item]:
+def shift_items(runs: Sequence[Run], names: Sequence[str], epoch: int | None = None) -> list[Item]:
     items = []
     for run in runs:
-        final = run.history[-1]
+        final = run.history[-1] if epoch is None else next((r for r in run.history if r["epoch"] == epoch), {})
         for pool, (family, kind, level) in run.pools.items():
             for quantity in KINDS:
                 trivial = _abs_error(final, pool, TRIVIAL, quantity)

@@ -24,7 +24,7 @@ from lightning_gensens.functional.linf_norm import (
     linf_sensitivity_bound,
     log_linf_sensitivity_bound,
 )
-from lightning_gensens.functional.neighbours import neighbour_distances, neighbour_error
+from lightning_gensens.functional.neighbours import cell_means, neighbour_distances
 from lightning_gensens.functional.output_sensitivity import output_sensitivity
 from lightning_gensens.functional.perturbation import (
     calibrated_log_sigma,
@@ -89,6 +89,7 @@ __all__ = [
     "average_confidence",
     "calibrated_log_sigma",
     "average_thresholded_confidence",
+    "cell_means",
     "class_prior",
     "confusion",
     "cot",
@@ -117,7 +118,6 @@ __all__ = [
     "log_psi_star",
     "log_spectral_norm_product",
     "neighbour_distances",
-    "neighbour_error",
     "output_sensitivity",
     "perturbation_curves",
     "perturbation_disagreement",

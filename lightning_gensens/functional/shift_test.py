@@ -19,19 +19,21 @@ The estimate then follows the first hypothesis the tests keep, each a difference
 - label shift (p_twin ≥ α): the same differences against the twin, each reference sample weighted by
   w_i = q_{y_i} / π_{y_i}: e_ref + (ē_w − ē) + conf̄_w − conf̄_tgt, l_ref + (l̄_w − l̄) + H̄_tgt − H̄_w
   (ē, l̄: the reference sample's mean 0-1 error and cross-entropy at T = 1; ē_w, l̄_w, conf̄_w, H̄_w: weighted);
-- covariate shift (otherwise): the larger of two estimates, each blind to part of such a shift.
-  (a) The transport costs (COT, Lu et al., NeurIPS 2023, and its loss counterpart with cost −log p, ours) of
-  each split onto its own class distribution (the target onto q, the reference onto its class frequencies π), on
-  the network's own outputs (T = 1) with the target's logits first rescaled to the reference's mean centred norm
-  (so a shift that only shrinks the logits, a contrast change, costs nothing it does not cost in argmax), turned
-  into an error by the mean of two calibrations on the reference: the difference,
-  e_ref + W_err(tgt → q) − W_err(ref → π), and the ratio, e_ref · W_err(tgt → q) / W_err(ref → π); the loss
-  likewise with W_loss and l_ref. (b) Where the inputs of the output layer were captured, ATC on the distance to
-  the k-th nearest training sample in that feature space (:mod:`lightning_gensens.functional.neighbours`): e_nn,
-  and the loss l_ref · e_nn / e_ref. Under a covariate shift an overconfident network's transport costs grow with
-  its error, but slower, and inputs it is confidently wrong on sit far from the training samples in its own
-  features, where (a) sees nothing; (b) misses the errors made close to the training samples. Transporting the
-  target onto π instead charges a label shift the twin test rejects for the classes it lacks.
+- covariate shift (otherwise): the transport costs (COT, Lu et al., NeurIPS 2023, and its loss counterpart with
+  cost −log p, ours) of each split onto its own class distribution (the target onto q, the reference onto its
+  class frequencies π), on the network's own outputs (T = 1), turned into an error by the mean of two calibrations
+  on the reference: the difference, e_ref + W_err(tgt → q) − W_err(ref → π), and the ratio,
+  e_ref · W_err(tgt → q) / W_err(ref → π); the loss likewise with W_loss and l_ref. For the error the target's
+  logits are first rescaled to the reference's mean centred norm: a shift that only shrinks them (a contrast
+  change) lowers every confidence but changes no argmax; the loss does change with their scale. Under a covariate
+  shift an overconfident network's costs grow with its error, but slower, and it is confidently wrong on inputs far
+  from its training data, where confidence sees nothing. So where the inputs of the output layer were captured,
+  each reference and target sample is also placed in a 5 × 5 grid of the reference's quantiles of its distance to
+  the k-th nearest training sample in that feature space and of its softmax confidence, and the reference's mean
+  0-1 error and cross-entropy per cell are averaged over the target's samples
+  (:func:`~lightning_gensens.functional.cell_means`): the error adds the excess of that average over the
+  reference sample's error, the loss is the larger of the two estimates. Transporting the target onto π instead
+  charges a label shift the twin test rejects for the classes it lacks.
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -45,7 +47,7 @@ import torch
 from torch import Tensor
 
 from lightning_gensens.functional.confidence import _check_logits, _check_scalar, _confidence_update
-from lightning_gensens.functional.neighbours import neighbour_error
+from lightning_gensens.functional.neighbours import cell_means
 from lightning_gensens.functional.temperature import _check_labels, _scaled_logits
 from lightning_gensens.functional.transport import _calibrated, class_prior, transport_costs
 
@@ -191,6 +193,21 @@ def _rescaled(logits: Tensor, reference_logits: Tensor) -> Tensor:
     return logits * (_centred_norm(reference_logits) / norm) if float(norm) > 0 else logits
 
 
+def _with_cells(
+    error: Tensor, loss: Tensor, z_ref: Tensor, y: Tensor, z: Tensor, neighbours: tuple[Tensor, Tensor]
+) -> tuple[Tensor, Tensor]:
+    """The transport estimates ``error`` and ``loss`` with the reference's errors per cell of (distance,
+    confidence) read at the target's samples: the error plus their excess, the larger of the two losses."""
+    confidence_ref = torch.softmax(z_ref.double(), dim=1).amax(dim=1)
+    confidence = torch.softmax(z.double(), dim=1).amax(dim=1).to(confidence_ref.device)
+    cells_ref = torch.stack([neighbours[0].to(confidence_ref), confidence_ref], dim=1)
+    cells = torch.stack([neighbours[1].to(confidence_ref), confidence], dim=1)
+    wrong = (z_ref.argmax(dim=1) != y).double()
+    nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+    excess = (cell_means(cells_ref, wrong, cells) - wrong.mean()).clamp_min(0.0)
+    return error + excess.to(error), torch.maximum(loss, cell_means(cells_ref, nll, cells).to(loss))
+
+
 def _halfway(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
     """The mean of the reference value shifted by the difference of the costs and scaled by their ratio."""
     return (reference_value + cost - reference_cost + _calibrated(reference_value, cost, reference_cost)) / 2
@@ -277,12 +294,10 @@ def shift_estimate(
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones
-        w_err, w_loss = transport_means(_rescaled(z, z_ref.to(z.device)), q.to(z.device))
         w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior)
+        w_err = transport_means(_rescaled(z, z_ref.to(z.device)), q.to(z.device))[0]
+        w_loss = transport_means(z, q.to(z.device))[1]
         e, l_ = _halfway(error, w_err, w_err_ref), _halfway(loss, w_loss, w_loss_ref)
         if neighbours is not None:
-            e_nn = neighbour_error(neighbours[0], error, neighbours[1]).to(e)
-            e = torch.maximum(e, e_nn)
-            if float(error) > 0:
-                l_ = torch.maximum(l_, loss * e_nn / error)
+            e, l_ = _with_cells(e, l_, z_ref, y, z, neighbours)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

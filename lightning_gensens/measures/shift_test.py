@@ -33,11 +33,10 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
     whether it looks like a label shift of the reference (its *label-shift twin*); then predicts the pool's error and
     loss with the estimator made for the shift the tests keep (:mod:`lightning_gensens.functional.shift_test`):
     DoC-TS / DoE-TS without shift, the same differences against the twin under label shift, under covariate shift
-    the larger of two: the mean of the reference's error and loss shifted by the difference and scaled by the
-    ratio of transport costs (COT, on the pool's logits rescaled to the reference's norm), and ATC on the distance
-    to the ``neighbours``-th nearest training-probe sample in the input of the output layer (Sun et al. 2022),
-    where that input is captured (the last Linear/Conv layer's output is the logits). Its estimator:
-    ``shift_gated``.
+    the mean of the reference's error and loss shifted by the difference and scaled by the ratio of transport costs
+    (COT), corrected by the reference's errors per cell of (distance to the ``neighbours``-th nearest training-probe
+    sample in the input of the output layer, Sun et al. 2022; softmax confidence) where that input is captured (the
+    last Linear/Conv layer's output is the logits). Its estimator: ``shift_gated``.
 
     Measures pools only (the reference is the validation data, or the training probe without a validation loop):
     the validation data is not tested against the probe. Each split keeps a seeded uniform sample of at most

@@ -54,6 +54,9 @@ def test_a_fit_logs_the_recommended_keys_and_numbers_in_range(tmp_path, digits, 
                 assert value >= 0.0, key
     top = ("gensens/shift_gated/", "gensens/shift_test/shift", "gensens/shift_test/p_")  # pools only: no val pair
     assert not any(key.startswith(top) for row in monitor.history for key in row)
+    shift_test = next(m for m in monitor.active_measures if m.name == "shift_test")
+    assert shift_test._distances is not None  # the output layer's inputs reached the nearest-neighbour distance
+    assert len(shift_test._distances[1]) == len(digits.val_set)  # of every validation sample, to the probe's
     rows = {r["estimator"]: r for r in monitor.mae_table}
     assert rows["pool/noisy/cot"]["epochs"] == 2 and math.isnan(rows["pool/noisy/cot"]["mae_test_loss"])
 

@@ -14,6 +14,7 @@ from torchmetrics import SumMetric
 
 from lightning_gensens import GeneralizationMonitor
 from lightning_gensens import OutputSensitivity as OutputSensitivityCallback
+from lightning_gensens.capture import ForwardCapture
 from lightning_gensens.data import ArrayDataModule
 from lightning_gensens.measures import Measure, OutputSensitivity, Requirement
 from lightning_gensens.models import Classifier, ResidualNet, mlp
@@ -43,6 +44,24 @@ def test_tiny_bert_from_a_config(tmp_path, caplog):
     assert _finite(logged, "gensens/output_sensitivity/pred_test_loss")
     assert {"active_node_bound", "tangent_sensitivity", "region_sensitivity"} <= _skips(caplog)  # GELU
     assert math.isclose(float(logged["gensens/test_loss"]), float(logged["val_loss"]), rel_tol=1e-5)
+
+
+def test_the_output_layer_s_input_of_a_transformer_and_a_resnet_is_captured():
+    """The shift test's nearest-neighbour distance reads the classifier's input: BERT's pooled output (after its
+    dropout), the ResNet's flattened pooled features."""
+    pytest.importorskip("transformers")
+    bert = TinyBert()
+    batch = {k: v for k, v in next(iter(bert.val_dataloader())).items() if k != "labels"}
+    with ForwardCapture(bert, head=True) as capture:
+        bert(**batch)
+        record = capture.pop()
+    assert record.head.shape == (32, 16)
+    assert torch.allclose(bert.model.classifier(record.head), record.logits, atol=1e-6)
+    net = ResidualNet().eval()
+    with ForwardCapture(net, head=True) as capture:
+        net(torch.randn(5, 1, 8, 8))
+        record = capture.pop()
+    assert record.head.shape == (5, 64) and torch.allclose(net.head(record.head), record.logits, atol=1e-6)
 
 
 def test_token_measures_act_on_the_embedding_output_with_the_attention_mask(tmp_path):

@@ -1,12 +1,12 @@
-"""Nearest-neighbour distances in feature space against a brute-force loop, their invariance to each sample's scale,
-and the error they predict against its defining property."""
+"""Nearest-neighbour distances in feature space against a brute-force loop and their invariance to each sample's
+scale; the reference's means per cell of scores against a brute-force count."""
 
 import math
 
 import pytest
 import torch
 
-from lightning_gensens.functional import neighbour_distances, neighbour_error
+from lightning_gensens.functional import cell_means, neighbour_distances
 
 
 def _brute(memory: torch.Tensor, features: torch.Tensor, k: int, exclude_self: bool = False) -> list[float]:
@@ -42,14 +42,43 @@ def test_scaling_a_sample_moves_no_distance():
     assert torch.allclose(neighbour_distances(memory, features * scales, 4), neighbour_distances(memory, features, 4))
 
 
-def test_the_predicted_error_puts_the_reference_error_of_the_reference_above_the_threshold():
-    g = torch.Generator().manual_seed(2)
-    reference = torch.rand(200, generator=g, dtype=torch.float64)
-    for error in (0.0, 0.13, 0.5, 1.0):
-        assert float(neighbour_error(reference, error, reference)) == pytest.approx(round(error * 200) / 200)
-    shifted = reference + 0.2  # every distance larger: more of the target above the threshold
-    assert float(neighbour_error(reference, 0.13, shifted)) > 0.13
-    assert float(neighbour_error(reference, 0.13, reference - 5.0)) == 0.0
+def _brute_cells(ref, values, target, bins, prior):
+    """Cells by counting, score by score: how many reference quantile edges lie strictly below the value."""
+    n, s = ref.shape
+    edges = [
+        sorted(torch.quantile(ref[:, j], torch.arange(1, bins, dtype=torch.float64) / bins).tolist()) for j in range(s)
+    ]
+
+    def cell(row):
+        index = 0
+        for j, v in enumerate(row):
+            index = index * bins + sum(1 for e in edges[j] if e < v)
+        return index
+
+    mean = sum(values) / n
+    members: dict[int, list[float]] = {}
+    for row, v in zip(ref.tolist(), values, strict=True):
+        members.setdefault(cell(row), []).append(v)
+    rates = [
+        (sum(members.get(c, [])) + prior * mean) / (len(members.get(c, [])) + prior) for c in map(cell, target.tolist())
+    ]
+    return sum(rates) / len(rates)
+
+
+def test_cell_means_equal_a_brute_force_count():
+    g = torch.Generator().manual_seed(3)
+    ref, target = (
+        torch.randn(300, 2, generator=g, dtype=torch.float64),
+        torch.randn(80, 2, generator=g, dtype=torch.float64) + 0.7,
+    )
+    values = (ref[:, 0] + 0.3 * torch.randn(300, generator=g, dtype=torch.float64) > 0.8).double()
+    for bins, prior in ((5, 20.0), (3, 0.0), (1, 5.0)):
+        got = float(cell_means(ref, values, target, bins, prior))
+        assert got == pytest.approx(_brute_cells(ref, values.tolist(), target, bins, prior), abs=1e-12)
+    assert float(cell_means(ref, values, ref, 4, 0.0)) == pytest.approx(float(values.mean()))  # the reference itself
+    assert float(cell_means(ref, values, target, 1, 0.0)) == pytest.approx(float(values.mean()))  # one cell
+    # the target moved toward high first scores, where the reference errs: a higher mean than the reference's
+    assert float(cell_means(ref, values, target, 5, 20.0)) > float(values.mean())
 
 
 def test_bad_arguments():
@@ -60,7 +89,9 @@ def test_bad_arguments():
         neighbour_distances(memory, memory, 5, exclude_self=True)
     with pytest.raises(ValueError, match="memory and features"):
         neighbour_distances(memory, torch.randn(4, 2), 1)
-    with pytest.raises(ValueError, match="reference_error"):
-        neighbour_error(torch.rand(5), 1.5, torch.rand(3))
-    with pytest.raises(ValueError, match="empty"):
-        neighbour_error(torch.rand(5), 0.1, torch.rand(0))
+    with pytest.raises(ValueError, match="one value per scored sample"):
+        cell_means(torch.randn(5, 2), torch.rand(4), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="scores must be"):
+        cell_means(torch.randn(5, 2), torch.rand(5), torch.randn(3, 3))
+    with pytest.raises(ValueError, match="bins"):
+        cell_means(torch.randn(5, 2), torch.rand(5), torch.randn(3, 2), bins=0)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from lightning_gensens.functional import (
     Shift,
+    cell_means,
     class_prior,
     confusion,
     energy_test,
@@ -190,8 +191,8 @@ def test_a_covariate_shift_is_estimated_halfway_between_the_difference_and_the_r
     error = float((z.argmax(1) != y).double().mean())
     loss = float(F.cross_entropy(z, y))
     w = {
-        kind: [float(transport_costs(v, c, 1.0, kind).mean()) for v, c in ((_to_norm_of(zt, z), q), (z, prior))]
-        for kind in ("error", "loss")
+        kind: [float(transport_costs(v, c, 1.0, kind).mean()) for v, c in ((target, q), (z, prior))]
+        for kind, target in (("error", _to_norm_of(zt, z)), ("loss", zt))  # the error's logits at the reference norm
     }
     for value, reference, (cost, reference_cost) in ((out.error, error, w["error"]), (out.loss, loss, w["loss"])):
         halfway = (reference + cost - reference_cost + reference * cost / reference_cost) / 2
@@ -208,7 +209,7 @@ def test_a_reference_without_transport_cost_shifts_by_the_difference():
     out = shift_estimate(
         z, y, x, 0.1, 0.3, zt, xt, tests=tests._replace(shift=Shift.COVARIATE), reference_transport=(zero, zero)
     )
-    w_err, w_loss = transport_means(_to_norm_of(zt, z), tests.proportions)
+    w_err, w_loss = transport_means(_to_norm_of(zt, z), tests.proportions)[0], transport_means(zt, tests.proportions)[1]
     assert float(out.error) == pytest.approx(min(0.1 + float(w_err), 1)) and float(out.loss) == pytest.approx(
         0.3 + float(w_loss)
     )
@@ -229,23 +230,28 @@ def test_logits_that_only_shrink_cost_what_the_reference_costs():
     tests = shift_tests(z, y, x, 0.3 * z, x + 3.0, generator=torch.Generator().manual_seed(0))
     tests = tests._replace(shift=Shift.COVARIATE, proportions=class_prior(y, z.shape[1]))
     out = shift_estimate(z, y, x, 0.2, 0.6, 0.3 * z, x + 3.0, tests=tests)
-    assert float(out.error) == pytest.approx(0.2, abs=1e-9) and float(out.loss) == pytest.approx(0.6, abs=1e-9)
+    assert float(out.error) == pytest.approx(0.2, abs=1e-9)  # the loss does change with the logits' scale
 
 
-def test_the_covariate_estimate_is_the_larger_of_the_transport_and_the_neighbour_estimate():
+def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_falls_in():
     x, y, z = _reference()
     xt, zt = x[:300] + 1.5, z[:300] * 0.7
     tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))._replace(shift=Shift.COVARIATE)
     alone = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests)
-    ref_d = torch.linspace(0, 1, 100, dtype=torch.float64)  # 20 of 100 above the threshold 0.79...
-    for target_d, share in ((torch.full((50,), 0.9, dtype=torch.float64), 1.0), (torch.zeros(50), 0.0)):
+    g = torch.Generator().manual_seed(4)
+    wrong = (z.argmax(1) != y).double()
+    nll = F.cross_entropy(z, y, reduction="none")
+    ref_d = wrong + 0.5 * torch.rand(len(y), generator=g, dtype=torch.float64)  # the reference errs far away
+    conf, conf_t = (torch.softmax(v, 1).max(1).values for v in (z, zt))
+    for target_d in (torch.full((300,), 1.4, dtype=torch.float64), torch.zeros(300, dtype=torch.float64)):
         out = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, target_d))
-        assert float(out.error) == pytest.approx(max(float(alone.error), share))
-        assert float(out.loss) == pytest.approx(max(float(alone.loss), 0.6 * share / 0.2))
-    free = shift_estimate(z, y, x, 0.0, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((50,), 2.0)))
-    assert float(free.error) == 1.0 and float(free.loss) == pytest.approx(
-        float(shift_estimate(z, y, x, 0.0, 0.6, zt, xt, tests=tests).loss)
-    )  # without a reference error, the neighbours give no loss
+        cells_ref, cells = torch.stack([ref_d, conf], 1), torch.stack([target_d, conf_t], 1)
+        excess = max(float(cell_means(cells_ref, wrong, cells)) - float(wrong.mean()), 0.0)
+        assert float(out.error) == pytest.approx(min(float(alone.error) + excess, 1.0))
+        assert float(out.loss) == pytest.approx(max(float(alone.loss), float(cell_means(cells_ref, nll, cells))))
+    far = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((300,), 1.4)))
+    near = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.zeros(300)))
+    assert float(far.error) > float(alone.error) == pytest.approx(float(near.error))  # far from the training data
 
 
 def test_estimates_are_clipped_and_bad_arguments_refused():
