@@ -29,10 +29,10 @@ The estimate then follows the first hypothesis the tests keep, each a difference
   shift an overconfident network's costs grow with its error, but slower, and it is confidently wrong on inputs far
   from its training data, where confidence sees nothing. So where the inputs of the output layer were captured,
   each reference and target sample is also placed in a 5 × 5 grid of the reference's quantiles of its distance to
-  the k-th nearest training sample in that feature space and of its softmax confidence, and the reference's mean
-  0-1 error and cross-entropy per cell are averaged over the target's samples
-  (:func:`~lightning_gensens.functional.cell_means`): the error adds the excess of that average over the
-  reference sample's error, the loss is the larger of the two estimates. Transporting the target onto π instead
+  the k-th nearest training sample in that feature space and of its softmax confidence (the error's at the
+  reference's logit norm), and the reference's mean 0-1 error and cross-entropy per cell are averaged over the
+  target's samples (:func:`~lightning_gensens.functional.cell_means`): the error adds the excess of that average
+  over the reference sample's error, the loss is the larger of the two estimates. Transporting the target onto π instead
   charges a label shift the twin test rejects for the classes it lacks.
 
 Errors are clipped to [0, 1] and losses at 0.
@@ -197,15 +197,20 @@ def _with_cells(
     error: Tensor, loss: Tensor, z_ref: Tensor, y: Tensor, z: Tensor, neighbours: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, Tensor]:
     """The transport estimates ``error`` and ``loss`` with the reference's errors per cell of (distance,
-    confidence) read at the target's samples: the error plus their excess, the larger of the two losses."""
-    confidence_ref = torch.softmax(z_ref.double(), dim=1).amax(dim=1)
-    confidence = torch.softmax(z.double(), dim=1).amax(dim=1).to(confidence_ref.device)
-    cells_ref = torch.stack([neighbours[0].to(confidence_ref), confidence_ref], dim=1)
-    cells = torch.stack([neighbours[1].to(confidence_ref), confidence], dim=1)
+    confidence) read at the target's samples: the error plus their excess (confidence of the logits rescaled to the
+    reference's norm), the larger of the two losses (confidence as it is)."""
+
+    def cells(logits: Tensor, distances: Tensor) -> Tensor:
+        confidence = torch.softmax(logits.double(), dim=1).amax(dim=1)
+        return torch.stack([distances.to(confidence), confidence], dim=1)
+
+    cells_ref = cells(z_ref, neighbours[0])
     wrong = (z_ref.argmax(dim=1) != y).double()
     nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
-    excess = (cell_means(cells_ref, wrong, cells) - wrong.mean()).clamp_min(0.0)
-    return error + excess.to(error), torch.maximum(loss, cell_means(cells_ref, nll, cells).to(loss))
+    rescaled = cells(_rescaled(z, z_ref.to(z.device)), neighbours[1]).to(cells_ref.device)
+    excess = (cell_means(cells_ref, wrong, rescaled) - wrong.mean()).clamp_min(0.0)
+    cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device))
+    return error + excess.to(error), torch.maximum(loss, cells_loss.to(loss))
 
 
 def _halfway(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:

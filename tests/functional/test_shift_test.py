@@ -242,13 +242,14 @@ def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_fall
     wrong = (z.argmax(1) != y).double()
     nll = F.cross_entropy(z, y, reduction="none")
     ref_d = wrong + 0.5 * torch.rand(len(y), generator=g, dtype=torch.float64)  # the reference errs far away
-    conf, conf_t = (torch.softmax(v, 1).max(1).values for v in (z, zt))
+    conf, conf_t, conf_n = (torch.softmax(v, 1).max(1).values for v in (z, zt, _to_norm_of(zt, z)))
     for target_d in (torch.full((300,), 1.4, dtype=torch.float64), torch.zeros(300, dtype=torch.float64)):
         out = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, target_d))
-        cells_ref, cells = torch.stack([ref_d, conf], 1), torch.stack([target_d, conf_t], 1)
-        excess = max(float(cell_means(cells_ref, wrong, cells)) - float(wrong.mean()), 0.0)
+        cells_ref = torch.stack([ref_d, conf], 1)
+        cells_error, cells_loss = torch.stack([target_d, conf_n], 1), torch.stack([target_d, conf_t], 1)
+        excess = max(float(cell_means(cells_ref, wrong, cells_error)) - float(wrong.mean()), 0.0)
         assert float(out.error) == pytest.approx(min(float(alone.error) + excess, 1.0))
-        assert float(out.loss) == pytest.approx(max(float(alone.loss), float(cell_means(cells_ref, nll, cells))))
+        assert float(out.loss) == pytest.approx(max(float(alone.loss), float(cell_means(cells_ref, nll, cells_loss))))
     far = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((300,), 1.4)))
     near = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.zeros(300)))
     assert float(far.error) > float(alone.error) == pytest.approx(float(near.error))  # far from the training data
