@@ -54,7 +54,8 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
         dims: input features kept per sample (more are hashed into this many).
         neighbours: k of the nearest-neighbour distance; None leaves the covariate estimate to the transport costs
             (and captures nothing more).
-        head_dims: features of the output layer's input kept per sample (more are hashed into this many).
+        head_dims: features of the output layer's input kept per sample (more are hashed into this many, which
+            distorts the distances: keep it at least the layer's width where memory allows).
         **kwargs: ``seed`` (of the sample and the tests) and ``loss_fn`` (unused) of
             :class:`~lightning_gensens.measures.Measure`.
     """
@@ -72,7 +73,7 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
         permutations: int = 100,
         dims: int = 128,
         neighbours: int | None = 5,
-        head_dims: int = 1024,
+        head_dims: int = 2048,
         **kwargs: Any,
     ) -> None:
         super().__init__(max_samples, **kwargs)

@@ -31,7 +31,7 @@ class InputSample(LogitSample):
     headless: Tensor
 
     def __init__(
-        self, max_samples: int | None = 2048, seed: int = 0, dims: int = 128, head_dims: int = 1024, **kwargs: Any
+        self, max_samples: int | None = 2048, seed: int = 0, dims: int = 128, head_dims: int = 2048, **kwargs: Any
     ) -> None:
         super().__init__(max_samples=max_samples, seed=seed, **kwargs)
         for name, value in (("dims", dims), ("head_dims", head_dims)):
