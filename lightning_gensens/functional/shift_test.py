@@ -194,11 +194,17 @@ def _rescaled(logits: Tensor, reference_logits: Tensor) -> Tensor:
 
 
 def _with_cells(
-    error: Tensor, loss: Tensor, z_ref: Tensor, y: Tensor, z: Tensor, neighbours: tuple[Tensor, Tensor]
+    error: Tensor,
+    loss: Tensor,
+    z_ref: Tensor,
+    y: Tensor,
+    z: Tensor,
+    z_rescaled: Tensor,
+    neighbours: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, Tensor]:
     """The transport estimates ``error`` and ``loss`` with the reference's errors per cell of (distance,
-    confidence) read at the target's samples: the error plus their excess (confidence of the logits rescaled to the
-    reference's norm), the larger of the two losses (confidence as it is)."""
+    confidence) read at the target's samples: the error plus their excess (the confidence of ``z_rescaled``, the
+    target's logits at the reference's norm), the larger of the two losses (the confidence of ``z``)."""
 
     def cells(logits: Tensor, distances: Tensor) -> Tensor:
         confidence = torch.softmax(logits.double(), dim=1).amax(dim=1)
@@ -207,7 +213,7 @@ def _with_cells(
     cells_ref = cells(z_ref, neighbours[0])
     wrong = (z_ref.argmax(dim=1) != y).double()
     nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
-    rescaled = cells(_rescaled(z, z_ref.to(z.device)), neighbours[1]).to(cells_ref.device)
+    rescaled = cells(z_rescaled, neighbours[1]).to(cells_ref.device)
     excess = (cell_means(cells_ref, wrong, rescaled) - wrong.mean()).clamp_min(0.0)
     cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device))
     return error + excess.to(error), torch.maximum(loss, cells_loss.to(loss))
@@ -300,9 +306,10 @@ def shift_estimate(
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones
         w_err_ref, w_loss_ref = reference_transport or transport_means(z_ref, prior)
-        w_err = transport_means(_rescaled(z, z_ref.to(z.device)), q.to(z.device))[0]
+        z_rescaled = _rescaled(z, z_ref.to(z.device))
+        w_err = transport_means(z_rescaled, q.to(z.device))[0]
         w_loss = transport_means(z, q.to(z.device))[1]
         e, l_ = _halfway(error, w_err, w_err_ref), _halfway(loss, w_loss, w_loss_ref)
         if neighbours is not None:
-            e, l_ = _with_cells(e, l_, z_ref, y, z, neighbours)
+            e, l_ = _with_cells(e, l_, z_ref, y, z, z_rescaled, neighbours)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))
