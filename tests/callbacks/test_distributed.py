@@ -132,6 +132,31 @@ def test_ddp_pools_and_probes_of_fewer_batches_than_ranks(tmp_path, digits):
             assert math.isclose(float(logged[f"gensens/{key}_loss"]), float(loss), rel_tol=1e-5), key
 
 
+class _ShiftTestState(L.Callback):
+    """Writes each rank's last shift-test prediction and how many reference distances it computed to
+    ``<dir>/shift-<rank>.txt``."""
+
+    def __init__(self, directory: Path, monitor: GeneralizationMonitor) -> None:
+        self.directory, self.monitor = directory, monitor
+
+    def on_fit_end(self, trainer, pl_module):
+        measure = next(m for m in self.monitor.measures if m.name == "shift_test")
+        row = self.monitor.history[-1]
+        distances = 0 if measure._distances is None else len(measure._distances[1])
+        predicted = row["gensens/pool/noisy/shift_gated/pred_test_error"]
+        (self.directory / f"shift-{trainer.global_rank}.txt").write_text(f"{distances} {predicted!r}")
+
+
+def test_ddp_the_shift_test_reads_every_rank_s_output_layer_inputs(tmp_path, digits):
+    x, y = digits.val_set.tensors
+    pool = DataLoader(TensorDataset(x + torch.randn(x.shape, generator=torch.Generator().manual_seed(0)), y), 64)
+    monitor = GeneralizationMonitor(budget=None, measures=["shift_test"], probe_size=128, unlabeled={"noisy": pool})
+    _fit_ddp(tmp_path, [monitor, _ShiftTestState(tmp_path, monitor)], make_model(digits), digits, max_epochs=2)
+    ranks = [(tmp_path / f"shift-{rank}.txt").read_text().split() for rank in range(2)]
+    assert ranks[0] == ranks[1]  # the same prediction on both ranks, from the gathered samples
+    assert int(ranks[0][0]) == len(digits.val_set) and 0 <= float(ranks[0][1]) <= 1  # every validation sample
+
+
 def test_ddp_a_measure_failing_on_one_rank_is_switched_off_on_both(tmp_path, digits):
     monitor = GeneralizationMonitor(budget=None, measures=[Failing(ranks=(1,)), "trivial"], probe_size=64)
     trainer = _fit_ddp(tmp_path, [_Warnings(tmp_path), monitor], make_model(digits), digits, max_epochs=2)
