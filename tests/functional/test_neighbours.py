@@ -25,13 +25,15 @@ def _brute(memory: torch.Tensor, features: torch.Tensor, k: int, exclude_self: b
 
 def test_distances_equal_a_brute_force_loop_over_normalised_rows():
     g = torch.Generator().manual_seed(0)
-    memory, features = torch.randn(40, 6, generator=g), torch.randn(23, 6, generator=g)
+    memory, features = (torch.randn(n, 6, generator=g, dtype=torch.float64) for n in (40, 23))
     for k in (1, 3, 7):
         got = neighbour_distances(memory, features, k)
         assert got.dtype == torch.float64
-        assert got.tolist() == pytest.approx(_brute(memory.double(), features.double(), k), abs=1e-12)
+        assert got.tolist() == pytest.approx(_brute(memory, features, k), abs=1e-12)
+        single = neighbour_distances(memory.float(), features.float(), k)  # computed in float32, returned as float64
+        assert single.dtype == torch.float64 and single.tolist() == pytest.approx(_brute(memory, features, k), abs=1e-5)
     own = neighbour_distances(memory, memory, 2, exclude_self=True)
-    assert own.tolist() == pytest.approx(_brute(memory.double(), memory.double(), 2, exclude_self=True), abs=1e-12)
+    assert own.tolist() == pytest.approx(_brute(memory, memory, 2, exclude_self=True), abs=1e-12)
     assert (neighbour_distances(memory, memory, 1) < 1e-6).all()  # each row is its own nearest
 
 
