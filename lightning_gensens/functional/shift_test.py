@@ -32,8 +32,9 @@ The estimate then follows the first hypothesis the tests keep, each a difference
   the k-th nearest training sample in that feature space and of its softmax confidence (the error's at the
   reference's logit norm), and the reference's mean 0-1 error and cross-entropy per cell are averaged over the
   target's samples (:func:`~lightning_gensens.functional.cell_means`): the error adds the excess of that average
-  over the reference sample's error, the loss is the larger of the two estimates. Transporting the target onto π instead
-  charges a label shift the twin test rejects for the classes it lacks.
+  over the reference sample's error; the loss is the largest of the transport's, the cells' and the one the new
+  error implies (l_ref + (e − e_ref) · (mean loss of a wrong reference sample − of a right one)). Transporting the
+  target onto π instead charges a label shift the twin test rejects for the classes it lacks.
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -193,30 +194,42 @@ def _rescaled(logits: Tensor, reference_logits: Tensor) -> Tensor:
     return logits * (_centred_norm(reference_logits) / norm) if float(norm) > 0 else logits
 
 
+def _mean_or_all(values: Tensor, keep: Tensor) -> Tensor:
+    """The mean of the kept ``values``, all of them where none is kept."""
+    return values[keep].mean() if bool(keep.any()) else values.mean()
+
+
 def _with_cells(
-    error: Tensor,
-    loss: Tensor,
+    estimates: tuple[Tensor, Tensor],
+    reference: tuple[float | Tensor, float | Tensor],
     z_ref: Tensor,
     y: Tensor,
     z: Tensor,
     z_rescaled: Tensor,
     neighbours: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, Tensor]:
-    """The transport estimates ``error`` and ``loss`` with the reference's errors per cell of (distance,
-    confidence) read at the target's samples: the error plus their excess (the confidence of ``z_rescaled``, the
-    target's logits at the reference's norm), the larger of the two losses (the confidence of ``z``)."""
+    """The transport ``estimates`` (error, loss) with the reference's errors per cell of (distance, confidence) read
+    at the target's samples: the error plus their excess (the confidence of ``z_rescaled``, the target's logits at
+    the reference's norm); the loss the largest of the transport's, the cells' (the confidence of ``z``) and the one
+    the new error implies, the ``reference`` loss plus each extra error at the reference's mean loss of a wrong
+    sample instead of a right one."""
 
     def cells(logits: Tensor, distances: Tensor) -> Tensor:
         confidence = torch.softmax(logits.double(), dim=1).amax(dim=1)
         return torch.stack([distances.to(confidence), confidence], dim=1)
 
     cells_ref = cells(z_ref, neighbours[0])
-    wrong = (z_ref.argmax(dim=1) != y).double()
+    wrong = z_ref.argmax(dim=1) != y
     nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
     rescaled = cells(z_rescaled, neighbours[1]).to(cells_ref.device)
-    excess = (cell_means(cells_ref, wrong, rescaled) - wrong.mean()).clamp_min(0.0)
-    cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device))
-    return error + excess.to(error), torch.maximum(loss, cells_loss.to(loss))
+    excess = (cell_means(cells_ref, wrong.double(), rescaled) - wrong.double().mean()).clamp_min(0.0)
+    error = (estimates[0] + excess.to(estimates[0])).clamp(0.0, 1.0)
+    cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device)).to(estimates[1])
+    gap = (nll[wrong].mean() if bool(wrong.any()) else nll.mean()) - (
+        nll[~wrong].mean() if bool((~wrong).any()) else nll.mean()
+    )
+    implied = reference[1] + (error - reference[0]) * gap.to(error)
+    return error, torch.maximum(torch.maximum(estimates[1], cells_loss), implied.to(estimates[1]))
 
 
 def _halfway(reference_value: float, cost: Tensor, reference_cost: Tensor) -> Tensor:
@@ -311,5 +324,5 @@ def shift_estimate(
         w_loss = transport_means(z, q.to(z.device))[1]
         e, l_ = _halfway(error, w_err, w_err_ref), _halfway(loss, w_loss, w_loss_ref)
         if neighbours is not None:
-            e, l_ = _with_cells(e, l_, z_ref, y, z, z_rescaled, neighbours)
+            e, l_ = _with_cells((e, l_), (error, loss), z_ref, y, z, z_rescaled, neighbours)
     return ShiftEstimate(tests, e.clamp(0.0, 1.0), l_.clamp_min(0.0))

@@ -21,7 +21,7 @@ from lightning_gensens.functional import (
     transport_means,
     twin_indices,
 )
-from lightning_gensens.functional.shift_test import _energy
+from lightning_gensens.functional.shift_test import _energy, _with_cells
 
 
 def _brute_energy(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -233,7 +233,7 @@ def test_logits_that_only_shrink_cost_what_the_reference_costs():
     assert float(out.error) == pytest.approx(0.2, abs=1e-9)  # the loss does change with the logits' scale
 
 
-def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_falls_in():
+def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_falls_in_and_the_loss_it_implies():
     x, y, z = _reference()
     xt, zt = x[:300] + 1.5, z[:300] * 0.7
     tests = shift_tests(z, y, x, zt, xt, generator=torch.Generator().manual_seed(0))._replace(shift=Shift.COVARIATE)
@@ -248,11 +248,29 @@ def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_fall
         cells_ref = torch.stack([ref_d, conf], 1)
         cells_error, cells_loss = torch.stack([target_d, conf_n], 1), torch.stack([target_d, conf_t], 1)
         excess = max(float(cell_means(cells_ref, wrong, cells_error)) - float(wrong.mean()), 0.0)
-        assert float(out.error) == pytest.approx(min(float(alone.error) + excess, 1.0))
-        assert float(out.loss) == pytest.approx(max(float(alone.loss), float(cell_means(cells_ref, nll, cells_loss))))
+        error = min(float(alone.error) + excess, 1.0)
+        assert float(out.error) == pytest.approx(error)
+        gap = float(nll[wrong > 0].mean()) - float(nll[wrong == 0].mean())  # a wrong sample's loss over a right one's
+        implied = 0.6 + (error - 0.2) * gap
+        assert float(out.loss) == pytest.approx(
+            max(float(alone.loss), float(cell_means(cells_ref, nll, cells_loss)), implied)
+        )
     far = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((300,), 1.4)))
     near = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.zeros(300)))
     assert float(far.error) > float(alone.error) == pytest.approx(float(near.error))  # far from the training data
+
+
+def test_a_high_error_estimate_implies_the_loss_of_its_extra_errors():
+    x, y, z = _reference()
+    g = torch.Generator().manual_seed(5)
+    d = torch.rand(len(y), generator=g, dtype=torch.float64)
+    wrong = z.argmax(1) != y
+    nll = F.cross_entropy(z, y, reduction="none")
+    near = (d, torch.zeros(200, dtype=torch.float64))  # the target in the nearest cells: no excess, a low cell loss
+    z_target = z[:200]
+    error, loss = _with_cells((torch.tensor(0.9), torch.tensor(0.1)), (0.2, 0.6), z, y, z_target, z_target, near)
+    implied = 0.6 + (0.9 - 0.2) * float(nll[wrong].mean() - nll[~wrong].mean())
+    assert float(error) == pytest.approx(0.9) and float(loss) == pytest.approx(implied)
 
 
 def test_estimates_are_clipped_and_bad_arguments_refused():
