@@ -183,6 +183,20 @@ def label_shifts(x: Tensor, y: Tensor, num_classes: int, seed: int) -> list[Pool
     return out
 
 
+def _blurred(img: Tensor, passes: int) -> Tensor:
+    """Images [N, 1, 8, 8] after ``passes`` of a 3×3 binomial kernel, edges repeated."""
+    kernel = (torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16).view(1, 1, 3, 3)
+    for _ in range(passes):
+        img = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel)
+    return img
+
+
+def _resampled(img: Tensor, theta: Tensor) -> Tensor:
+    """Images [N, 1, 8, 8] under the affine maps ``theta`` [N, 2, 3], bilinear, edges repeated."""
+    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
+    return F.grid_sample(img, grid, padding_mode="border", align_corners=False)
+
+
 def corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
     """Every corruption of :data:`CORRUPTION` at every level, of the z-scored 8×8 digits ``x`` (N × 64).
     Corrupting the network's (z-scored) input rather than the raw pixels keeps the severities comparable: a raw
@@ -190,14 +204,11 @@ def corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
     g = torch.Generator().manual_seed(10_000 + seed)
     n = x.shape[0]
     img = x.view(n, 1, 8, 8)
-    kernel = (torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16).view(1, 1, 3, 3)
     mean = x.mean(dim=1, keepdim=True)
     out = []
     for level in LEVELS:
         noise, passes, step, share, side = (v[level - 1] for v in CORRUPTION.values())
-        blurred = img
-        for _ in range(passes):
-            blurred = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), kernel)
+        blurred = _blurred(img, passes)
         sign = 2 * torch.randint(0, 2, (n,), generator=g) - 1
         axis = (torch.rand(n, generator=g) < 0.5).long()
         rolled = [torch.roll(im, int(s), dims=int(a)) for im, s, a in zip(img[:, 0], sign, axis, strict=True)]
@@ -225,22 +236,15 @@ def held_out_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
     angle = (2 * torch.rand(n, generator=g) - 1) * math.radians(20)
     cos, sin, zero = angle.cos(), angle.sin(), torch.zeros(n)
     rotation = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(rotation, list(img.shape), align_corners=False)
     noisy = _with_proportions(x + 0.6 * torch.randn(x.shape, generator=g), y, rng.dirichlet(np.ones(10)), rng)
     shifted = {
         "salt_pepper": (salted, y),
         "pixelate": (F.interpolate(F.avg_pool2d(img, 2), scale_factor=2.0, mode="nearest").reshape(n, -1), y),
         "brightness": (x + 0.6, y),
-        "rotate": (F.grid_sample(img, grid, padding_mode="border", align_corners=False).reshape(n, -1), y),
+        "rotate": (_resampled(img, rotation).reshape(n, -1), y),
         "noise+dirichlet": noisy,
     }
     return [Pool("held_out", kind, 1, z, labels) for kind, (z, labels) in shifted.items()]
-
-
-def _resampled(img: Tensor, theta: Tensor) -> Tensor:
-    """Images [N, 1, 8, 8] under the affine maps ``theta`` [N, 2, 3], bilinear, edges repeated."""
-    grid = F.affine_grid(theta, list(img.shape), align_corners=False)
-    return F.grid_sample(img, grid, padding_mode="border", align_corners=False)
 
 
 def unseen_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
@@ -254,8 +258,7 @@ def unseen_corruptions(x: Tensor, y: Tensor, seed: int) -> list[Pool]:
     scale = 1 + (2 * torch.rand(n, generator=g) - 1) * 0.15
     shear, zero = (2 * torch.rand(n, generator=g) - 1) * 0.2, torch.zeros(n)
     affine = torch.stack([torch.stack([scale, shear, zero], 1), torch.stack([zero, scale, zero], 1)], 1)
-    kernel = (torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]]) / 16).view(1, 1, 3, 3)
-    blurred = F.conv2d(F.pad(img, (1, 1, 1, 1), mode="replicate"), kernel).reshape(n, -1)
+    blurred = _blurred(img, 1).reshape(n, -1)
     mean = x.mean(dim=1, keepdim=True)
     angle = (2 * torch.rand(n, generator=g) - 1) * math.radians(12)
     cos, sin = angle.cos(), angle.sin()

@@ -199,6 +199,12 @@ def _mean_or_all(values: Tensor, keep: Tensor) -> Tensor:
     return values[keep].mean() if bool(keep.any()) else values.mean()
 
 
+def _sample_losses(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-sample 0-1 error (bool) and cross-entropy (float64) of ``logits`` [N, K] at T = 1."""
+    nll = -torch.log_softmax(logits.double(), dim=1).gather(1, labels[:, None]).squeeze(1)
+    return logits.argmax(dim=1) != labels, nll
+
+
 def _with_cells(
     estimates: tuple[Tensor, Tensor],
     reference: tuple[float | Tensor, float | Tensor],
@@ -215,19 +221,16 @@ def _with_cells(
     sample instead of a right one."""
 
     def cells(logits: Tensor, distances: Tensor) -> Tensor:
-        confidence = torch.softmax(logits.double(), dim=1).amax(dim=1)
+        confidence = _confidence_update(logits)[0]
         return torch.stack([distances.to(confidence), confidence], dim=1)
 
     cells_ref = cells(z_ref, neighbours[0])
-    wrong = z_ref.argmax(dim=1) != y
-    nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+    wrong, nll = _sample_losses(z_ref, y)
     rescaled = cells(z_rescaled, neighbours[1]).to(cells_ref.device)
     excess = (cell_means(cells_ref, wrong.double(), rescaled) - wrong.double().mean()).clamp_min(0.0)
     error = (estimates[0] + excess.to(estimates[0])).clamp(0.0, 1.0)
     cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device)).to(estimates[1])
-    gap = (nll[wrong].mean() if bool(wrong.any()) else nll.mean()) - (
-        nll[~wrong].mean() if bool((~wrong).any()) else nll.mean()
-    )
+    gap = _mean_or_all(nll, wrong) - _mean_or_all(nll, ~wrong)
     implied = reference[1] + (error - reference[0]) * gap.to(error)
     return error, torch.maximum(torch.maximum(estimates[1], cells_loss), implied.to(estimates[1]))
 
@@ -313,8 +316,8 @@ def shift_estimate(
     elif tests.shift is Shift.LABEL:
         w = (q.to(prior) / prior.clamp_min(torch.finfo(prior.dtype).tiny))[y]
         w = w / w.sum()
-        wrong = (z_ref.argmax(1) != y).double()
-        nll = -torch.log_softmax(z_ref.double(), dim=1).gather(1, y[:, None]).squeeze(1)
+        wrong, nll = _sample_losses(z_ref, y)
+        wrong = wrong.double()
         e = error + (w @ wrong - wrong.mean()) + w @ conf_ref - conf_tgt.mean()
         l_ = loss + (w @ nll - nll.mean()) + ent_tgt.mean() - w @ ent_ref
     else:  # the target onto its own estimated classes, the reference onto its known ones

@@ -53,21 +53,19 @@ class InputSample(LogitSample):
             raise ValueError("InputSample needs the batch's inputs, one row per logit row.")
         if heads is not None and heads.shape[0] != logits.shape[0]:
             raise ValueError("the output layer's inputs must have one row per logit row.")
-        features = self._append(inputs, self.dims, self.width, self.features, "inputs")
-        if heads is None or int(self.headless):
-            self.headless.add_(features.shape[0])
-            self.heads = []
+        self._append(inputs, self.dims, self.width, self.features, "inputs")
+        if heads is None:  # the heads are read only while no sample came without one
+            self.headless.add_(logits.shape[0])
         else:
             self._append(heads, self.head_dims, self.head_width, self.heads, "the output layer's inputs")
         super().update(logits, labels)  # after the rows are appended: it trims them
 
-    def _append(self, batch: Tensor, dims: int, width: Tensor, state: list[Tensor], what: str) -> Tensor:
+    def _append(self, batch: Tensor, dims: int, width: Tensor, state: list[Tensor], what: str) -> None:
         features = input_features(batch.detach(), dims, self.seed).to(torch.float32)
         if int(width) and features.shape[1] != int(width):
             raise ValueError(f"{what} give {features.shape[1]} features per sample, earlier batches {int(width)}.")
         width.fill_(features.shape[1])
         state.append(features.reshape(-1))
-        return features
 
     def compute(self) -> dict[str, Tensor]:
         """The kept sample of :class:`LogitSample` with its ``features`` (float32 [n, d]) and ``heads`` (float32
