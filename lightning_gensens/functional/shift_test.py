@@ -9,8 +9,9 @@ reference by class, in input space too. Three tests, each a p-value:
 - ``p_shift``: target inputs against reference inputs (energy distance, Székely & Rizzo 2013, permutation test);
 - ``p_classes``: the target's predicted-class histogram against the reference's (chi-square contingency test);
 - ``p_twin``: target inputs against the *label-shift twin*, the reference resampled with class proportions q ≥ 0
-  such that C q ≈ the target's predicted-class histogram, C[ŷ, y] = P(ŷ | y) on the reference (non-negative least
-  squares; the black-box shift estimate of Lipton et al., ICML 2018).
+  such that C q ≈ the target's mean softmax p̄ = softmax(z / T), C[j, y] = E[p_j | y] on the reference (non-negative
+  least squares; the black-box shift estimate of Lipton et al., ICML 2018, with soft predictions: on a network still
+  far from its final error the hard confusion matrix is nearly singular and q follows its noise).
 
 The estimate then follows the first hypothesis the tests keep, each a difference from the labelled reference
 (e_ref, l_ref: its error and loss; p = softmax(z / T), T fitted by NLL on the reference):
@@ -140,15 +141,20 @@ def predicted_class_test(reference: Tensor, target: Tensor, num_classes: int) ->
 
 
 def confusion(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:
-    """C[ŷ, y] = P(ŷ | y) [K, K] (float64); the column of a class without samples is 0."""
+    """C[j, y] = E[P(ŷ = j) | y] [K, K] (float64) from ``predictions``: predicted classes [N] (C[ŷ, y] = P(ŷ | y)) or
+    probability rows [N, K] (the mean prediction per class); the column of a class without samples is 0."""
+    if predictions.dim() == 1:
+        predictions = torch.nn.functional.one_hot(predictions, num_classes)
     joint = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=labels.device)
-    joint.index_put_((predictions, labels), torch.ones_like(labels, dtype=torch.float64), accumulate=True)
-    return joint / joint.sum(0, keepdim=True).clamp_min(1)
+    joint.index_add_(1, labels, predictions.to(joint).T)
+    counts = torch.bincount(labels, minlength=num_classes).to(joint)
+    return joint / counts.clamp_min(1)
 
 
 def label_shift_proportions(confusion: Tensor, predicted: Tensor) -> Tensor:
-    """q ≥ 0 summing to 1 with ``confusion`` [K, K] · q ≈ ``predicted`` [K] (the target's predicted-class
-    frequencies), by non-negative least squares (Lipton et al. 2018); uniform when nothing fits."""
+    """q ≥ 0 summing to 1 with ``confusion`` [K, K] · q ≈ ``predicted`` [K] (the target's mean prediction, in the
+    form the confusion matrix was made from), by non-negative least squares (Lipton et al. 2018); uniform when nothing
+    fits."""
     from scipy.optimize import nnls
 
     q, _ = nnls(confusion.double().cpu().numpy(), predicted.double().cpu().numpy())
@@ -256,14 +262,16 @@ def shift_tests(
     reference_features: Tensor,
     logits: Tensor,
     features: Tensor,
+    temperature: float | Tensor = 1.0,
     alpha: float = 0.05,
     test_samples: int = 512,
     permutations: int = 100,
     generator: torch.Generator | None = None,
 ) -> ShiftTests:
     """The three tests on at most ``test_samples`` samples per side (the first ones: pass samples in random order)
-    and the hypothesis they keep at level ``alpha`` (see the module's docstring). The reference is labelled
-    (``reference_labels`` [N]); its logits [N, K] and features [N, d] align with them, as the target's."""
+    and the hypothesis they keep at level ``alpha`` (see the module's docstring); the proportions q from the
+    softmax at ``temperature`` (fitted on the reference). The reference is labelled (``reference_labels`` [N]); its
+    logits [N, K] and features [N, d] align with them, as the target's."""
     z_ref, y, z = _checked(reference_logits, reference_labels, reference_features, logits, features)
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must lie in (0, 1), got {alpha}.")
@@ -273,8 +281,8 @@ def shift_tests(
     p_shift = energy_test(f_tgt[:n], f_ref[:n], permutations, generator)
     pred_ref, pred = z_ref.argmax(1), z.argmax(1)
     p_classes = predicted_class_test(pred_ref, pred, k)
-    predicted = torch.bincount(pred, minlength=k).double() / len(pred)
-    q = label_shift_proportions(confusion(pred_ref, y, k), predicted.to(y.device))
+    p_ref, p = (torch.softmax(_scaled_logits(t, temperature), dim=1) for t in (z_ref, z))
+    q = label_shift_proportions(confusion(p_ref, y, k), p.mean(0).to(y.device))
     p_twin = energy_test(f_tgt[:n], f_ref[twin_indices(y, q, n, generator)], permutations, generator)
     if float(p_shift) >= alpha and float(p_classes) >= alpha:
         shift = Shift.NONE
@@ -307,7 +315,7 @@ def shift_estimate(
     error = _check_scalar(reference_error, "reference_error", unit_interval=True)
     loss = _check_scalar(reference_loss, "reference_loss")
     if tests is None:
-        tests = shift_tests(z_ref, y, reference_features, z, features, **kwargs)
+        tests = shift_tests(z_ref, y, reference_features, z, features, temperature, **kwargs)
     prior, q = class_prior(y, z_ref.shape[1]), tests.proportions
     conf_ref, ent_ref = _confidence_update(_scaled_logits(z_ref, temperature))
     conf_tgt, ent_tgt = _confidence_update(_scaled_logits(z, temperature))

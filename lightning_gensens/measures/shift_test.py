@@ -119,6 +119,7 @@ class ShiftTest(LogitSampleMeasure[_ReferenceFit]):
                 ref["features"],
                 target["logits"],
                 target["features"],
+                computed["fit"].temperature,
                 alpha=self.alpha,
                 test_samples=self.test_samples,
                 permutations=self.permutations,

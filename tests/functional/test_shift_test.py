@@ -69,6 +69,13 @@ def test_predicted_class_test_and_confusion_against_loops():
             n = int((labels == y).sum())
             expected = int(((labels == y) & (pred == p)).sum()) / n if n else 0.0
             assert float(c[p, y]) == pytest.approx(expected)
+    probs = torch.softmax(torch.randn(50, 4, generator=g, dtype=torch.float64), 1)
+    soft = confusion(probs, labels, 4)
+    for y in range(4):
+        rows = probs[labels == y]
+        expected = rows.mean(0) if len(rows) else torch.zeros(4, dtype=torch.float64)  # the mean prediction per class
+        assert torch.allclose(soft[:, y], expected, atol=1e-12)
+    assert torch.equal(confusion(F.one_hot(pred, 4).double(), labels, 4), c)  # one-hot rows: the hard matrix
 
 
 def test_label_shift_proportions_recover_an_exact_label_shift():
@@ -76,6 +83,16 @@ def test_label_shift_proportions_recover_an_exact_label_shift():
     q = torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)
     assert torch.allclose(label_shift_proportions(c, c @ q), q, atol=1e-12)
     assert torch.allclose(label_shift_proportions(torch.zeros(2, 2), torch.ones(2)), torch.full((2,), 0.5).double())
+
+
+def test_the_tests_recover_an_exact_label_shift_of_the_reference_from_soft_predictions():
+    x, y, z = _reference(n=300)
+    counts = torch.tensor([3, 1, 2])  # each sample of class k repeated counts[k] times: q_k ∝ counts[k] · n_k
+    keep = torch.repeat_interleave(torch.arange(len(y)), counts[y])
+    q = torch.bincount(y[keep], minlength=3).double() / len(keep)
+    t = fit_temperature(z, y)
+    tests = shift_tests(z, y, x, z[keep], x[keep], t, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(tests.proportions, q, atol=1e-10)
 
 
 def test_twin_indices_draw_classes_by_the_proportions():
@@ -147,9 +164,8 @@ def test_a_label_shift_is_kept_and_estimated_on_the_weighted_reference():
     assert out.tests.shift is Shift.LABEL and float(out.tests.p_classes) < 0.05 and float(out.tests.p_twin) >= 0.05
     # brute force: the weights q_y / π_y from the proportions the predictions give, each term by a loop
     pred = z.argmax(1)
-    q = label_shift_proportions(
-        confusion(pred, y, 3), torch.bincount(z[keep].argmax(1), minlength=3).double() / len(keep)
-    )
+    p_ref, p_keep = torch.softmax(z / t, 1), torch.softmax(z[keep] / t, 1)  # soft predictions at the fitted T
+    q = label_shift_proportions(confusion(p_ref, y, 3), p_keep.mean(0))
     prior = class_prior(y, 3)
     w = torch.tensor([float(q[c] / prior[c]) for c in y.tolist()], dtype=torch.float64)
     w = w / w.sum()
@@ -186,8 +202,8 @@ def test_a_covariate_shift_is_estimated_halfway_between_the_difference_and_the_r
     out, _ = _estimate(ref, (xt, zt))
     assert out.tests.shift is Shift.COVARIATE and float(out.tests.p_twin) < 0.05
     prior = class_prior(y, 3)
-    predicted = torch.bincount(zt.argmax(1), minlength=3).double() / len(zt)
-    q = label_shift_proportions(confusion(z.argmax(1), y, 3), predicted)
+    t = fit_temperature(z, y)
+    q = label_shift_proportions(confusion(torch.softmax(z / t, 1), y, 3), torch.softmax(zt / t, 1).mean(0))
     error = float((z.argmax(1) != y).double().mean())
     loss = float(F.cross_entropy(z, y))
     w = {
