@@ -33,9 +33,10 @@ The estimate then follows the first hypothesis the tests keep, each a difference
   the k-th nearest training sample in that feature space and of its softmax confidence (the error's at the
   reference's logit norm), and the reference's mean 0-1 error and cross-entropy per cell are averaged over the
   target's samples (:func:`~lightning_gensens.functional.cell_means`): the error adds the excess of that average
-  over the reference sample's error; the loss is the largest of the transport's, the cells' and the one the new
-  error implies (l_ref + (e − e_ref) · (mean loss of a wrong reference sample − of a right one)). Transporting the
-  target onto π instead charges a label shift the twin test rejects for the classes it lacks.
+  over the same average over the reference's own samples (not the reference error: the cells' means are shrunk
+  toward it); the loss is the largest of the transport's, the cells' and the one the new error implies
+  (l_ref + (e − e_ref) · (mean loss of a wrong reference sample − of a right one)). Transporting the target onto π
+  instead charges a label shift the twin test rejects for the classes it lacks.
 
 Errors are clipped to [0, 1] and losses at 0.
 """
@@ -221,10 +222,10 @@ def _with_cells(
     neighbours: tuple[Tensor, Tensor],
 ) -> tuple[Tensor, Tensor]:
     """The transport ``estimates`` (error, loss) with the reference's errors per cell of (distance, confidence) read
-    at the target's samples: the error plus their excess (the confidence of ``z_rescaled``, the target's logits at
-    the reference's norm); the loss the largest of the transport's, the cells' (the confidence of ``z``) and the one
-    the new error implies, the ``reference`` loss plus each extra error at the reference's mean loss of a wrong
-    sample instead of a right one."""
+    at the target's samples: the error plus their excess over the same read at the reference's samples (the
+    confidence of ``z_rescaled``, the target's logits at the reference's norm); the loss the largest of the
+    transport's, the cells' (the confidence of ``z``) and the one the new error implies, the ``reference`` loss plus
+    each extra error at the reference's mean loss of a wrong sample instead of a right one."""
 
     def cells(logits: Tensor, distances: Tensor) -> Tensor:
         confidence = _confidence_update(logits)[0]
@@ -233,7 +234,8 @@ def _with_cells(
     cells_ref = cells(z_ref, neighbours[0])
     wrong, nll = _sample_losses(z_ref, y)
     rescaled = cells(z_rescaled, neighbours[1]).to(cells_ref.device)
-    excess = (cell_means(cells_ref, wrong.double(), rescaled) - wrong.double().mean()).clamp_min(0.0)
+    errors = wrong.double()
+    excess = (cell_means(cells_ref, errors, rescaled) - cell_means(cells_ref, errors, cells_ref)).clamp_min(0.0)
     error = (estimates[0] + excess.to(estimates[0])).clamp(0.0, 1.0)
     cells_loss = cell_means(cells_ref, nll, cells(z, neighbours[1]).to(cells_ref.device)).to(estimates[1])
     gap = _mean_or_all(nll, wrong) - _mean_or_all(nll, ~wrong)

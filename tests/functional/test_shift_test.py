@@ -263,7 +263,7 @@ def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_fall
         out = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, target_d))
         cells_ref = torch.stack([ref_d, conf], 1)
         cells_error, cells_loss = torch.stack([target_d, conf_n], 1), torch.stack([target_d, conf_t], 1)
-        excess = max(float(cell_means(cells_ref, wrong, cells_error)) - float(wrong.mean()), 0.0)
+        excess = max(float(cell_means(cells_ref, wrong, cells_error) - cell_means(cells_ref, wrong, cells_ref)), 0.0)
         error = min(float(alone.error) + excess, 1.0)
         assert float(out.error) == pytest.approx(error)
         gap = float(nll[wrong > 0].mean()) - float(nll[wrong == 0].mean())  # a wrong sample's loss over a right one's
@@ -274,6 +274,9 @@ def test_the_covariate_estimate_adds_the_excess_error_of_the_cells_the_pool_fall
     far = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.full((300,), 1.4)))
     near = shift_estimate(z, y, x, 0.2, 0.6, zt, xt, tests=tests, neighbours=(ref_d, torch.zeros(300)))
     assert float(far.error) > float(alone.error) == pytest.approx(float(near.error))  # far from the training data
+    itself = tests._replace(proportions=class_prior(y, 3))  # the reference as its own target: no excess at all
+    out = shift_estimate(z, y, x, 0.2, 0.6, z, x, tests=itself, neighbours=(ref_d, ref_d))
+    assert float(out.error) == float(shift_estimate(z, y, x, 0.2, 0.6, z, x, tests=itself).error)
 
 
 def test_a_high_error_estimate_implies_the_loss_of_its_extra_errors():
