@@ -45,7 +45,7 @@ def neighbour_distances(memory: Tensor, features: Tensor, k: int = 5, exclude_se
 
 
 def cell_means(
-    reference_scores: Tensor, reference_values: Tensor, scores: Tensor, bins: int = 5, prior: float = 20.0
+    reference_scores: Tensor, reference_values: Tensor, scores: Tensor, bins: int = 5, prior: float = 5.0
 ) -> Tensor:
     """The mean over the target's samples of their cells' reference means: each score (column of
     ``reference_scores`` [N, S] and ``scores`` [M, S]) is cut at its ``bins``-quantiles on the reference, a cell is
